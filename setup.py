@@ -1,0 +1,41 @@
+"""Packaging for chatterbox-status: a TTS server for Chatterbox with real-time status."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="chatterbox-status",
+    version="0.1.0",
+    description=(
+        "OpenAI-compatible text-to-speech server for Resemble AI's Chatterbox "
+        "with real-time status tracking"
+    ),
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    package_data={"chatterbox_status": ["web/*"]},
+    install_requires=[
+        "aiohttp>=3.9,<4",
+        "numpy>=1.24",
+        "psutil>=5.9",
+        "pydantic>=2.5,<3",
+        "hibari-tts>=0.2.1,<0.3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-aiohttp>=1.0",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["chatterbox-status=chatterbox_status.cli:main"],
+    },
+    classifiers=[
+        "Framework :: AsyncIO",
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Sound/Audio :: Speech",
+    ],
+)

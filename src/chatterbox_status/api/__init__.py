@@ -1,0 +1,1 @@
+"""HTTP resources: each module owns a RouteTableDef and knows HTTP, nothing deeper."""

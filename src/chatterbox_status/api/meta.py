@@ -1,0 +1,88 @@
+"""Service endpoints: /health, /ping, /v1/models and /config."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from aiohttp import web
+
+from .. import __version__
+from ..state import CORE
+from .params import aliased
+from .status import engine_view
+
+routes = web.RouteTableDef()
+
+# OpenAI's speech model names, accepted so OpenAI clients work unchanged.
+OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+
+
+@aliased(routes, "GET", "/health", "/v1/health")
+async def health(request: web.Request) -> web.Response:
+    """Ready, loading or failed; 503 only when the engine failed to load."""
+    core = request.app[CORE]
+    engine = engine_view(core)
+    if core.worker.load_error is not None:
+        status, initialization_state = "error", "error"
+    elif core.worker.ready:
+        status, initialization_state = "healthy", "ready"
+    else:
+        status, initialization_state = "initializing", "loading"
+    body = {
+        "status": status,
+        "model_loaded": core.worker.ready,
+        "device": core.engine.device,
+        "initialization_state": initialization_state,
+        "initialization_progress": f"{engine['load_progress']:.0f}%",
+        "initialization_error": core.worker.load_error,
+        "engine": engine,
+        "queue_length": len(core.worker.queue),
+        "version": __version__,
+    }
+    return web.json_response(body, status=503 if status == "error" else 200)
+
+
+@aliased(routes, "GET", "/ping", "/v1/ping")
+async def ping(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "message": "pong", "timestamp": time.time()})
+
+
+@aliased(routes, "GET", "/v1/models", "/models")
+async def models(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    created = int(core.started_at)
+    ids = (core.engine.name, *OPENAI_MODELS)
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "chatterbox-status"} for model_id in ids],
+        }
+    )
+
+
+@aliased(routes, "GET", "/config", "/v1/config")
+async def config(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    settings = dataclasses.asdict(core.settings)
+    return web.json_response(
+        {
+            "server": {"host": settings["host"], "port": settings["port"], "version": __version__},
+            "model": {
+                "engine": core.choice.name,
+                "requested_engine": settings["engine"],
+                "device": core.engine.device,
+                "voice_sample_path": settings["voice_sample_path"],
+                "model_cache_dir": settings["model_cache_dir"],
+            },
+            "defaults": {
+                name: settings[name]
+                for name in ("exaggeration", "cfg_weight", "temperature", "max_chunk_length", "max_total_length")
+            },
+            "memory_management": {"enable_memory_monitoring": settings["enable_memory_monitoring"]},
+            "limits": {
+                name: settings[name] for name in ("max_queue_size", "history_size", "max_body_size")
+            },
+            "cors_origins": settings["cors_origins"],
+        }
+    )

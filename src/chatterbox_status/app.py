@@ -1,0 +1,36 @@
+"""The app factory: one Core (bus, tracker, worker, engine) behind the HTTP resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .api import meta, speech, status
+from .config import Settings
+from .core import Core
+from .cors import OriginPolicy, cors_middleware
+from .engines.base import Engine
+from .errors import error_middleware
+from .state import CORE, SETTINGS
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
+    """Build the application; the engine starts loading when the app starts."""
+    app = web.Application(
+        middlewares=[cors_middleware(OriginPolicy(settings.cors_origins)), error_middleware],
+        client_max_size=settings.max_body_size,
+    )
+    app[SETTINGS] = settings
+    app[CORE] = Core(settings, engine)
+    for module in (speech, status, meta):
+        app.router.add_routes(module.routes)
+    app.cleanup_ctx.append(_run_core)
+    return app
+
+
+async def _run_core(app: web.Application) -> AsyncIterator[None]:
+    core = app[CORE]
+    core.start()
+    yield
+    await core.stop()

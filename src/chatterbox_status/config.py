@@ -1,0 +1,151 @@
+"""Settings: one frozen dataclass, filled from CLI flags over environment variables.
+
+Each field carries its environment name (chatterbox-tts-api's name where it has one),
+its CLI help and its check, so the CLI, the environment and the validation cannot drift
+apart. Invalid values fail at start with a message that names the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENGINE_CHOICES = ("auto", "hibari", "chatterbox", "chatterbox-multilingual", "chatterbox-turbo")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot run with."""
+
+
+def _setting(default: Any, env: str, help: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "check": check})
+
+
+def _between(low: float, high: float) -> Callable[[float], str | None]:
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+
+    return check
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _device(value: str) -> str | None:
+    base, _, index = value.partition(":")
+    if base in DEVICE_CHOICES and (not index or (base == "cuda" and index.isdigit())):
+        return None
+    return "must be auto, cpu, cuda, cuda:N or mps"
+
+
+def _existing_file(value: str | None) -> str | None:
+    if value is None or Path(value).is_file():
+        return None
+    return f"file {value!r} does not exist"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told at start."""
+
+    host: str = _setting("127.0.0.1", "HOST", "address to bind; keep 127.0.0.1 unless a proxy guards it")
+    port: int = _setting(4123, "PORT", "TCP port", _between(1, 65535))
+    engine: str = _setting("auto", "ENGINE", "TTS engine; auto prefers chatterbox when installed", _one_of(ENGINE_CHOICES))
+    device: str = _setting("auto", "DEVICE", "torch device for chatterbox engines: auto, cpu, cuda, cuda:N, mps", _device)
+    exaggeration: float = _setting(0.5, "EXAGGERATION", "default emotion exaggeration", _between(0.25, 2.0))
+    cfg_weight: float = _setting(0.5, "CFG_WEIGHT", "default classifier-free guidance weight", _between(0.0, 1.0))
+    temperature: float = _setting(0.8, "TEMPERATURE", "default sampling temperature", _between(0.05, 5.0))
+    max_chunk_length: int = _setting(280, "MAX_CHUNK_LENGTH", "longest text chunk generated at once", _between(20, 1000))
+    max_total_length: int = _setting(4096, "MAX_TOTAL_LENGTH", "longest input accepted", _between(1, 1_000_000))
+    voice_sample_path: str | None = _setting(None, "VOICE_SAMPLE_PATH", "default reference voice for cloning engines", _existing_file)
+    model_cache_dir: str = _setting("./models", "MODEL_CACHE_DIR", "where downloaded model weights are kept")
+    enable_memory_monitoring: bool = _setting(True, "ENABLE_MEMORY_MONITORING", "report memory in the status API")
+    cors_origins: str = _setting(
+        "",
+        "CORS_ORIGINS",
+        "comma-separated origins allowed to call the API from a browser, '*' for any; "
+        "empty allows http://localhost and http://127.0.0.1 on any port",
+    )
+    history_size: int = _setting(50, "HISTORY_SIZE", "finished requests kept in the history ring", _between(1, 100_000))
+    max_queue_size: int = _setting(64, "MAX_QUEUE_SIZE", "requests that may wait for the engine before 429", _between(1, 100_000))
+    max_body_size: int = _setting(1 << 20, "MAX_BODY_SIZE", "largest request body in bytes before 413", _between(1024, 1 << 30))
+    log_level: str = _setting("info", "LOG_LEVEL", "logging level", _one_of(LOG_LEVELS))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check = f.metadata["check"]
+            problem = check(getattr(self, f.name)) if check else None
+            if problem:
+                raise SettingsError(f"{f.metadata['env']} (--{_flag(f.name)}) {problem}, got {getattr(self, f.name)!r}")
+
+    @classmethod
+    def load(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment, overridden by parsed CLI arguments."""
+        parser = argparse.ArgumentParser(add_help=False)
+        add_arguments(parser)
+        args, _ = parser.parse_known_args(argv or [])
+        return cls.from_sources(vars(args), os.environ if environ is None else environ)
+
+    @classmethod
+    def from_sources(cls, cli: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+        """Build from CLI values (None when not given) over environment strings."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            env_name = f.metadata["env"]
+            if cli.get(f.name) is not None:
+                values[f.name] = cli[f.name]
+            elif environ.get(env_name, "") != "":
+                values[f.name] = _parse(f, environ[env_name])
+        return cls(**values)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type  # a string: this module uses postponed annotations
+    env_name = f.metadata["env"]
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return _parse_bool(raw)
+    except ValueError:
+        raise SettingsError(f"{env_name} must be {'a number' if kind != 'bool' else 'true or false'}, got {raw!r}") from None
+    return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One CLI flag per setting; unset flags fall back to the environment, then the default."""
+    for f in dataclasses.fields(Settings):
+        kind = f.type
+        env_help = f"{f.metadata['help']} (env {f.metadata['env']}, default {f.default!r})"
+        flag = f"--{_flag(f.name)}"
+        if kind == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=env_help)
+        else:
+            convert = {"int": int, "float": float}.get(kind, str)
+            parser.add_argument(flag, dest=f.name, type=convert, default=None, help=env_help)

@@ -1,0 +1,104 @@
+"""The service without HTTP: bus, tracker, worker and engine wired together.
+
+Both the web app and the ``say`` command run on it, so a file written from the terminal
+goes through exactly the queue, pipeline and events that a web request does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from . import engines, pipeline
+from .config import Settings
+from .engines.base import Cancelled, Engine, SynthesisParams, Voice
+from .events import EventBus
+from .tracker import StatusTracker
+from .worker import Job, Worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    """What a caller asks for, already validated."""
+
+    text: str
+    voice: Voice
+    params: SynthesisParams
+    response_format: str
+    parameters_view: dict
+
+
+class Core:
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        if engine is None:
+            self.choice = engines.choose(settings)
+            engine = engines.create(self.choice, settings)
+        else:
+            self.choice = engines.EngineChoice(engine.name, settings.engine, "engine supplied by the caller")
+        self.engine = engine
+        self.bus = EventBus()
+        self.tracker = StatusTracker(settings.history_size)
+        self.bus.add_listener(self.tracker.apply)
+        self.worker = Worker(engine, self.bus, settings.max_queue_size)
+        self.started_at = time.time()
+
+    @property
+    def default_voice_path(self) -> str | None:
+        """VOICE_SAMPLE_PATH, for engines that can clone; others speak with their own voice."""
+        return self.settings.voice_sample_path if self.engine.supports_cloning else None
+
+    def start(self) -> None:
+        log.info("engine: %s (%s)", self.choice.name, self.choice.reason)
+        if self.settings.voice_sample_path and not self.engine.supports_cloning:
+            log.warning("VOICE_SAMPLE_PATH is ignored: engine %s cannot clone voices", self.engine.name)
+        self.worker.start(self._process)
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        self.bus.close()
+
+    async def _process(self, job: Job) -> None:
+        await pipeline.process(job, self.worker, self.tracker, self.settings.max_chunk_length)
+
+    def submit(self, request_id: str, speech: SpeechJob) -> Job:
+        """Queue a job (raises QueueFull) and announce it; await ``job.result`` for the audio."""
+        job = Job(
+            request_id=request_id,
+            text=speech.text,
+            voice=speech.voice,
+            params=speech.params,
+            response_format=speech.response_format,
+            result=asyncio.get_running_loop().create_future(),
+        )
+        self.worker.submit(job)
+        self.bus.publish(
+            "status",
+            {
+                "request_id": request_id,
+                "status": "queued",
+                "current_step": "Waiting in queue",
+                "text_length": len(speech.text),
+                "text_preview": pipeline.preview(speech.text),
+                "voice_source": speech.voice.source,
+                "parameters": speech.parameters_view,
+                "engine": self.engine.name,
+            },
+        )
+        return job
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a queued or running request; a queued one ends at once."""
+        job = self.worker.cancel(request_id)
+        if job is None:
+            return False
+        record = self.tracker.find(request_id)
+        if record is not None and record.status == "queued":
+            self.bus.publish("status", {"request_id": request_id, "status": "cancelled", "current_step": "Cancelled"})
+            if not job.result.done():
+                job.result.set_exception(Cancelled())
+        return True

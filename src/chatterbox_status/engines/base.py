@@ -1,0 +1,64 @@
+"""The Engine protocol: what the worker needs from a text-to-speech model.
+
+An engine is touched only from the worker's executor thread, one call at a time, so
+implementations need no locking. ``synthesize`` reports progress inside a chunk through
+``progress`` (a fraction, called from the executor thread; the worker hops it to the
+loop) and checks ``cancel`` wherever it can stop early.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+ProgressFn = Callable[[float], None]
+
+
+class Cancelled(Exception):
+    """Raised inside an engine call when its request was cancelled."""
+
+
+class EngineError(Exception):
+    """An engine failed in a way the client should hear about."""
+
+
+@dataclass(frozen=True)
+class SynthesisParams:
+    exaggeration: float
+    cfg_weight: float
+    temperature: float
+    speed: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A resolved voice: ``source`` is what the status API reports, ``path`` a reference clip."""
+
+    source: str = "default"
+    path: str | None = None
+
+
+class Engine(Protocol):
+    name: str
+    sample_rate: int
+    device: str
+    supports_cloning: bool
+    speed_range: tuple[float, float] | None
+
+    def load(self, progress: ProgressFn) -> None:
+        """Load the model (blocking, in the executor), reporting progress as a fraction."""
+
+    def synthesize(
+        self,
+        text: str,
+        voice: Voice,
+        params: SynthesisParams,
+        progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> np.ndarray:
+        """Speak one chunk: float32 mono samples at ``sample_rate``."""

@@ -1,0 +1,110 @@
+"""The event bus: every state transition of every request, in one ordered stream.
+
+The bus alone assigns event ids (increasing integers) and their order. Listeners are
+synchronous folds (the status tracker) run inside ``publish``, so state is current the
+moment an event exists; subscribers (SSE streams) get bounded queues and are dropped,
+never waited on, when they fall behind. Events are plain JSON-ready records, so a
+Redis Streams bus can replace this one without touching publishers or subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber's bounded queue; ``dropped`` is set when it fell too far behind."""
+
+    queue: asyncio.Queue[Event | None]
+    dropped: bool = False
+    closed: bool = field(default=False)
+
+    async def get(self) -> Event | None:
+        """The next event, or None once the subscription was dropped or the bus closed."""
+        if self.closed and self.queue.empty():
+            return None
+        return await self.queue.get()
+
+
+class EventBus:
+    """In-process fan-out of events with a bounded replay ring; loop thread only."""
+
+    def __init__(self, replay_size: int = 1024, subscriber_queue_size: int = 256) -> None:
+        self._next_id = 1
+        self._replay: collections.deque[Event] = collections.deque(maxlen=replay_size)
+        self._listeners: list[Callable[[Event], None]] = []
+        self._subscribers: set[Subscription] = set()
+        self._queue_size = subscriber_queue_size
+
+    @property
+    def last_id(self) -> int:
+        return self._next_id - 1
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """Register a synchronous fold that sees every event before anyone else."""
+        self._listeners.append(listener)
+
+    def publish(self, type: str, data: dict[str, Any]) -> Event:
+        event = Event(self._next_id, type, {"timestamp": time.time(), **data})
+        self._next_id += 1
+        self._replay.append(event)
+        for listener in self._listeners:
+            listener(event)
+        for sub in list(self._subscribers):
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self._drop(sub)
+        return event
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(asyncio.Queue(self._queue_size))
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def since(self, last_id: int) -> list[Event] | None:
+        """Events after ``last_id``, or None when some of them have left the replay ring."""
+        if last_id >= self.last_id:
+            return []
+        if not self._replay or self._replay[0].id > last_id + 1:
+            return None
+        return [e for e in self._replay if e.id > last_id]
+
+    def close(self) -> None:
+        """End every subscription (at shutdown): each sees None after what it has queued."""
+        for sub in list(self._subscribers):
+            self._end(sub)
+
+    def _drop(self, sub: Subscription) -> None:
+        sub.dropped = True
+        self._end(sub)
+
+    def _end(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+        sub.closed = True
+        while True:
+            try:
+                sub.queue.put_nowait(None)
+                return
+            except asyncio.QueueFull:
+                sub.queue.get_nowait()

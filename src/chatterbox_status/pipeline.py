@@ -1,0 +1,165 @@
+"""One request end to end: text -> chunks -> audio -> encoded bytes, announced on the bus.
+
+Every stage change is a ``status`` event and progress inside a stage a ``progress``
+event; each carries the full progress fields, so any subscriber can render a request
+from its latest event alone. The percentage is the honest share of generation work done
+(characters of finished chunks plus the engine's fraction of the current one), never
+goes backwards and reaches 100 only on completion; the estimated completion comes from
+measured seconds per character and never moves earlier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from . import audio
+from .engines.base import Cancelled, EngineError
+from .events import EventBus
+from .text import normalize, split_chunks
+from .tracker import StatusTracker
+from .worker import EngineUnavailable, Job, Worker
+
+log = logging.getLogger(__name__)
+
+# Share of the percentage earned by generation; joining and encoding earn the rest.
+GENERATION_SHARE = 95.0
+CONCATENATING_AT = 95.0
+FINALIZING_AT = 97.5
+PREVIEW_LENGTH = 100
+
+
+def preview(text: str) -> str:
+    return text if len(text) <= PREVIEW_LENGTH else text[:PREVIEW_LENGTH] + "..."
+
+
+class Progress:
+    """Publishes one request's status and progress events, keeping them monotonic."""
+
+    def __init__(self, job: Job, bus: EventBus, tracker: StatusTracker) -> None:
+        self.job = job
+        self.bus = bus
+        self.tracker = tracker
+        self.status = "initializing"
+        self.step = ""
+        self.chunk_lengths: list[int] = []
+        self.done_chars = 0
+        self.current_chunk = 0
+        self.percentage = 0.0
+        self.estimate: float | None = None
+        self.started = time.time()
+
+    @property
+    def total_chars(self) -> int:
+        return sum(self.chunk_lengths) or len(self.job.text)
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "request_id": self.job.request_id,
+            "status": self.status,
+            "current_step": self.step,
+            "current_chunk": self.current_chunk,
+            "total_chunks": len(self.chunk_lengths),
+            "progress_percentage": self.percentage,
+            "estimated_completion": self.estimate,
+        }
+
+    def _advance(self, percentage: float) -> None:
+        self.percentage = max(self.percentage, round(min(percentage, 99.9), 1))
+        spc = self.tracker.seconds_per_char
+        if spc is None:
+            return
+        remaining = (1.0 - self.percentage / 100.0) * self.total_chars * spc
+        estimate = round(time.time() + remaining, 3)
+        self.estimate = estimate if self.estimate is None else max(self.estimate, estimate)
+
+    def stage(self, status: str, step: str, percentage: float | None = None, **extra: Any) -> None:
+        self.status, self.step = status, step
+        self._advance(self.percentage if percentage is None else percentage)
+        self.bus.publish("status", {**self._fields(), **extra})
+
+    def plan(self, chunks: list[str]) -> None:
+        self.chunk_lengths = [len(c) for c in chunks]
+
+    def chunk_started(self, index: int) -> None:
+        self.current_chunk = index + 1
+        self.stage("generating_audio", f"Generating audio for chunk {index + 1}/{len(self.chunk_lengths)}")
+
+    def within_chunk(self, fraction: float) -> None:
+        """Engine-reported progress inside the current chunk (0..1)."""
+        if self.status != "generating_audio":
+            return
+        current = self.chunk_lengths[self.current_chunk - 1]
+        before = self.percentage
+        self._advance(GENERATION_SHARE * (self.done_chars + fraction * current) / self.total_chars)
+        if self.percentage != before:
+            self.bus.publish("progress", self._fields())
+
+    def chunk_done(self) -> None:
+        self.within_chunk(1.0)
+        self.done_chars += self.chunk_lengths[self.current_chunk - 1]
+
+    def finish(self, status: str, step: str, **extra: Any) -> None:
+        self.status, self.step = status, step
+        if status == "completed":
+            self.percentage = 100.0
+            self.estimate = round(time.time(), 3)
+        self.bus.publish("status", {**self._fields(), **extra})
+
+
+async def process(job: Job, worker: Worker, tracker: StatusTracker, max_chunk_length: int) -> None:
+    """Run one job to a terminal status; its future gets the encoded audio or the error."""
+    progress = Progress(job, worker.bus, tracker)
+    loop = asyncio.get_running_loop()
+    engine = worker.engine
+    try:
+        waiting = "Waiting for the model to load" if not worker.ready else "Starting request processing"
+        progress.stage("initializing", waiting)
+        await worker.wait_loaded()
+        started = time.perf_counter()
+        progress.stage("processing_text", "Validating and preparing text")
+        text = normalize(job.text)
+        progress.stage("chunking", "Splitting text into chunks")
+        chunks = split_chunks(text, max_chunk_length)
+        progress.plan(chunks)
+        report = worker.on_loop(progress.within_chunk)
+        pieces = []
+        for index, chunk in enumerate(chunks):
+            if job.cancel.is_set():
+                raise Cancelled()
+            progress.chunk_started(index)
+            pieces.append(await worker.run(engine.synthesize, chunk, job.voice, job.params, report, job.cancel))
+            progress.chunk_done()
+        progress.stage("concatenating", f"Combining {len(pieces)} audio chunks", CONCATENATING_AT)
+        samples = await loop.run_in_executor(None, audio.join_chunks, pieces, engine.sample_rate)
+        progress.stage("finalizing", f"Converting to {job.response_format}", FINALIZING_AT)
+        data = await loop.run_in_executor(None, audio.encode, samples, engine.sample_rate, job.response_format)
+    except Cancelled:
+        progress.finish("cancelled", "Cancelled")
+        _fail(job, Cancelled())
+    except EngineUnavailable as exc:
+        progress.finish("error", "Failed", error_message=str(exc))
+        _fail(job, exc)
+    except Exception as exc:
+        if not isinstance(exc, EngineError):
+            log.exception("request %s failed", job.request_id)
+        message = f"Generation failed: {exc}"
+        progress.finish("error", "Failed", error_message=message)
+        _fail(job, EngineError(message))
+    else:
+        progress.finish(
+            "completed",
+            "Completed",
+            audio_duration_seconds=round(len(samples) / engine.sample_rate, 3),
+            generation_seconds=time.perf_counter() - started,
+            generated_characters=len(text),
+        )
+        if not job.result.done():
+            job.result.set_result(data)
+
+
+def _fail(job: Job, exc: Exception) -> None:
+    if not job.result.done():
+        job.result.set_exception(exc)

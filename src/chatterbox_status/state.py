@@ -1,0 +1,11 @@
+"""Typed keys for what the app factory puts on the application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import Settings
+from .core import Core
+
+SETTINGS = web.AppKey("settings", Settings)
+CORE = web.AppKey("core", Core)

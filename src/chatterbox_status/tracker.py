@@ -1,0 +1,263 @@
+"""The status tracker: a fold over bus events into request records, queue and statistics.
+
+It is a bus listener and nothing else writes to it, so its state changes only on the
+event-loop thread and needs no lock. Given the same event log, any process rebuilds the
+same state. Statistics are lifetime counters kept as events arrive; the history ring is
+bounded and clearing it leaves the counters alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import Event
+
+QUEUED = "queued"
+TERMINAL_STATUSES = frozenset({"completed", "error", "cancelled"})
+STATUS_VALUES = (
+    "idle",
+    QUEUED,
+    "initializing",
+    "processing_text",
+    "chunking",
+    "generating_audio",
+    "concatenating",
+    "finalizing",
+    "completed",
+    "error",
+    "cancelled",
+)
+PROGRESS_FIELDS = ("current_chunk", "total_chunks", "current_step", "progress_percentage", "estimated_completion")
+# Fields a request's events may set on its record, besides status and progress.
+RECORD_FIELDS = (
+    "text_length",
+    "text_preview",
+    "voice_source",
+    "parameters",
+    "engine",
+    "error_message",
+    "audio_duration_seconds",
+)
+# Weight of the newest measurement in the seconds-per-character moving average.
+THROUGHPUT_ALPHA = 0.3
+
+
+@dataclass
+class RequestRecord:
+    """Everything known about one request; views render subsets of it."""
+
+    request_id: str
+    start_time: float
+    status: str = QUEUED
+    end_time: float | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, Any] = field(
+        default_factory=lambda: {
+            "current_chunk": 0,
+            "total_chunks": 0,
+            "current_step": "Waiting in queue",
+            "progress_percentage": 0.0,
+            "estimated_completion": None,
+        }
+    )
+
+    def duration(self, now: float) -> float:
+        return round((self.end_time or now) - self.start_time, 3)
+
+    def view(self, now: float) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "request_id": self.request_id,
+            "status": self.status,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "duration_seconds": self.duration(now),
+            "text_length": self.fields.get("text_length", 0),
+            "text_preview": self.fields.get("text_preview", ""),
+            "voice_source": self.fields.get("voice_source", "default"),
+            "parameters": self.fields.get("parameters", {}),
+            "progress": dict(self.progress),
+        }
+        for name in ("engine", "error_message", "audio_duration_seconds"):
+            if name in self.fields:
+                body[name] = self.fields[name]
+        return body
+
+
+@dataclass
+class Statistics:
+    total_requests: int = 0
+    completed_requests: int = 0
+    error_requests: int = 0
+    cancelled_requests: int = 0
+    completed_duration_sum: float = 0.0
+    completed_text_length_sum: int = 0
+
+    def view(self) -> dict[str, Any]:
+        finished = self.completed_requests + self.error_requests
+        done = self.completed_requests
+        return {
+            "total_requests": self.total_requests,
+            "completed_requests": done,
+            "error_requests": self.error_requests,
+            "cancelled_requests": self.cancelled_requests,
+            "success_rate": round(100.0 * done / finished, 1) if finished else 0.0,
+            "average_duration_seconds": round(self.completed_duration_sum / done, 3) if done else 0.0,
+            "average_text_length": round(self.completed_text_length_sum / done, 1) if done else 0.0,
+        }
+
+
+class StatusTracker:
+    """Folds events into current state; every public method is a read-only view."""
+
+    def __init__(self, history_size: int) -> None:
+        self._active: dict[str, RequestRecord] = {}
+        self._history: collections.deque[RequestRecord] = collections.deque(maxlen=history_size)
+        self._finished: dict[str, RequestRecord] = {}
+        self.stats = Statistics()
+        self.seconds_per_char: float | None = None
+        self.engine: dict[str, Any] = {"state": "not_started", "load_progress": 0.0}
+
+    # -- the fold ---------------------------------------------------------------
+
+    def apply(self, event: Event) -> None:
+        if event.type == "engine":
+            self.engine.update({k: v for k, v in event.data.items() if k != "timestamp"})
+            if "seconds_per_char" in event.data:
+                self.seconds_per_char = event.data["seconds_per_char"]
+        elif event.type in ("status", "progress"):
+            self._apply_request(event.data)
+        elif event.type == "history_cleared":
+            self._history.clear()
+            self._finished.clear()
+
+    def _apply_request(self, data: dict[str, Any]) -> None:
+        request_id = data["request_id"]
+        record = self._active.get(request_id)
+        if record is None:
+            if data["status"] != QUEUED:
+                return
+            record = self._active[request_id] = RequestRecord(request_id, data["timestamp"])
+            self.stats.total_requests += 1
+        record.status = data["status"]
+        record.fields.update((k, data[k]) for k in RECORD_FIELDS if k in data)
+        record.progress.update((k, data[k]) for k in PROGRESS_FIELDS if k in data)
+        if record.status in TERMINAL_STATUSES:
+            self._finish(record, data)
+
+    def _finish(self, record: RequestRecord, data: dict[str, Any]) -> None:
+        record.end_time = data["timestamp"]
+        del self._active[record.request_id]
+        if len(self._history) == self._history.maxlen:
+            self._finished.pop(self._history[0].request_id, None)
+        self._history.append(record)
+        self._finished[record.request_id] = record
+        if record.status == "completed":
+            self.stats.completed_requests += 1
+            self.stats.completed_duration_sum += record.duration(record.end_time)
+            self.stats.completed_text_length_sum += record.fields.get("text_length", 0)
+            self._measure_throughput(data)
+        elif record.status == "error":
+            self.stats.error_requests += 1
+        else:
+            self.stats.cancelled_requests += 1
+
+    def _measure_throughput(self, data: dict[str, Any]) -> None:
+        seconds, chars = data.get("generation_seconds"), data.get("generated_characters")
+        if not seconds or not chars:
+            return
+        sample = seconds / chars
+        previous = self.seconds_per_char
+        self.seconds_per_char = sample if previous is None else previous + THROUGHPUT_ALPHA * (sample - previous)
+
+    # -- views --------------------------------------------------------------------
+
+    @property
+    def is_processing(self) -> bool:
+        return bool(self._active)
+
+    def current(self) -> RequestRecord | None:
+        """The request the engine is on: the oldest one past the queue, else the head of the queue."""
+        running = next((r for r in self._active.values() if r.status != QUEUED), None)
+        return running or next(iter(self._active.values()), None)
+
+    def find(self, request_id: str) -> RequestRecord | None:
+        return self._active.get(request_id) or self._finished.get(request_id)
+
+    def queued(self) -> list[RequestRecord]:
+        return [r for r in self._active.values() if r.status == QUEUED]
+
+    def queue_view(self, now: float | None = None) -> dict[str, Any]:
+        """Queue positions with start and completion estimates from measured throughput."""
+        now = time.time() if now is None else now
+        spc = self.seconds_per_char
+        clock: float | None = now
+        for record in self._active.values():
+            if record.status != QUEUED:
+                eta = record.progress.get("estimated_completion")
+                clock = max(clock, eta) if (clock is not None and eta is not None) else None
+        entries = []
+        for position, record in enumerate(self.queued(), start=1):
+            start = clock
+            done = None if (start is None or spc is None) else round(start + record.fields.get("text_length", 0) * spc, 3)
+            entries.append(
+                {
+                    "request_id": record.request_id,
+                    "position": position,
+                    "text_length": record.fields.get("text_length", 0),
+                    "queued_at": record.start_time,
+                    "estimated_start": None if start is None else round(start, 3),
+                    "estimated_completion": done,
+                }
+            )
+            clock = done
+        return {"length": len(entries), "requests": entries}
+
+    def position(self, request_id: str) -> int | None:
+        ids = [r.request_id for r in self.queued()]
+        return ids.index(request_id) + 1 if request_id in ids else None
+
+    def history(self, limit: int) -> list[dict[str, Any]]:
+        """Finished requests, newest first."""
+        now = time.time()
+        newest_first = reversed(self._history)
+        return [record.view(now) for _, record in zip(range(limit), newest_first)]
+
+    def statistics(self) -> dict[str, Any]:
+        return {**self.stats.view(), "is_processing": self.is_processing}
+
+    def status(self) -> dict[str, Any]:
+        """The /status body: the current request in the documented shape, or idle."""
+        now = time.time()
+        record = self.current()
+        if record is None:
+            return {
+                "status": "idle",
+                "is_processing": False,
+                "message": "No active TTS requests",
+                "total_requests": self.stats.total_requests,
+                "queue": self.queue_view(now),
+            }
+        return {
+            **record.view(now),
+            "is_processing": True,
+            "total_requests": self.stats.total_requests,
+            "queue": self.queue_view(now),
+        }
+
+    def progress(self) -> dict[str, Any]:
+        """The light /status/progress body."""
+        record = self.current()
+        if record is None:
+            return {"is_processing": False, "status": "idle", "message": "No active TTS requests"}
+        return {
+            "is_processing": True,
+            "status": record.status,
+            "request_id": record.request_id,
+            **record.progress,
+            "duration_seconds": record.duration(time.time()),
+            "text_preview": record.fields.get("text_preview", ""),
+            "queue_length": len(self.queued()),
+        }

@@ -1,0 +1,192 @@
+"""The worker: a FIFO job queue in front of one dedicated executor thread that owns the engine.
+
+The engine is touched only from that thread. Everything else (queue, status events,
+cancellation) lives on the event loop; progress reported by the engine from its thread
+is handed to the loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .engines.base import Engine, SynthesisParams, Voice
+from .events import EventBus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A realistic sentence: its timing seeds the throughput estimate before any request ran.
+WARM_UP_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away."
+
+
+class QueueFull(Exception):
+    """The queue holds as many jobs as it may."""
+
+
+class EngineUnavailable(Exception):
+    """The engine failed to load, so no job can run."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One speech request on its way through the queue and the pipeline."""
+
+    request_id: str
+    text: str
+    voice: Voice
+    params: SynthesisParams
+    response_format: str
+    result: asyncio.Future[bytes]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class JobQueue:
+    """A bounded FIFO; submit, cancel, position and next are all a shared queue must offer."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._nonempty = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, job: Job) -> None:
+        if len(self._jobs) >= self.maxsize:
+            raise QueueFull()
+        self._jobs[job.request_id] = job
+        self._nonempty.set()
+
+    def cancel(self, request_id: str) -> Job | None:
+        return self._jobs.pop(request_id, None)
+
+    def position(self, request_id: str) -> int | None:
+        for position, queued_id in enumerate(self._jobs, start=1):
+            if queued_id == request_id:
+                return position
+        return None
+
+    async def next(self) -> Job:
+        while not self._jobs:
+            self._nonempty.clear()
+            await self._nonempty.wait()
+        return self._jobs.popitem(last=False)[1]
+
+
+class Worker:
+    """Loads the engine in the background, then runs queued jobs one at a time."""
+
+    def __init__(self, engine: Engine, bus: EventBus, max_queue_size: int) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.queue = JobQueue(max_queue_size)
+        self.current: Job | None = None
+        self.load_error: str | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._loaded = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded.is_set() and self.load_error is None
+
+    def start(self, process: Callable[[Job], Any]) -> None:
+        """Start loading the model and consuming jobs with ``process`` (the pipeline)."""
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [
+            asyncio.create_task(self._load(), name="engine-load"),
+            asyncio.create_task(self._consume(process), name="job-consumer"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the engine thread."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._executor, fn, *args)
+
+    def on_loop(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """Wrap ``fn`` so that calling it from the engine thread runs it on the loop."""
+        loop = self._loop
+        assert loop is not None
+
+        def hop(*args: Any) -> None:
+            loop.call_soon_threadsafe(fn, *args)
+
+        return hop
+
+    async def wait_loaded(self) -> None:
+        await self._loaded.wait()
+        if self.load_error is not None:
+            raise EngineUnavailable(self.load_error)
+
+    def submit(self, job: Job) -> None:
+        self.queue.submit(job)
+
+    def cancel(self, request_id: str) -> Job | None:
+        """Cancel a queued or running job; returns it, or None when it is neither."""
+        job = self.queue.cancel(request_id)
+        if job is None and self.current is not None and self.current.request_id == request_id:
+            job = self.current
+        if job is not None:
+            job.cancel.set()
+        return job
+
+    async def _load(self) -> None:
+        name = self.engine.name
+        self.bus.publish("engine", {"name": name, "state": "loading", "load_progress": 0.0})
+        report = self.on_loop(lambda fraction: self.bus.publish("engine", {"load_progress": round(100 * fraction, 1)}))
+        try:
+            started = time.perf_counter()
+            await self.run(self.engine.load, report)
+            loaded = time.perf_counter()
+            await self.run(
+                self.engine.synthesize,
+                WARM_UP_TEXT,
+                Voice(),
+                SynthesisParams(exaggeration=0.5, cfg_weight=0.5, temperature=0.8, seed=0),
+                lambda fraction: None,
+                threading.Event(),
+            )
+            warm = time.perf_counter()
+        except Exception as exc:
+            log.exception("engine %s failed to load", name)
+            self.load_error = f"engine {name} failed to load: {exc}"
+            self.bus.publish("engine", {"state": "error", "error": self.load_error})
+        else:
+            log.info("engine %s loaded in %.1fs, warm-up took %.2fs", name, loaded - started, warm - loaded)
+            self.bus.publish(
+                "engine",
+                {
+                    "state": "ready",
+                    "load_progress": 100.0,
+                    "load_seconds": round(loaded - started, 3),
+                    "seconds_per_char": (warm - loaded) / len(WARM_UP_TEXT),
+                },
+            )
+        finally:
+            self._loaded.set()
+
+    async def _consume(self, process: Callable[[Job], Any]) -> None:
+        while True:
+            job = await self.queue.next()
+            self.current = job
+            try:
+                await process(job)
+            except Exception:
+                log.exception("pipeline crashed on request %s", job.request_id)
+            finally:
+                self.current = None

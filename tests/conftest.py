@@ -1,0 +1,47 @@
+"""Shared fixtures: apps on the real embedded voice or on a scripted engine."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import wave
+
+import pytest
+
+from chatterbox_status.app import create_app
+from chatterbox_status.config import Settings
+from chatterbox_status.state import CORE
+
+from doubles import ScriptedEngine
+
+
+@pytest.fixture
+def make_client(aiohttp_client):
+    """Start an app (hibari unless an engine is given) and wait until its engine is loaded."""
+
+    async def make(engine=None, wait_loaded: bool = True, **overrides):
+        settings = Settings(**{"enable_memory_monitoring": True, **overrides})
+        client = await aiohttp_client(create_app(settings, engine))
+        if wait_loaded:
+            await asyncio.wait_for(core_of(client).worker.wait_loaded(), 60)
+        return client
+
+    return make
+
+def core_of(client):
+    return client.server.app[CORE]
+
+@pytest.fixture
+def scripted():
+    return ScriptedEngine()
+
+def decode_wav(data: bytes) -> tuple[int, int, int]:
+    """(sample rate, channels, frames) of a WAV file."""
+    with wave.open(io.BytesIO(data)) as w:
+        return w.getframerate(), w.getnchannels(), w.getnframes()
+
+def record_events(client, types=("status", "progress")) -> list:
+    """Every bus event of the given types from now on, in bus order."""
+    seen: list = []
+    core_of(client).bus.add_listener(lambda e: seen.append(e) if e.type in types else None)
+    return seen

@@ -1,0 +1,62 @@
+"""A real generation on the embedded voice, followed through the bus and the status API."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import core_of, decode_wav, record_events
+
+TEXT = (
+    "The first sentence is short. The second sentence is a little longer than the first one. "
+    "Here comes a third, and then a fourth sentence ends the paragraph."
+)
+
+
+async def test_hibari_request_goes_from_queued_to_completed_with_chunk_progress(make_client):
+    client = await make_client(max_chunk_length=60)
+    events = record_events(client)
+    response = await client.post("/v1/audio/speech", json={"input": TEXT, "voice": "alloy"})
+    assert response.status == 200
+    assert response.content_type == "audio/wav"
+    request_id = response.headers["X-Request-ID"]
+    rate, channels, frames = decode_wav(await response.read())
+    assert (rate, channels) == (24_000, 1)
+    assert frames / rate > 5.0  # four sentences of speech, not a blip
+
+    mine = [e.data for e in events if e.data["request_id"] == request_id]
+    statuses = [d["status"] for d in mine if True]
+    transitions = [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
+    assert transitions == [
+        "queued",
+        "initializing",
+        "processing_text",
+        "chunking",
+        "generating_audio",
+        "concatenating",
+        "finalizing",
+        "completed",
+    ]
+    chunk_steps = [d["current_step"] for d in mine if d["status"] == "generating_audio"]
+    total = mine[-1]["total_chunks"]
+    assert total >= 3
+    for n in range(1, total + 1):
+        assert f"Generating audio for chunk {n}/{total}" in chunk_steps
+    percentages = [d["progress_percentage"] for d in mine if "progress_percentage" in d]
+    assert percentages == sorted(percentages)
+    assert percentages[-1] == 100.0 and percentages[-2] < 100.0
+
+    record = await (await client.get(f"/status/requests/{request_id}")).json()
+    assert record["status"] == "completed"
+    assert record["progress"]["progress_percentage"] == 100.0
+    assert record["audio_duration_seconds"] == round(frames / rate, 3)
+
+
+async def test_client_chosen_request_id_is_used_and_echoed(make_client):
+    client = await make_client()
+    response = await client.post(
+        "/tts", json={"input": "Hello there."}, headers={"X-Request-ID": "my-own-id-0001"}
+    )
+    assert response.status == 200
+    assert response.headers["X-Request-ID"] == "my-own-id-0001"
+    history = await (await client.get("/status/history")).json()
+    assert history["request_history"][0]["request_id"] == "my-own-id-0001"
