@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,11 +60,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
+    """Bind first, so a taken port fails at once instead of after the model loaded."""
     from .app import create_app
 
+    try:
+        sock = socket.create_server((settings.host, settings.port))
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        print(f"chatterbox-status: cannot listen on {settings.host}:{settings.port}: {reason}", file=sys.stderr)
+        return 1
     app = create_app(settings)
     log.info("chatterbox-status %s listening on http://%s:%d", __version__, settings.host, settings.port)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    web.run_app(app, sock=sock, print=None, access_log=None)
     return 0
 
 

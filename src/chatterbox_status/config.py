@@ -35,9 +35,10 @@ def _between(low: float, high: float) -> Callable[[float], str | None]:
     return check
 
 
-def _one_of(choices: Sequence[str]) -> Callable[[str], str | None]:
+def _one_of(choices: Sequence[str], ignore_case: bool = False) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(choices)}"
+        candidate = value.lower() if ignore_case else value
+        return None if candidate in choices else f"must be one of {', '.join(choices)}"
 
     return check
 
@@ -80,7 +81,7 @@ class Settings:
     history_size: int = _setting(50, "HISTORY_SIZE", "finished requests kept in the history ring", _between(1, 100_000))
     max_queue_size: int = _setting(64, "MAX_QUEUE_SIZE", "requests that may wait for the engine before 429", _between(1, 100_000))
     max_body_size: int = _setting(1 << 20, "MAX_BODY_SIZE", "largest request body in bytes before 413", _between(1024, 1 << 30))
-    log_level: str = _setting("info", "LOG_LEVEL", "logging level", _one_of(LOG_LEVELS))
+    log_level: str = _setting("info", "LOG_LEVEL", "logging level", _one_of(LOG_LEVELS, ignore_case=True))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -76,18 +76,14 @@ class Core:
             result=asyncio.get_running_loop().create_future(),
         )
         self.worker.submit(job)
-        self.bus.publish(
-            "status",
-            {
-                "request_id": request_id,
-                "status": "queued",
-                "current_step": "Waiting in queue",
-                "text_length": len(speech.text),
-                "text_preview": pipeline.preview(speech.text),
-                "voice_source": speech.voice.source,
-                "parameters": speech.parameters_view,
-                "engine": self.engine.name,
-            },
+        pipeline.Progress(job, self.bus, self.tracker).stage(
+            "queued",
+            "Waiting in queue",
+            text_length=len(speech.text),
+            text_preview=pipeline.preview(speech.text),
+            voice_source=speech.voice.source,
+            parameters=speech.parameters_view,
+            engine=self.engine.name,
         )
         return job
 
@@ -98,7 +94,7 @@ class Core:
             return False
         record = self.tracker.find(request_id)
         if record is not None and record.status == "queued":
-            self.bus.publish("status", {"request_id": request_id, "status": "cancelled", "current_step": "Cancelled"})
+            pipeline.Progress(job, self.bus, self.tracker).finish("cancelled", "Cancelled")
             if not job.result.done():
                 job.result.set_exception(Cancelled())
         return True

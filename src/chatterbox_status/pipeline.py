@@ -29,6 +29,9 @@ GENERATION_SHARE = 95.0
 CONCATENATING_AT = 95.0
 FINALIZING_AT = 97.5
 PREVIEW_LENGTH = 100
+# How many characters of evidence the engine-wide throughput counts for against this
+# request's own measured pace, once it has finished a chunk.
+PRIOR_WEIGHT_CHARS = 200
 
 
 def preview(text: str) -> str:
@@ -42,14 +45,14 @@ class Progress:
         self.job = job
         self.bus = bus
         self.tracker = tracker
-        self.status = "initializing"
-        self.step = ""
+        self.status = "queued"
+        self.step = "Waiting in queue"
         self.chunk_lengths: list[int] = []
         self.done_chars = 0
         self.current_chunk = 0
         self.percentage = 0.0
         self.estimate: float | None = None
-        self.started = time.time()
+        self.generation_started: float | None = None
 
     @property
     def total_chars(self) -> int:
@@ -69,8 +72,11 @@ class Progress:
     def _advance(self, percentage: float) -> None:
         self.percentage = max(self.percentage, round(min(percentage, 99.9), 1))
         spc = self.tracker.seconds_per_char
-        if spc is None:
+        if spc is None or self.status == "queued":
             return
+        if self.done_chars and self.generation_started is not None:
+            own_pace = (time.perf_counter() - self.generation_started) / self.done_chars
+            spc = (spc * PRIOR_WEIGHT_CHARS + own_pace * self.done_chars) / (PRIOR_WEIGHT_CHARS + self.done_chars)
         remaining = (1.0 - self.percentage / 100.0) * self.total_chars * spc
         estimate = round(time.time() + remaining, 3)
         self.estimate = estimate if self.estimate is None else max(self.estimate, estimate)
@@ -84,6 +90,8 @@ class Progress:
         self.chunk_lengths = [len(c) for c in chunks]
 
     def chunk_started(self, index: int) -> None:
+        if self.generation_started is None:
+            self.generation_started = time.perf_counter()
         self.current_chunk = index + 1
         self.stage("generating_audio", f"Generating audio for chunk {index + 1}/{len(self.chunk_lengths)}")
 

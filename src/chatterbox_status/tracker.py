@@ -67,6 +67,14 @@ class RequestRecord:
     def duration(self, now: float) -> float:
         return round((self.end_time or now) - self.start_time, 3)
 
+    def progress_view(self, now: float) -> dict[str, Any]:
+        """Progress fields; a running request past its estimate is expected no earlier than now."""
+        progress = dict(self.progress)
+        eta = progress["estimated_completion"]
+        if eta is not None and self.status != QUEUED and self.status not in TERMINAL_STATUSES:
+            progress["estimated_completion"] = round(max(eta, now), 3)
+        return progress
+
     def view(self, now: float) -> dict[str, Any]:
         body: dict[str, Any] = {
             "request_id": self.request_id,
@@ -78,7 +86,7 @@ class RequestRecord:
             "text_preview": self.fields.get("text_preview", ""),
             "voice_source": self.fields.get("voice_source", "default"),
             "parameters": self.fields.get("parameters", {}),
-            "progress": dict(self.progress),
+            "progress": self.progress_view(now),
         }
         for name in ("engine", "error_message", "audio_duration_seconds"):
             if name in self.fields:
@@ -196,7 +204,7 @@ class StatusTracker:
         clock: float | None = now
         for record in self._active.values():
             if record.status != QUEUED:
-                eta = record.progress.get("estimated_completion")
+                eta = record.progress_view(now)["estimated_completion"]
                 clock = max(clock, eta) if (clock is not None and eta is not None) else None
         entries = []
         for position, record in enumerate(self.queued(), start=1):
@@ -252,12 +260,13 @@ class StatusTracker:
         record = self.current()
         if record is None:
             return {"is_processing": False, "status": "idle", "message": "No active TTS requests"}
+        now = time.time()
         return {
             "is_processing": True,
             "status": record.status,
             "request_id": record.request_id,
-            **record.progress,
-            "duration_seconds": record.duration(time.time()),
+            **record.progress_view(now),
+            "duration_seconds": record.duration(now),
             "text_preview": record.fields.get("text_preview", ""),
             "queue_length": len(self.queued()),
         }

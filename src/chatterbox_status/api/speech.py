@@ -64,7 +64,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise bad_request(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object")

@@ -1,0 +1,91 @@
+"""Progress percentages and completion estimates: honest, and never going backwards."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import core_of, record_events
+
+LONG_TEXT = " ".join(
+    f"Sentence number {n} talks about the weather, the sea and a long walk home." for n in range(1, 31)
+)
+
+
+def assert_never_backwards(samples: list[dict]) -> None:
+    by_request: dict[str, list[dict]] = {}
+    for sample in samples:
+        by_request.setdefault(sample["request_id"], []).append(sample)
+    for rows in by_request.values():
+        pcts = [r["progress_percentage"] for r in rows]
+        assert pcts == sorted(pcts), pcts
+        assert all(p < 100.0 for p in pcts[:-1])
+        # Until the request ends; then the field holds the actual completion time.
+        running = [r for r in rows if r["status"] not in ("completed", "error", "cancelled")]
+        etas = [r["estimated_completion"] for r in running if r["estimated_completion"] is not None]
+        assert etas == sorted(etas), etas
+
+
+async def test_percentages_and_estimates_never_go_backwards_while_polled(make_client):
+    client = await make_client(max_chunk_length=80)
+    events = record_events(client)
+    post = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": LONG_TEXT}))
+    polled = []
+    while not post.done():
+        body = await (await client.get("/status/progress")).json()
+        if body["is_processing"]:
+            polled.append(body)
+    assert (await post).status == 200
+    assert len(polled) >= 5, "the request finished before the poller saw it run"
+    assert_never_backwards(polled)
+    assert_never_backwards([e.data for e in events])
+    finals = [e.data for e in events if e.data["status"] == "completed"]
+    assert finals[0]["progress_percentage"] == 100.0
+    assert all(e.data["progress_percentage"] < 100.0 for e in events if e.data["status"] != "completed")
+
+
+async def test_percentage_follows_finished_characters_and_chunk_fraction(make_client, scripted):
+    client = await make_client(engine=scripted, max_chunk_length=30)
+    events = record_events(client)
+    scripted.hold()
+    text = "Short one. " + "This sentence is much longer."  # 10 + 29 characters, two chunks
+    post = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": text}))
+    await asyncio.to_thread(scripted.wait_started)
+    first = await (await client.get("/status/progress")).json()
+    assert (first["current_chunk"], first["total_chunks"]) == (1, 2)
+    assert first["progress_percentage"] == 0.0
+    scripted.release()
+    await asyncio.to_thread(scripted.wait_started)
+    second = await (await client.get("/status/progress")).json()
+    assert (second["current_chunk"], second["status"]) == (2, "generating_audio")
+    # One finished chunk of 10 characters out of 39: a quarter of the generation share.
+    assert second["progress_percentage"] == round(95.0 * 10 / 39, 1)
+    scripted.release()
+    assert (await post).status == 200
+    inside = [e.data["progress_percentage"] for e in events if e.type == "progress"]
+    # The engine's half-way report inside the long chunk lands between the chunk boundaries.
+    assert round(95.0 * (10 + 0.5 * 29) / 39, 1) in inside
+
+
+async def test_queued_requests_get_chained_estimates_from_measured_throughput(make_client, scripted):
+    client = await make_client(engine=scripted)
+    scripted.hold()
+    posts = [
+        asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": text}))
+        for text in ("The running one.", "The first waiting one.", "The second waiting one, longer.")
+    ]
+    await asyncio.to_thread(scripted.wait_started)
+    core = core_of(client)
+    while len(core.worker.queue) < 2:
+        await asyncio.sleep(0)
+    status = await (await client.get("/status")).json()
+    running_eta = status["progress"]["estimated_completion"]
+    queue = status["queue"]["requests"]
+    assert [q["position"] for q in queue] == [1, 2]
+    assert queue[0]["estimated_start"] == running_eta
+    assert queue[1]["estimated_start"] == queue[0]["estimated_completion"]
+    spc = core.tracker.seconds_per_char
+    for entry in queue:
+        expected = entry["estimated_start"] + entry["text_length"] * spc
+        assert abs(entry["estimated_completion"] - expected) < 0.01
+    scripted.release(3)
+    assert [r.status for r in await asyncio.gather(*posts)] == [200, 200, 200]
