@@ -19,6 +19,8 @@ setup(
     package_data={"chatterbox_status": ["web/*"]},
     install_requires=[
         "aiohttp>=3.9,<4",
+        "aiohttp-sse>=2.2",
+        "av>=12",
         "numpy>=1.24",
         "psutil>=5.9",
         "pydantic>=2.5,<3",

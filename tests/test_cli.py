@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -95,10 +96,10 @@ def test_say_with_an_unknown_voice_fails_naming_the_voice(tmp_path):
 
 
 def test_say_to_an_unsupported_format_fails_clearly(tmp_path):
-    out = tmp_path / "out.mp3"
+    out = tmp_path / "out.xyz"
     result = run_cli("say", "Hello.", "-o", str(out), cwd=tmp_path)
     assert result.returncode != 0
-    assert "mp3" in result.stderr
+    assert "xyz" in result.stderr
     assert "not supported" in result.stderr
     assert "wav" in result.stderr  # says what would work
     assert "Traceback" not in result.stderr
@@ -206,3 +207,51 @@ def test_serve_on_a_port_in_use_fails_with_a_clear_message(tmp_path):
     assert "in use" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert "listening on" not in result.stderr, result.stderr  # it never listened
+
+
+LONG_TEXT = " ".join(
+    f"Paragraph {n} describes a quiet harbour town where the boats come home at dusk." for n in range(1, 45)
+)
+
+
+@pytest.mark.parametrize("shutdown_timeout", ["30", "0"])
+def test_sigterm_mid_request_finishes_or_cancels_it_then_exits_cleanly(tmp_path, shutdown_timeout):
+    """Within SHUTDOWN_TIMEOUT the request finishes; past it, it ends as cancelled."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chatterbox_status", "serve", "--port", str(port), "--max-chunk-length", "100"],
+            cwd=tmp_path,
+            env={**clean_environ(), "SHUTDOWN_TIMEOUT": shutdown_timeout},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_healthy(base, process, log_path, deadline_s=60)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(http, "POST", f"{base}/v1/audio/speech", {"input": LONG_TEXT}, 120)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                _, _, raw = http("GET", f"{base}/status/progress")
+                progress = json.loads(raw)
+                if progress["status"] == "generating_audio" and progress["current_chunk"] < progress["total_chunks"]:
+                    break
+            else:
+                pytest.fail("the request never showed up as generating")
+            process.send_signal(signal.SIGTERM)
+            status, _, audio = pending.result(timeout=120)
+        assert process.wait(timeout=30) == 0
+        assert "Traceback" not in log_path.read_text(errors="replace")
+        if shutdown_timeout == "0":
+            assert status == 409
+            assert json.loads(audio)["error"]["code"] == "cancelled"
+            return
+        assert status == 200  # the in-flight request was allowed to finish
+        wav_path = tmp_path / "long.wav"
+        wav_path.write_bytes(audio)
+        with wave.open(str(wav_path)) as w:
+            assert w.getnframes() / w.getframerate() > 60  # the whole text, not a truncated part
+    finally:
+        stop(process)

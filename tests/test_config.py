@@ -78,6 +78,10 @@ ENVIRONMENT_CASES = [
     ("MAX_QUEUE_SIZE", "3", "max_queue_size", 3),
     ("MAX_BODY_SIZE", "4096", "max_body_size", 4096),
     ("LOG_LEVEL", "debug", "log_level", "debug"),
+    ("SSE_PING_INTERVAL", "2.5", "sse_ping_interval", 2.5),
+    ("SSE_QUEUE_SIZE", "16", "sse_queue_size", 16),
+    ("EVENT_REPLAY_SIZE", "64", "event_replay_size", 64),
+    ("SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", 0.0),
 ]
 
 

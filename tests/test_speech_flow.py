@@ -60,3 +60,36 @@ async def test_client_chosen_request_id_is_used_and_echoed(make_client):
     assert response.headers["X-Request-ID"] == "my-own-id-0001"
     history = await (await client.get("/status/history")).json()
     assert history["request_history"][0]["request_id"] == "my-own-id-0001"
+
+
+async def test_speed_scales_duration_natively_and_by_time_stretch(make_client):
+    """hibari changes tempo itself within 0.5-2x; beyond that the server time-stretches."""
+    client = await make_client()
+    text = "A steady sentence, spoken at several speeds."
+
+    async def seconds(speed: float) -> float:
+        response = await client.post("/v1/audio/speech", json={"input": text, "speed": speed, "seed": 1})
+        assert response.status == 200
+        rate, _, frames = decode_wav(await response.read())
+        return frames / rate
+
+    normal = await seconds(1.0)
+    for speed in (0.5, 2.0, 0.25, 4.0):
+        assert abs(await seconds(speed) - normal / speed) < 0.12 * normal / speed, speed
+
+
+async def test_every_response_format_has_its_content_type(make_client):
+    client = await make_client()
+    expected = {
+        "wav": "audio/wav",
+        "pcm": "audio/pcm",
+        "mp3": "audio/mpeg",
+        "opus": "audio/ogg",
+        "aac": "audio/aac",
+        "flac": "audio/flac",
+    }
+    for response_format, content_type in expected.items():
+        response = await client.post("/v1/audio/speech", json={"input": "Format check.", "response_format": response_format})
+        assert response.status == 200
+        assert response.content_type == content_type
+        assert len(await response.read()) > 500

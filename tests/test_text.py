@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from chatterbox_status.text import normalize, split_chunks
+from chatterbox_status.text import normalize, plan_chunks, split_chunks
 
 # Sentence-boundary tests pick max_length so that packing cannot hide a wrong
 # split or a missed one:
@@ -359,3 +359,27 @@ def test_normalize_is_idempotent():
     for text in [*PARAGRAPHS, messy]:
         once = normalize(text)
         assert normalize(once) == once
+
+
+# -- plan_chunks: a short first chunk for streaming ------------------------------------------
+
+
+def test_plan_chunks_without_first_length_is_split_chunks():
+    text = "One sentence here. Another one follows it. And a third to finish."
+    assert plan_chunks(text, 40) == split_chunks(text, 40)
+
+
+def test_plan_chunks_caps_the_first_chunk_and_keeps_every_word_in_order():
+    text = "Hi there. " + "This is a much longer sentence that keeps going for quite a while. " * 4
+    chunks = plan_chunks(text.strip(), 200, first_length=30)
+    assert chunks[0] == "Hi there."
+    assert all(len(c) <= 200 for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+    assert split_chunks(text.strip(), 200)[0] != chunks[0]  # the cap changed the plan
+
+
+def test_plan_chunks_splits_a_long_first_sentence_at_clauses():
+    text = "When the rain stopped, the children ran outside, and the dog followed them. Then quiet."
+    chunks = plan_chunks(text, 280, first_length=25)
+    assert chunks[0] == "When the rain stopped,"
+    assert " ".join(chunks).split() == text.split()

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .api import meta, speech, status
+from .api import meta, speech, status, stream
 from .config import Settings
 from .core import Core
 from .cors import OriginPolicy, cors_middleware
@@ -23,10 +23,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     )
     app[SETTINGS] = settings
     app[CORE] = Core(settings, engine)
-    for module in (speech, status, meta):
+    for module in (speech, status, stream, meta):
         app.router.add_routes(module.routes)
     app.cleanup_ctx.append(_run_core)
+    app.on_shutdown.append(_drain)
     return app
+
+
+async def _drain(app: web.Application) -> None:
+    """At shutdown (no longer listening): finish or cancel in-flight work, end the streams."""
+    await app[CORE].shutdown()
 
 
 async def _run_core(app: web.Application) -> AsyncIterator[None]:

@@ -71,7 +71,7 @@ def serve(settings: Settings) -> int:
         return 1
     app = create_app(settings)
     log.info("chatterbox-status %s listening on http://%s:%d", __version__, settings.host, settings.port)
-    web.run_app(app, sock=sock, print=None, access_log=None)
+    web.run_app(app, sock=sock, print=None, access_log=None, handler_cancellation=True)
     return 0
 
 

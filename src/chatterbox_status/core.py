@@ -7,6 +7,7 @@ goes through exactly the queue, pipeline and events that a web request does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class Core:
         else:
             self.choice = engines.EngineChoice(engine.name, settings.engine, "engine supplied by the caller")
         self.engine = engine
-        self.bus = EventBus()
+        self.bus = EventBus(settings.event_replay_size, settings.sse_queue_size)
         self.tracker = StatusTracker(settings.history_size)
         self.bus.add_listener(self.tracker.apply)
         self.worker = Worker(engine, self.bus, settings.max_queue_size)
@@ -58,6 +59,25 @@ class Core:
             log.warning("VOICE_SAMPLE_PATH is ignored: engine %s cannot clone voices", self.engine.name)
         self.worker.start(self._process)
 
+    async def shutdown(self) -> None:
+        """Take no new jobs, let queued and running ones finish within SHUTDOWN_TIMEOUT,
+        cancel what is left, then end every event stream after its last events."""
+        self.worker.accepting = False
+        try:
+            await asyncio.wait_for(self.worker.idle(), self.settings.shutdown_timeout)
+        except TimeoutError:
+            log.warning("shutdown: cancelling requests still unfinished after %ss", self.settings.shutdown_timeout)
+            for request_id in self.worker.queue.ids():
+                self.cancel(request_id)
+            if self.worker.current is not None:
+                self.cancel(self.worker.current.request_id)
+            # A running chunk stops at the engine's next cancellation check; a request still
+            # waiting for the model is ended by stop() cancelling the worker.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.worker.idle(), self.settings.shutdown_timeout)
+        finally:
+            self.bus.close()
+
     async def stop(self) -> None:
         await self.worker.stop()
         self.bus.close()
@@ -65,8 +85,11 @@ class Core:
     async def _process(self, job: Job) -> None:
         await pipeline.process(job, self.worker, self.tracker, self.settings.max_chunk_length)
 
-    def submit(self, request_id: str, speech: SpeechJob) -> Job:
-        """Queue a job (raises QueueFull) and announce it; await ``job.result`` for the audio."""
+    def submit(self, request_id: str, speech: SpeechJob, streamed: bool = False) -> Job:
+        """Queue a job (raises QueueFull or ShuttingDown) and announce it.
+
+        Await ``job.result`` for the audio; a streamed job's audio comes through ``job.stream``.
+        """
         job = Job(
             request_id=request_id,
             text=speech.text,
@@ -74,6 +97,7 @@ class Core:
             params=speech.params,
             response_format=speech.response_format,
             result=asyncio.get_running_loop().create_future(),
+            stream=asyncio.Queue() if streamed else None,
         )
         self.worker.submit(job)
         pipeline.Progress(job, self.bus, self.tracker).stage(

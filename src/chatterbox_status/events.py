@@ -48,6 +48,7 @@ class EventBus:
         self._listeners: list[Callable[[Event], None]] = []
         self._subscribers: set[Subscription] = set()
         self._queue_size = subscriber_queue_size
+        self._closed = False
 
     @property
     def last_id(self) -> int:
@@ -71,8 +72,12 @@ class EventBus:
         return event
 
     def subscribe(self) -> Subscription:
+        """A new subscriber's queue; after close() it is already ended."""
         sub = Subscription(asyncio.Queue(self._queue_size))
-        self._subscribers.add(sub)
+        if self._closed:
+            self._end(sub)
+        else:
+            self._subscribers.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -92,6 +97,7 @@ class EventBus:
 
     def close(self) -> None:
         """End every subscription (at shutdown): each sees None after what it has queued."""
+        self._closed = True
         for sub in list(self._subscribers):
             self._end(sub)
 

@@ -11,15 +11,18 @@ measured seconds per character and never moves earlier.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from . import audio
 from .engines.base import Cancelled, EngineError
 from .events import EventBus
-from .text import normalize, split_chunks
-from .tracker import StatusTracker
+from .text import normalize, plan_chunks
+from .tracker import TERMINAL_STATUSES, StatusTracker
 from .worker import EngineUnavailable, Job, Worker
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,8 @@ GENERATION_SHARE = 95.0
 CONCATENATING_AT = 95.0
 FINALIZING_AT = 97.5
 PREVIEW_LENGTH = 100
+# A streamed response's first chunk is at most this long, so its first audio comes early.
+FIRST_STREAMED_CHUNK_LENGTH = 100
 # How many characters of evidence the engine-wide throughput counts for against this
 # request's own measured pace, once it has finished a chunk.
 PRIOR_WEIGHT_CHARS = 200
@@ -62,6 +67,9 @@ class Progress:
         return {
             "request_id": self.job.request_id,
             "status": self.status,
+            "is_processing": self.status not in TERMINAL_STATUSES,
+            "duration_seconds": round(time.time() - self.job.created, 3),
+            "text_preview": preview(self.job.text),
             "current_step": self.step,
             "current_chunk": self.current_chunk,
             "total_chunks": len(self.chunk_lengths),
@@ -117,33 +125,87 @@ class Progress:
         self.bus.publish("status", {**self._fields(), **extra})
 
 
+class BufferedOutput:
+    """Collects every chunk, then joins and encodes the whole file."""
+
+    def __init__(self, job: Job, sample_rate: int) -> None:
+        self.job = job
+        self.sample_rate = sample_rate
+        self.pieces: list[np.ndarray] = []
+        self.samples = 0
+
+    async def add(self, samples: np.ndarray) -> None:
+        self.pieces.append(samples)
+
+    async def finish(self, progress: Progress) -> bytes:
+        progress.stage("concatenating", f"Combining {len(self.pieces)} audio chunks", CONCATENATING_AT)
+        joined = await asyncio.to_thread(audio.join_chunks, self.pieces, self.sample_rate)
+        self.samples = len(joined)
+        progress.stage("finalizing", f"Converting to {self.job.response_format}", FINALIZING_AT)
+        return await asyncio.to_thread(audio.encode, joined, self.sample_rate, self.job.response_format)
+
+
+class StreamedOutput:
+    """Encodes each chunk as it arrives and hands the bytes to the response at once."""
+
+    def __init__(self, job: Job, sample_rate: int) -> None:
+        assert job.stream is not None
+        self.queue = job.stream
+        self.encoder = audio.StreamEncoder(job.response_format, sample_rate)
+        self.gap = np.zeros(int(round(audio.PAUSE_SECONDS * sample_rate)), dtype=np.float32)
+        self.samples = 0
+        self._send(self.encoder.header())
+
+    def _send(self, data: bytes) -> None:
+        if data:
+            self.queue.put_nowait(data)
+
+    async def add(self, samples: np.ndarray) -> None:
+        piece = np.concatenate([self.gap, samples]) if self.samples else samples
+        self.samples += len(piece)
+        self._send(await asyncio.to_thread(self.encoder.feed, piece))
+
+    async def finish(self, progress: Progress) -> bytes:
+        progress.stage("finalizing", "Finishing the audio stream", FINALIZING_AT)
+        self._send(await asyncio.to_thread(self.encoder.finish))
+        return b""
+
+
 async def process(job: Job, worker: Worker, tracker: StatusTracker, max_chunk_length: int) -> None:
-    """Run one job to a terminal status; its future gets the encoded audio or the error."""
+    """Run one job to a terminal status; its future gets the encoded audio or the error.
+
+    A streamed job's audio goes out through ``job.stream`` chunk by chunk instead, with a
+    short first chunk so that the first audio arrives early.
+    """
     progress = Progress(job, worker.bus, tracker)
-    loop = asyncio.get_running_loop()
     engine = worker.engine
     try:
         waiting = "Waiting for the model to load" if not worker.ready else "Starting request processing"
         progress.stage("initializing", waiting)
         await worker.wait_loaded()
+        output = (StreamedOutput if job.stream is not None else BufferedOutput)(job, engine.sample_rate)
         started = time.perf_counter()
         progress.stage("processing_text", "Validating and preparing text")
         text = normalize(job.text)
         progress.stage("chunking", "Splitting text into chunks")
-        chunks = split_chunks(text, max_chunk_length)
+        first_length = FIRST_STREAMED_CHUNK_LENGTH if job.stream is not None else None
+        chunks = plan_chunks(text, max_chunk_length, first_length)
         progress.plan(chunks)
         report = worker.on_loop(progress.within_chunk)
-        pieces = []
+        speed = job.params.speed
+        low, high = engine.speed_range or (1.0, 1.0)
+        native = low <= speed <= high
+        engine_params = job.params if native else dataclasses.replace(job.params, speed=1.0)
         for index, chunk in enumerate(chunks):
             if job.cancel.is_set():
                 raise Cancelled()
             progress.chunk_started(index)
-            pieces.append(await worker.run(engine.synthesize, chunk, job.voice, job.params, report, job.cancel))
+            samples = await worker.run(engine.synthesize, chunk, job.voice, engine_params, report, job.cancel)
+            if not native:
+                samples = await asyncio.to_thread(audio.change_speed, samples, engine.sample_rate, speed)
+            await output.add(samples)
             progress.chunk_done()
-        progress.stage("concatenating", f"Combining {len(pieces)} audio chunks", CONCATENATING_AT)
-        samples = await loop.run_in_executor(None, audio.join_chunks, pieces, engine.sample_rate)
-        progress.stage("finalizing", f"Converting to {job.response_format}", FINALIZING_AT)
-        data = await loop.run_in_executor(None, audio.encode, samples, engine.sample_rate, job.response_format)
+        data = await output.finish(progress)
     except Cancelled:
         progress.finish("cancelled", "Cancelled")
         _fail(job, Cancelled())
@@ -160,12 +222,15 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker, max_chunk_le
         progress.finish(
             "completed",
             "Completed",
-            audio_duration_seconds=round(len(samples) / engine.sample_rate, 3),
+            audio_duration_seconds=round(output.samples / engine.sample_rate, 3),
             generation_seconds=time.perf_counter() - started,
             generated_characters=len(text),
         )
         if not job.result.done():
             job.result.set_result(data)
+    finally:
+        if job.stream is not None:
+            job.stream.put_nowait(None)
 
 
 def _fail(job: Job, exc: Exception) -> None:

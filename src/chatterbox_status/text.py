@@ -97,6 +97,23 @@ def split_chunks(text: str, max_length: int) -> list[str]:
     return _pack(pieces, max_length)
 
 
+def plan_chunks(text: str, max_length: int, first_length: int | None = None) -> list[str]:
+    """Chunks for generation; ``first_length`` caps the first one, so streamed audio starts early.
+
+    The first chunk is the whole sentences that fit in ``first_length``, or the first clause
+    of a longer first sentence; the rest is packed again up to ``max_length``.
+    """
+    chunks = split_chunks(text, max_length)
+    if first_length is None or not chunks or len(chunks[0]) <= first_length:
+        return chunks
+    sentences = [" ".join(words) for words in _split_after(chunks[0].split(), _ends_sentence)]
+    head = _pack(sentences, first_length)[0]
+    if len(head) > first_length:
+        head = _fitting_pieces(head.split(), first_length)[0]
+    rest = chunks[0][len(head) :].strip()
+    return [head, *split_chunks("\n".join([rest, *chunks[1:]]), max_length)]
+
+
 def _normalize_line(line: str) -> str:
     """Normalise one line; it holds no line breaks, so dashes cannot join paragraphs."""
     visible = "".join(

@@ -35,6 +35,10 @@ class EngineUnavailable(Exception):
     """The engine failed to load, so no job can run."""
 
 
+class ShuttingDown(Exception):
+    """The server is shutting down and takes no new jobs."""
+
+
 @dataclass(eq=False)
 class Job:
     """One speech request on its way through the queue and the pipeline."""
@@ -45,7 +49,10 @@ class Job:
     params: SynthesisParams
     response_format: str
     result: asyncio.Future[bytes]
+    # For streamed responses: encoded audio pieces as they are ready, then None.
+    stream: asyncio.Queue[bytes | None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    created: float = field(default_factory=time.time)
 
 
 class JobQueue:
@@ -67,6 +74,9 @@ class JobQueue:
 
     def cancel(self, request_id: str) -> Job | None:
         return self._jobs.pop(request_id, None)
+
+    def ids(self) -> list[str]:
+        return list(self._jobs)
 
     def position(self, request_id: str) -> int | None:
         for position, queued_id in enumerate(self._jobs, start=1):
@@ -90,6 +100,9 @@ class Worker:
         self.queue = JobQueue(max_queue_size)
         self.current: Job | None = None
         self.load_error: str | None = None
+        self.accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._loaded = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -134,13 +147,22 @@ class Worker:
             raise EngineUnavailable(self.load_error)
 
     def submit(self, job: Job) -> None:
+        if not self.accepting:
+            raise ShuttingDown()
         self.queue.submit(job)
+        self._idle.clear()
+
+    async def idle(self) -> None:
+        """Wait until no job is queued or running."""
+        await self._idle.wait()
 
     def cancel(self, request_id: str) -> Job | None:
         """Cancel a queued or running job; returns it, or None when it is neither."""
         job = self.queue.cancel(request_id)
         if job is None and self.current is not None and self.current.request_id == request_id:
             job = self.current
+        if not self.queue and self.current is None:
+            self._idle.set()
         if job is not None:
             job.cancel.set()
         return job
@@ -196,3 +218,5 @@ class Worker:
                 log.exception("pipeline crashed on request %s", job.request_id)
             finally:
                 self.current = None
+                if not self.queue:
+                    self._idle.set()

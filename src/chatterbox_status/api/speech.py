@@ -6,6 +6,8 @@ queue: bad input never reaches the engine and never shows up in the statistics.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import math
 import re
@@ -14,15 +16,16 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
+from aiohttp_sse import sse_response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import audio, voices
-from ..engines.base import Cancelled, SynthesisParams
+from ..engines.base import Cancelled, EngineError, SynthesisParams
 from ..core import Core, SpeechJob
-from ..errors import ApiError, bad_request, not_found
+from ..errors import ApiError, bad_request, error_body, not_found
 from ..state import CORE
 from ..text import normalize
-from ..worker import EngineUnavailable, QueueFull
+from ..worker import EngineUnavailable, Job, QueueFull, ShuttingDown
 from .params import aliased
 
 routes = web.RouteTableDef()
@@ -105,11 +108,6 @@ def plan_speech(body: SpeechRequest, core: Core) -> SpeechJob:
             f"response_format {body.response_format!r} is not supported; use one of {', '.join(audio.FORMATS)}",
             param="response_format",
         )
-    if body.stream_format == "sse":
-        raise bad_request("stream_format 'sse' is not supported by this server yet; use 'audio'", param="stream_format")
-    low, high = engine.speed_range or (1.0, 1.0)
-    if not low <= body.speed <= high:
-        raise bad_request(f"speed must be between {low} and {high} with engine {engine.name}", param="speed")
     voice = voices.resolve(body.voice, core.default_voice_path)
     if voice is None:
         raise not_found(f"Voice {body.voice!r} not found", param="voice")
@@ -140,7 +138,18 @@ def retry_after(core: Core) -> str:
 
 
 @aliased(routes, "POST", "/v1/audio/speech", "/audio/speech", "/tts")
-async def create_speech(request: web.Request) -> web.Response:
+async def create_speech(request: web.Request) -> web.StreamResponse:
+    """The whole file, or a stream when ``stream_format`` asks for one."""
+    return await speak(request, default_stream_format=None)
+
+
+@aliased(routes, "POST", "/v1/audio/speech/stream", "/audio/speech/stream", "/tts/stream")
+async def create_speech_stream(request: web.Request) -> web.StreamResponse:
+    """Audio streamed as each chunk is generated (chatterbox-tts-api's streaming route)."""
+    return await speak(request, default_stream_format="audio")
+
+
+async def speak(request: web.Request, default_stream_format: str | None) -> web.StreamResponse:
     core = request.app[CORE]
     raw = await read_json_object(request)
     try:
@@ -148,11 +157,12 @@ async def create_speech(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise _validation_error(exc) from None
     speech = plan_speech(body, core)
+    stream_format = body.stream_format or default_stream_format
     if core.worker.load_error is not None:
         raise ApiError(503, core.worker.load_error, code="engine_unavailable")
     request_id = request_id_from(request, core)
     try:
-        job = core.submit(request_id, speech)
+        job = core.submit(request_id, speech, streamed=stream_format is not None)
     except QueueFull:
         raise ApiError(
             429,
@@ -160,23 +170,86 @@ async def create_speech(request: web.Request) -> web.Response:
             code="queue_full",
             headers={"Retry-After": retry_after(core)},
         ) from None
-    headers = {"X-Request-ID": request_id}
+    except ShuttingDown:
+        raise ApiError(503, "The server is shutting down", code="shutting_down") from None
+    send = {None: send_file, "audio": send_audio_stream, "sse": send_sse_stream}[stream_format]
+    try:
+        return await send(request, job)
+    except (asyncio.CancelledError, ConnectionResetError):
+        # The client went away: its request stops too, and frees the engine.
+        job.result.cancel()
+        core.cancel(request_id)
+        raise
+
+
+def _job_error(job: Job, exc: BaseException) -> ApiError:
+    headers = {"X-Request-ID": job.request_id}
+    if isinstance(exc, Cancelled):
+        return ApiError(409, f"Request {job.request_id} was cancelled", code="cancelled", headers=headers)
+    if isinstance(exc, EngineUnavailable):
+        return ApiError(503, str(exc), code="engine_unavailable", headers=headers)
+    return ApiError(500, str(exc), code="generation_failed", headers=headers)
+
+
+async def send_file(request: web.Request, job: Job) -> web.Response:
     try:
         data = await job.result
-    except Cancelled:
-        raise ApiError(409, f"Request {request_id} was cancelled", code="cancelled", headers=headers) from None
-    except EngineUnavailable as exc:
-        raise ApiError(503, str(exc), code="engine_unavailable", headers=headers) from None
-    except Exception as exc:
-        raise ApiError(500, str(exc), code="generation_failed", headers=headers) from None
+    except (Cancelled, EngineUnavailable, EngineError) as exc:
+        raise _job_error(job, exc) from None
     return web.Response(
         body=data,
-        content_type=audio.CONTENT_TYPES[speech.response_format],
+        content_type=audio.CONTENT_TYPES[job.response_format],
         headers={
-            **headers,
-            "Content-Disposition": f'attachment; filename="speech.{speech.response_format}"',
+            "X-Request-ID": job.request_id,
+            "Content-Disposition": f'attachment; filename="speech.{job.response_format}"',
         },
     )
+
+
+async def send_audio_stream(request: web.Request, job: Job) -> web.StreamResponse:
+    """Chunked audio as it is encoded; a failure aborts the transfer, so it cannot pass for whole."""
+    assert job.stream is not None
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": audio.CONTENT_TYPES[job.response_format],
+            "X-Request-ID": job.request_id,
+            "Content-Disposition": f'attachment; filename="speech.{job.response_format}"',
+        }
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    while (data := await job.stream.get()) is not None:
+        await response.write(data)
+    try:
+        await job.result
+    except (Cancelled, EngineUnavailable, EngineError):
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def send_sse_stream(request: web.Request, job: Job) -> web.StreamResponse:
+    """OpenAI's speech events: ``speech.audio.delta`` per piece, then ``speech.audio.done``."""
+    assert job.stream is not None
+    async with sse_response(
+        request, headers={"X-Request-ID": job.request_id, "Cache-Control": "no-cache"}, allow_all_methods=True
+    ) as sse:
+        while (data := await job.stream.get()) is not None:
+            delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")}
+            await sse.send(json.dumps(delta), event="speech.audio.delta")
+        try:
+            await job.result
+        except (Cancelled, EngineUnavailable, EngineError) as exc:
+            error = _job_error(job, exc)
+            body = error_body(error.status, error.message, code=error.code)
+            await sse.send(json.dumps({"type": "error", **body}), event="error")
+        else:
+            characters = len(job.text)
+            usage = {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}
+            await sse.send(json.dumps({"type": "speech.audio.done", "usage": usage}), event="speech.audio.done")
+    return sse
 
 
 @aliased(routes, "DELETE", "/v1/audio/speech/{request_id}", "/audio/speech/{request_id}", "/tts/{request_id}")

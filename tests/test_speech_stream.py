@@ -1,0 +1,205 @@
+"""Streamed speech: audio as it is generated, OpenAI's SSE events, and cancellation by disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import aiohttp
+import pytest
+
+from conftest import core_of, decode_wav
+
+from doubles import ScriptedEngine
+
+# Sentences shorter than the first streamed chunk's cap, so streamed and whole plans agree.
+TEXT = "The tide is coming in. Gulls circle over the pier. A small boat heads for home."
+
+
+def wav_frames(data: bytes) -> bytes:
+    """The PCM payload of a WAV file, whether its header gives sizes or says 'unknown'."""
+    marker = data.index(b"data") + 8
+    return data[marker:]
+
+
+def terminal_waiter(client, request_id: str) -> asyncio.Future:
+    """A future resolved with the request's terminal status, from the bus itself."""
+    done = asyncio.get_running_loop().create_future()
+
+    def listen(event) -> None:
+        data = event.data
+        if data.get("request_id") == request_id and data.get("status") in ("completed", "error", "cancelled"):
+            if not done.done():
+                done.set_result(data["status"])
+
+    core_of(client).bus.add_listener(listen)
+    return done
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/speech/stream", "/audio/speech/stream", "/tts/stream"])
+async def test_streamed_wav_has_the_same_samples_as_the_whole_file(make_client, path):
+    client = await make_client(max_chunk_length=80)
+    whole = await client.post("/v1/audio/speech", json={"input": TEXT, "seed": 7})
+    streamed = await client.post(path, json={"input": TEXT, "seed": 7})
+    assert streamed.status == 200
+    assert streamed.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in streamed.headers
+    assert streamed.headers["X-Request-ID"]
+    whole_pcm, streamed_pcm = wav_frames(await whole.read()), wav_frames(await streamed.read())
+    assert len(streamed_pcm) == len(whole_pcm)
+    assert streamed_pcm == whole_pcm
+
+
+@pytest.mark.parametrize("response_format", ["pcm", "flac", "mp3"])
+async def test_stream_format_audio_on_the_speech_route_streams_each_format(make_client, response_format):
+    client = await make_client(max_chunk_length=80)
+    body = {"input": TEXT, "seed": 3, "response_format": response_format}
+    whole = await (await client.post("/v1/audio/speech", json=body)).read()
+    response = await client.post("/v1/audio/speech", json={**body, "stream_format": "audio"})
+    assert response.status == 200 and response.headers.get("Transfer-Encoding") == "chunked"
+    streamed = await response.read()
+    if response_format == "pcm":
+        assert streamed == whole
+    else:
+        import av
+
+        def duration(data: bytes) -> float:
+            import io
+
+            with av.open(io.BytesIO(data)) as container:
+                return sum(frame.samples for frame in container.decode(audio=0)) / 24_000
+
+        assert abs(duration(streamed) - duration(whole)) < 0.1
+
+
+async def test_first_audio_arrives_while_later_chunks_are_still_generating(make_client, scripted):
+    client = await make_client(engine=scripted, max_chunk_length=40)
+    scripted.hold()
+    text = "First sentence goes out early. Second sentence waits for release."
+    response_task = asyncio.ensure_future(
+        client.post("/v1/audio/speech/stream", json={"input": text, "response_format": "pcm"})
+    )
+    assert await asyncio.to_thread(scripted.wait_started) == "First sentence goes out early."
+    scripted.release()
+    assert await asyncio.to_thread(scripted.wait_started) == "Second sentence waits for release."
+    response = await asyncio.wait_for(response_task, 10)
+    first = await asyncio.wait_for(response.content.readexactly(2 * 1000), 10)
+    assert len(first) == 2000  # audio of the first chunk, while the second is held
+    status = await (await client.get("/status/progress")).json()
+    assert (status["status"], status["current_chunk"]) == ("generating_audio", 2)
+    scripted.release()
+    rest = await response.read()
+    expected_samples = int(len(text.split(". ")[0] + ".") * scripted.seconds_per_char * scripted.sample_rate)
+    assert len(first) + len(rest) > 2 * expected_samples
+
+
+async def test_openai_sse_stream_carries_the_audio_then_done(make_client):
+    client = await make_client(max_chunk_length=30)
+    whole = await (await client.post("/v1/audio/speech", json={"input": TEXT, "seed": 5, "response_format": "pcm"})).read()
+    response = await client.post(
+        "/v1/audio/speech", json={"input": TEXT, "seed": 5, "response_format": "pcm", "stream_format": "sse"}
+    )
+    assert response.status == 200
+    assert response.content_type == "text/event-stream"
+    events = parse_sse(await response.text())
+    types = [e["event"] for e in events]
+    assert types[-1] == "speech.audio.done"
+    assert types[:-1] == ["speech.audio.delta"] * 3  # one per chunk, each sent as it was generated
+    payloads = [json.loads(e["data"]) for e in events]
+    audio = b"".join(base64.b64decode(p["audio"]) for p in payloads[:-1])
+    assert audio == whole
+    assert all(p["type"] == e["event"] for p, e in zip(payloads, events))
+    assert payloads[-1]["usage"]["input_tokens"] == len(TEXT)
+
+
+async def test_failure_mid_stream_is_an_error_event_not_a_silent_end(make_client):
+    engine = ScriptedEngine(fail_on="Broken")
+    client = await make_client(engine=engine, max_chunk_length=30)
+    text = "This part works fine. Broken part comes next."
+    response = await client.post(
+        "/v1/audio/speech", json={"input": text, "stream_format": "sse", "response_format": "pcm"}
+    )
+    events = parse_sse(await response.text())
+    assert [e["event"] for e in events] == ["speech.audio.delta", "error"]
+    error = json.loads(events[-1]["data"])
+    assert error["type"] == "error" and "scripted failure" in error["error"]["message"]
+
+
+async def test_failure_mid_audio_stream_aborts_the_transfer(make_client):
+    engine = ScriptedEngine(fail_on="Broken")
+    client = await make_client(engine=engine, max_chunk_length=30)
+    response = await client.post(
+        "/v1/audio/speech/stream", json={"input": "This part works fine. Broken part comes next."}
+    )
+    assert response.status == 200  # headers went out with the first audio
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()
+
+
+def parse_sse(text: str) -> list[dict]:
+    """Events as {event, data} from a complete SSE body (enough for OpenAI's simple events)."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, list[str]] = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields.setdefault(name, []).append(value[1:] if value.startswith(" ") else value)
+        if "data" in fields:
+            events.append({"event": fields.get("event", ["message"])[-1], "data": "\n".join(fields["data"])})
+    return events
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole-file", "audio-stream"])
+async def test_client_disconnect_cancels_its_request_and_frees_the_engine(make_client, scripted, streamed):
+    client = await make_client(engine=scripted, max_chunk_length=20)
+    scripted.hold()
+    path = "/v1/audio/speech/stream" if streamed else "/v1/audio/speech"
+    ended = terminal_waiter(client, "leaving-client-1")
+    request = asyncio.ensure_future(
+        client.post(path, json={"input": "One part. Two part. Three part."}, headers={"X-Request-ID": "leaving-client-1"})
+    )
+    await asyncio.to_thread(scripted.wait_started)
+    if streamed:
+        (await request).close()  # the listener hangs up after the headers
+    else:
+        request.cancel()  # the client gives up before any answer
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    assert await asyncio.wait_for(ended, 10) == "cancelled"
+    # The chunk in flight stopped at its cancellation check; the second chunk never ran.
+    assert scripted.calls[2:] == ["One part. Two part."]
+
+    scripted.release(5)
+    after = await client.post("/v1/audio/speech", json={"input": "Next one."})
+    assert after.status == 200
+    stats = await (await client.get("/status/statistics")).json()
+    assert (stats["cancelled_requests"], stats["completed_requests"]) == (1, 1)
+
+
+async def test_shutdown_mid_request_ends_it_cleanly(make_client, scripted):
+    client = await make_client(engine=scripted, shutdown_timeout=0.2)
+    scripted.hold()
+    ended = terminal_waiter(client, "shutdown-victim")
+    request = asyncio.ensure_future(
+        client.post("/v1/audio/speech", json={"input": "Never finished."}, headers={"X-Request-ID": "shutdown-victim"})
+    )
+    await asyncio.to_thread(scripted.wait_started)
+    await core_of(client).shutdown()
+    assert await asyncio.wait_for(ended, 10) == "cancelled"
+    response = await asyncio.wait_for(request, 10)
+    assert response.status == 409
+    refused = await client.post("/v1/audio/speech", json={"input": "Too late."})
+    assert refused.status == 503
+    assert (await refused.json())["error"]["code"] == "shutting_down"
+    stats = await (await client.get("/status/statistics")).json()
+    assert (stats["total_requests"], stats["cancelled_requests"]) == (1, 1)
+
+
+async def test_whole_file_response_unchanged_by_streaming_support(make_client):
+    client = await make_client()
+    response = await client.post("/v1/audio/speech", json={"input": TEXT})
+    assert response.headers["Content-Length"] == str(len(await response.read()))
+    assert decode_wav(await response.read())[0] == 24_000
