@@ -22,6 +22,7 @@ setup(
         "aiohttp-sse>=2.2",
         "av>=12",
         "numpy>=1.24",
+        "prometheus-client>=0.17",
         "psutil>=5.9",
         "pydantic>=2.5,<3",
         "hibari-tts>=0.2.1,<0.3",

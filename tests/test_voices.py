@@ -61,7 +61,9 @@ FLAC = encoded("flac", "flac")
 MP3 = encoded("mp3", "libmp3lame")
 
 
-def form(name: str | None = "alice", data: bytes | None = WAV, filename: str = "alice.wav", **fields) -> aiohttp.FormData:
+def form(
+    name: str | None = "alice", data: bytes | None = WAV, filename: str = "alice.wav", **fields: str
+) -> aiohttp.FormData:
     body = aiohttp.FormData()
     if name is not None:
         body.add_field("voice_name", name)
@@ -72,7 +74,7 @@ def form(name: str | None = "alice", data: bytes | None = WAV, filename: str = "
     return body
 
 
-async def upload(client, name: str = "alice", data: bytes = WAV, filename: str = "alice.wav", prefix: str = "", **fields):
+async def upload(client, name: str = "alice", data: bytes = WAV, filename: str = "a.wav", prefix: str = "", **fields):
     response = await client.post(f"{prefix}/voices", data=form(name, data, filename, **fields))
     assert response.status == 201, await response.text()
     return (await response.json())["voice"]
@@ -87,7 +89,7 @@ async def error_of(response, status: int) -> dict:
 
 def stored_files(library: VoiceLibrary) -> set[str]:
     """Audio files in the library directory (not the index, temporaries or set-aside files)."""
-    return {p.name for p in library.directory.iterdir() if not p.name.startswith(".") and not p.name.startswith(INDEX_NAME)}
+    return {p.name for p in library.directory.iterdir() if not p.name.startswith((".", INDEX_NAME))}
 
 
 def assert_consistent(library: VoiceLibrary) -> None:
@@ -204,8 +206,10 @@ async def test_unknown_voices_are_404(client, method, path, data):
 # -- files on disk -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("data", "filename", "content_type"), [(WAV, "a.wav", "audio/wav"), (FLAC, "a.flac", "audio/flac")])
-async def test_upload_then_list_get_and_download_give_back_the_same_bytes(client, library, data, filename, content_type):
+@pytest.mark.parametrize(
+    ("data", "filename", "content_type"), [(WAV, "a.wav", "audio/wav"), (FLAC, "a.flac", "audio/flac")]
+)
+async def test_upload_list_get_and_download_give_back_the_same_bytes(client, library, data, filename, content_type):
     voice = await upload(client, "Alice Smith", data, filename)
     assert voice["file_size"] == len(data)
     assert voice["sha256"] == hashlib.sha256(data).hexdigest()
@@ -290,6 +294,14 @@ async def test_cleanup_forgets_voices_whose_file_is_gone(client, library):
     assert body == {"message": body["message"], "removed_voices": ["alice"], "count": 1}
     assert library.all_names() == ["bob"]
     assert_consistent(library)
+
+
+async def test_a_restart_forgets_voices_whose_file_is_gone(client, library):
+    await upload(client)
+    await upload(client, "bob")
+    library.path(library.get("bob")).unlink()
+    assert VoiceLibrary(library.directory).all_names() == ["alice"]
+    assert json.loads((library.directory / INDEX_NAME).read_bytes())["voices"][0]["name"] == "alice"
 
 
 # -- resolve -------------------------------------------------------------------------
@@ -381,8 +393,11 @@ async def test_bad_uploads_are_400_and_leave_nothing_behind(client, library, bod
     assert library.voices() == [] and stored_files(library) == set()
 
 
-async def test_upload_must_be_multipart(client):
+async def test_upload_must_be_a_well_formed_form(client, library):
     await error_of(await client.post("/voices", json={"voice_name": "alice"}), 415)
+    garbage = await client.post("/voices", data=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=b"})
+    await error_of(garbage, 400)
+    assert library.voices() == []
 
 
 @pytest.mark.parametrize("bad", ["a/b", "..", ".x", "nova"])
@@ -403,8 +418,9 @@ async def test_taken_names_are_409(client, library):
         error = await error_of(await client.post("/voices", data=form(name)), 409)
         assert error["param"] == "voice_name" and error["code"] == "voice_exists"
     assert (await error_of(await client.put("/voices/alice", data={"new_name": "bob"}), 409))["param"] == "new_name"
-    assert (await error_of(await client.post("/voices/alice/aliases", data={"alias": "Bob"}), 409))["param"] == "alias"
-    assert (await error_of(await client.post("/voices/alice/aliases", data={"alias": "robert"}), 409))["param"] == "alias"
+    for alias in ("Bob", "robert"):
+        error = await error_of(await client.post("/voices/alice/aliases", data={"alias": alias}), 409)
+        assert error["param"] == "alias"
     assert sorted(library.all_names()) == ["alice", "bob", "robert"]
     assert_consistent(library)
 

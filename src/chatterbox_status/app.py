@@ -8,21 +8,24 @@ from aiohttp import web
 
 from .api import meta, speech, status, stream
 from .config import Settings
+from .auth import api_key_middleware
 from .core import Core
 from .cors import OriginPolicy, cors_middleware
 from .engines.base import Engine
 from .errors import error_middleware
-from .state import CORE, SETTINGS
+from .metrics import Metrics
+from .state import CORE, METRICS, SETTINGS
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """Build the application; the engine starts loading when the app starts."""
-    app = web.Application(
-        middlewares=[cors_middleware(OriginPolicy(settings.cors_origins)), error_middleware],
-        client_max_size=settings.max_body_size,
-    )
+    middlewares = [cors_middleware(OriginPolicy(settings.cors_origins)), error_middleware]
+    if settings.api_key:
+        middlewares.append(api_key_middleware(settings.api_key))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
     app[SETTINGS] = settings
-    app[CORE] = Core(settings, engine)
+    core = app[CORE] = Core(settings, engine)
+    app[METRICS] = Metrics(core.bus, core.worker, core.engine.name)
     for module in (speech, status, stream, meta):
         app.router.add_routes(module.routes)
     app.cleanup_ctx.append(_run_core)

@@ -81,6 +81,8 @@ class Settings:
     history_size: int = _setting(50, "HISTORY_SIZE", "finished requests kept in the history ring", _between(1, 100_000))
     max_queue_size: int = _setting(64, "MAX_QUEUE_SIZE", "requests that may wait for the engine before 429", _between(1, 100_000))
     max_body_size: int = _setting(1 << 20, "MAX_BODY_SIZE", "largest request body in bytes before 413", _between(1024, 1 << 30))
+    api_key: str = _setting("", "API_KEY", "when set, clients must send it (Authorization: Bearer KEY) on every endpoint but /health and /ping")
+    max_sse_subscribers: int = _setting(2048, "MAX_SSE_SUBSCRIBERS", "open event streams allowed before 429", _between(1, 1_000_000))
     sse_ping_interval: float = _setting(15.0, "SSE_PING_INTERVAL", "seconds between keep-alive comments on event streams", _between(0.1, 3600))
     sse_queue_size: int = _setting(256, "SSE_QUEUE_SIZE", "events a stream subscriber may fall behind before it is dropped", _between(1, 100_000))
     event_replay_size: int = _setting(1024, "EVENT_REPLAY_SIZE", "events kept for Last-Event-ID replay", _between(1, 1_000_000))

@@ -6,6 +6,8 @@ from aiohttp import web
 
 from .config import Settings
 from .core import Core
+from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 CORE = web.AppKey("core", Core)
+METRICS = web.AppKey("metrics", Metrics)

@@ -115,7 +115,9 @@ def check_name(name: str) -> str:
         )
     folded = _fold(name)
     if folded in DEFAULT_NAMES:
-        raise InvalidName(f"Voice name {name!r} is reserved: the OpenAI voice names and 'default' mean the default voice")
+        raise InvalidName(
+            f"Voice name {name!r} is reserved: the OpenAI voice names and 'default' mean the default voice"
+        )
     if folded in ROUTE_NAMES:
         raise InvalidName(f"Voice name {name!r} is reserved: /voices/{folded} is a route of its own")
     return name
@@ -163,9 +165,11 @@ def inspect_clip(data: bytes, filename: str | None = None) -> Clip:
                 raise InvalidAudio("The voice file has no audio stream", "undecodable_audio")
             duration = _decoded_seconds(container)
     except av.FFmpegError as exc:
-        raise InvalidAudio(f"The voice file is not audio this server can decode: {exc.strerror}", "undecodable_audio") from None
+        message = f"The voice file is not audio this server can decode: {exc.strerror}"
+        raise InvalidAudio(message, "undecodable_audio") from None
     if duration < MIN_DURATION_S:
-        raise InvalidAudio(f"The voice clip lasts {duration:.2f} s; at least {MIN_DURATION_S:g} s is needed", "audio_too_short")
+        message = f"The voice clip lasts {duration:.2f} s; at least {MIN_DURATION_S:g} s is needed"
+        raise InvalidAudio(message, "audio_too_short")
     if duration > MAX_DURATION_S:
         raise InvalidAudio(f"The voice clip is longer than {MAX_DURATION_S:g} s", "audio_too_long")
     return Clip(extension, duration, hashlib.sha256(data).hexdigest())
@@ -220,7 +224,8 @@ class VoiceEntry:
         entry = cls(**{**raw, "aliases": tuple(raw["aliases"])})
         texts = (entry.name, entry.filename, entry.original_filename, entry.language, entry.upload_date, entry.sha256)
         _require(all(isinstance(text, str) for text in texts), "a text field is not text")
-        _require(isinstance(entry.file_size, int) and isinstance(entry.duration, (int, float)), "a number is not a number")
+        _require(isinstance(entry.file_size, int), "file_size is not a whole number")
+        _require(isinstance(entry.duration, (int, float)), "duration is not a number")
         _require(all(isinstance(a, str) and check_name(a) == a for a in entry.aliases), "an alias is invalid")
         _require(check_name(entry.name) == entry.name, f"name {entry.name!r} is invalid")
         _require(_is_stored_filename(entry.filename), f"file name {entry.filename!r} is not one the library writes")
@@ -322,9 +327,6 @@ class VoiceLibrary:
         """The voice with this name or alias."""
         return self._index.find(name)
 
-    def aliases(self, name: str) -> tuple[str, ...]:
-        return self._index.entry(name).aliases
-
     def all_names(self) -> list[str]:
         """Every name a speech request may use for a library voice: names and aliases."""
         return [label for entry in self._index.voices.values() for label in (entry.name, *entry.aliases)]
@@ -356,10 +358,14 @@ class VoiceLibrary:
             duration=round(clip.duration, 3),
             sha256=clip.sha256,
         )
+
+        def change(index: _Index) -> tuple[_Index, VoiceEntry]:
+            return _Index.build([*index.voices.values(), entry], index.default), entry
+
         path = self.path(entry)
         await asyncio.to_thread(_write_atomic, path, data)
         try:
-            return await self._change(lambda index: (_Index.build([*index.voices.values(), entry], index.default), entry))
+            return await self._change(change)
         except Exception:
             path.unlink(missing_ok=True)
             raise
@@ -426,11 +432,7 @@ class VoiceLibrary:
 
     async def prune_missing(self) -> list[str]:
         """Forget voices whose audio file has gone from the directory; their names."""
-
-        def change(index: _Index) -> tuple[_Index, list[str]]:
-            return self._without_missing(index)
-
-        return await self._change(change)
+        return await self._change(self._without_missing)
 
     async def _change(self, change: Callable[[_Index], tuple[_Index, T]]) -> T:
         """Run one change to completion even if the caller is cancelled, so disk and memory agree."""
@@ -454,7 +456,7 @@ class VoiceLibrary:
             return _Index.build([])
         try:
             index = _Index.decode(raw)
-        except (ValueError, TypeError) as problem:
+        except (ValueError, TypeError, RecursionError) as problem:
             return self._recover(problem)
         index, missing = self._without_missing(index)
         if missing:
@@ -475,7 +477,8 @@ class VoiceLibrary:
         index = _Index.build(self._scan())
         _write_atomic(self._index_path, index.encode())
         log.error(
-            "voice library index %s was unreadable (%s); moved it to %s and rebuilt it from the audio files: %d voices",
+            "voice library index %s was unreadable (%s); moved it to %s and rebuilt it from the audio files: "
+            "%d voices",
             self._index_path,
             problem,
             aside.name,
@@ -493,14 +496,21 @@ class VoiceLibrary:
                 name = check_name(path.stem)
                 data = path.read_bytes()
                 clip = inspect_clip(data)
-            except VoiceError as refused:
+            except (VoiceError, OSError) as refused:
                 log.warning("voice library: not recovering %s: %s", path.name, refused)
                 continue
             uploaded = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat()
-            entries.setdefault(
-                _fold(name),
-                VoiceEntry(name, path.name, path.name, DEFAULT_LANGUAGE, uploaded, len(data), round(clip.duration, 3), clip.sha256),
+            entry = VoiceEntry(
+                name=name,
+                filename=path.name,
+                original_filename=path.name,
+                language=DEFAULT_LANGUAGE,
+                upload_date=uploaded,
+                file_size=len(data),
+                duration=round(clip.duration, 3),
+                sha256=clip.sha256,
             )
+            entries.setdefault(_fold(name), entry)
         return list(entries.values())
 
 

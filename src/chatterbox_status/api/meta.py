@@ -7,8 +7,8 @@ import time
 
 from aiohttp import web
 
-from .. import __version__
-from ..state import CORE
+from .. import __version__, metrics
+from ..state import CORE, METRICS
 from .params import aliased
 from .status import engine_view
 
@@ -86,3 +86,8 @@ async def config(request: web.Request) -> web.Response:
             "cors_origins": settings["cors_origins"],
         }
     )
+
+
+@aliased(routes, "GET", "/metrics")
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": metrics.CONTENT_TYPE})

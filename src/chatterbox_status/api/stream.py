@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from ..core import Core
-from ..errors import bad_request
+from ..errors import ApiError, bad_request
 from ..events import Event, Subscription
 from ..state import CORE
 from ..tracker import TERMINAL_STATUSES
@@ -85,6 +85,13 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
     core = request.app[CORE]
     request_id = request.query.get("request_id") or None
     resume_after = last_event_id(request)
+    if core.bus.subscriber_count >= core.settings.max_sse_subscribers:
+        raise ApiError(
+            429,
+            f"Too many open event streams ({core.settings.max_sse_subscribers}); try again later",
+            code="too_many_streams",
+            headers={"Retry-After": "5"},
+        )
     # Subscribe, then read the snapshot or the replay, with no await in between: nothing
     # published later is missed and nothing earlier is sent twice.
     subscription = core.bus.subscribe()

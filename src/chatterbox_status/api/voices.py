@@ -1,7 +1,8 @@
 """The voice library over HTTP, on chatterbox-tts-api's paths and with its field names.
 
 Every route also answers under /v1. The fixed paths under /voices/ are registered before
-/voices/{voice_name}, so that "default" or "all-names" is never read as a voice name.
+/voices/{voice_name}, and the library refuses them as voice names, so "default" or
+"all-names" is never read as a voice.
 Names travel as form fields, as chatterbox-tts-api takes them, or as query parameters,
 as its documentation shows them.
 """
@@ -36,6 +37,7 @@ VOICE_LIBRARY = web.AppKey("voice_library", VoiceLibrary)
 # Longest text field of an upload; names and language codes are far shorter.
 _FIELD_LIMIT = 1024
 _CHUNK = 64 * 1024
+_TEXT_FIELDS = ("voice_name", "language")
 _PARAMS = {InvalidAudio: "voice_file", InvalidLanguage: "language"}
 
 
@@ -101,7 +103,13 @@ class _Upload:
 
 
 async def _read_upload(request: web.Request) -> _Upload:
-    """The upload's parts, streamed: the file is read no further than the library would keep."""
+    """The upload's parts, streamed: the file is read no further than the library would keep.
+
+    A urlencoded form is read too, so that one sent without its file hears what is missing.
+    """
+    if request.content_type == "application/x-www-form-urlencoded":
+        form = await request.post()
+        return _Upload({name: form[name] for name in _TEXT_FIELDS if isinstance(form.get(name), str)})
     if request.content_type != "multipart/form-data":
         raise ApiError(415, f"Content-Type must be multipart/form-data, got {request.content_type!r}")
     upload = _Upload()
@@ -112,7 +120,7 @@ async def _read_upload(request: web.Request) -> _Upload:
             if part.name == "voice_file":
                 upload.data = await _read_part(part, MAX_UPLOAD_BYTES)
                 upload.filename = part.filename
-            elif part.name in ("voice_name", "language"):
+            elif part.name in _TEXT_FIELDS:
                 upload.fields[part.name] = await _read_text(part)
     except ValueError as exc:
         raise bad_request(f"Malformed multipart body: {exc}") from None
@@ -171,7 +179,9 @@ async def get_default_voice(request: web.Request) -> web.Response:
     entry = _library(request).default()
     if entry is None:
         return web.json_response({"default_voice": None, "source": "file_system"})
-    return web.json_response({"default_voice": entry.name, "source": "voice_library", "voice_info": voice_view(entry)})
+    return web.json_response(
+        {"default_voice": entry.name, "source": "voice_library", "voice_info": voice_view(entry)}
+    )
 
 
 @aliased(routes, "POST", *_v1("/voices/default"), "/default-voice")
@@ -180,7 +190,11 @@ async def set_default_voice(request: web.Request) -> web.Response:
     with _refusals():
         entry = await _library(request).set_default(name)
     return web.json_response(
-        {"message": f"The default voice is now {entry.name!r}", "default_voice": entry.name, "voice_info": voice_view(entry)}
+        {
+            "message": f"The default voice is now {entry.name!r}",
+            "default_voice": entry.name,
+            "voice_info": voice_view(entry),
+        }
     )
 
 
@@ -202,7 +216,11 @@ async def all_voice_names(request: web.Request) -> web.Response:
 async def cleanup_voices(request: web.Request) -> web.Response:
     removed = await _library(request).prune_missing()
     return web.json_response(
-        {"message": f"Forgot {len(removed)} voices whose files were missing", "removed_voices": removed, "count": len(removed)}
+        {
+            "message": f"Forgot {len(removed)} voices whose files were missing",
+            "removed_voices": removed,
+            "count": len(removed),
+        }
     )
 
 
