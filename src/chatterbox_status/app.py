@@ -10,7 +10,7 @@ from .api import meta, speech, status, stream
 from .config import Settings
 from .auth import api_key_middleware
 from .core import Core
-from .cors import OriginPolicy, cors_middleware
+from .cors import OriginPolicy, setup_cors
 from .engines.base import Engine
 from .errors import error_middleware
 from .metrics import Metrics
@@ -19,10 +19,11 @@ from .state import CORE, METRICS, SETTINGS
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """Build the application; the engine starts loading when the app starts."""
-    middlewares = [cors_middleware(OriginPolicy(settings.cors_origins)), error_middleware]
+    middlewares = [error_middleware]
     if settings.api_key:
         middlewares.append(api_key_middleware(settings.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
+    setup_cors(app, OriginPolicy(settings.cors_origins))
     app[SETTINGS] = settings
     core = app[CORE] = Core(settings, engine)
     app[METRICS] = Metrics(core.bus, core.worker, core.engine.name)
