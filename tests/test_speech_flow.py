@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 
-from conftest import core_of, decode_wav, record_events
+from conftest import decode_wav, record_events
 
 TEXT = (
     "The first sentence is short. The second sentence is a little longer than the first one. "

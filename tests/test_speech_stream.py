@@ -74,11 +74,13 @@ async def test_stream_format_audio_on_the_speech_route_streams_each_format(make_
 
 
 async def test_first_audio_arrives_while_later_chunks_are_still_generating(make_client, scripted):
-    client = await make_client(engine=scripted, max_chunk_length=40)
+    client = await make_client(engine=scripted)
     scripted.hold()
     text = "First sentence goes out early. Second sentence waits for release."
     response_task = asyncio.ensure_future(
-        client.post("/v1/audio/speech/stream", json={"input": text, "response_format": "pcm"})
+        client.post(
+            "/v1/audio/speech/stream", json={"input": text, "response_format": "pcm", "streaming_chunk_size": 50}
+        )
     )
     assert await asyncio.to_thread(scripted.wait_started) == "First sentence goes out early."
     scripted.release()
@@ -95,17 +97,18 @@ async def test_first_audio_arrives_while_later_chunks_are_still_generating(make_
 
 
 async def test_openai_sse_stream_carries_the_audio_then_done(make_client):
-    client = await make_client(max_chunk_length=30)
+    client = await make_client(max_chunk_length=50)
     whole = await (await client.post("/v1/audio/speech", json={"input": TEXT, "seed": 5, "response_format": "pcm"})).read()
     response = await client.post(
-        "/v1/audio/speech", json={"input": TEXT, "seed": 5, "response_format": "pcm", "stream_format": "sse"}
+        "/v1/audio/speech",
+        json={"input": TEXT, "seed": 5, "response_format": "pcm", "stream_format": "sse", "streaming_chunk_size": 50},
     )
     assert response.status == 200
     assert response.content_type == "text/event-stream"
     events = parse_sse(await response.text())
     types = [e["event"] for e in events]
     assert types[-1] == "speech.audio.done"
-    assert types[:-1] == ["speech.audio.delta"] * 3  # one per chunk, each sent as it was generated
+    assert types[:-1] == ["speech.audio.delta"] * 2  # one per chunk, each sent as it was generated
     payloads = [json.loads(e["data"]) for e in events]
     audio = b"".join(base64.b64decode(p["audio"]) for p in payloads[:-1])
     assert audio == whole
@@ -115,10 +118,11 @@ async def test_openai_sse_stream_carries_the_audio_then_done(make_client):
 
 async def test_failure_mid_stream_is_an_error_event_not_a_silent_end(make_client):
     engine = ScriptedEngine(fail_on="Broken")
-    client = await make_client(engine=engine, max_chunk_length=30)
-    text = "This part works fine. Broken part comes next."
+    client = await make_client(engine=engine)
+    text = "This part works fine and carries on for a while. Broken part comes next."
     response = await client.post(
-        "/v1/audio/speech", json={"input": text, "stream_format": "sse", "response_format": "pcm"}
+        "/v1/audio/speech",
+        json={"input": text, "stream_format": "sse", "response_format": "pcm", "streaming_chunk_size": 50},
     )
     events = parse_sse(await response.text())
     assert [e["event"] for e in events] == ["speech.audio.delta", "error"]
@@ -128,9 +132,10 @@ async def test_failure_mid_stream_is_an_error_event_not_a_silent_end(make_client
 
 async def test_failure_mid_audio_stream_aborts_the_transfer(make_client):
     engine = ScriptedEngine(fail_on="Broken")
-    client = await make_client(engine=engine, max_chunk_length=30)
+    client = await make_client(engine=engine)
     response = await client.post(
-        "/v1/audio/speech/stream", json={"input": "This part works fine. Broken part comes next."}
+        "/v1/audio/speech/stream",
+        json={"input": "This part works fine and carries on for a while. Broken part comes next.", "streaming_chunk_size": 50},
     )
     assert response.status == 200  # headers went out with the first audio
     with pytest.raises(aiohttp.ClientPayloadError):
@@ -152,15 +157,18 @@ def parse_sse(text: str) -> list[dict]:
     return events
 
 
+FIRST_PART = "The first part of the story is told here."
+SECOND_PART = "The second part of the story follows on."
+
+
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole-file", "audio-stream"])
 async def test_client_disconnect_cancels_its_request_and_frees_the_engine(make_client, scripted, streamed):
-    client = await make_client(engine=scripted, max_chunk_length=20)
+    client = await make_client(engine=scripted, max_chunk_length=50)
     scripted.hold()
     path = "/v1/audio/speech/stream" if streamed else "/v1/audio/speech"
     ended = terminal_waiter(client, "leaving-client-1")
-    request = asyncio.ensure_future(
-        client.post(path, json={"input": "One part. Two part. Three part."}, headers={"X-Request-ID": "leaving-client-1"})
-    )
+    body = {"input": f"{FIRST_PART} {SECOND_PART} Third part ends the tale.", "streaming_chunk_size": 50}
+    request = asyncio.ensure_future(client.post(path, json=body, headers={"X-Request-ID": "leaving-client-1"}))
     await asyncio.to_thread(scripted.wait_started)
     if streamed:
         (await request).close()  # the listener hangs up after the headers
@@ -170,7 +178,7 @@ async def test_client_disconnect_cancels_its_request_and_frees_the_engine(make_c
             await request
     assert await asyncio.wait_for(ended, 10) == "cancelled"
     # The chunk in flight stopped at its cancellation check; the second chunk never ran.
-    assert scripted.calls[2:] == ["One part. Two part."]
+    assert scripted.calls[2:] == [FIRST_PART]
 
     scripted.release(5)
     after = await client.post("/v1/audio/speech", json={"input": "Next one."})
@@ -203,3 +211,40 @@ async def test_whole_file_response_unchanged_by_streaming_support(make_client):
     response = await client.post("/v1/audio/speech", json={"input": TEXT})
     assert response.headers["Content-Length"] == str(len(await response.read()))
     assert decode_wav(await response.read())[0] == 24_000
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("streaming_chunk_size", 49),
+        ("streaming_chunk_size", 501),
+        ("streaming_chunk_size", "100"),
+        ("streaming_strategy", "semantic"),
+        ("streaming_quality", "ultra"),
+    ],
+)
+async def test_out_of_range_streaming_knobs_are_400s(make_client, scripted, field, value):
+    client = await make_client(engine=scripted)
+    response = await client.post("/v1/audio/speech/stream", json={"input": "Hello.", field: value})
+    assert response.status == 400
+    assert (await response.json())["error"]["param"] == field
+
+
+@pytest.mark.parametrize(
+    "knobs,expected_chunks",
+    [
+        ({"streaming_chunk_size": 50}, 3),
+        ({"streaming_chunk_size": 500}, 2),  # the first chunk is still kept short
+        ({"streaming_quality": "fast"}, 2),
+        ({"streaming_chunk_size": 50, "streaming_strategy": "word"}, 3),
+    ],
+)
+async def test_streaming_knobs_shape_the_chunks(make_client, scripted, knobs, expected_chunks):
+    client = await make_client(engine=scripted)
+    text = "A first sentence to start with here. " * 2 + "And one more sentence at the end of it all."
+    response = await client.post("/v1/audio/speech/stream", json={"input": text, **knobs})
+    assert response.status == 200
+    await response.read()
+    spoken = scripted.calls[2:]
+    assert len(spoken) == expected_chunks
+    assert " ".join(spoken).split() == text.split()

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from chatterbox_status.text import normalize, plan_chunks, split_chunks
+from chatterbox_status.text import Chunking, normalize, split_by_strategy, split_chunks
 
 # Sentence-boundary tests pick max_length so that packing cannot hide a wrong
 # split or a missed one:
@@ -366,12 +366,12 @@ def test_normalize_is_idempotent():
 
 def test_plan_chunks_without_first_length_is_split_chunks():
     text = "One sentence here. Another one follows it. And a third to finish."
-    assert plan_chunks(text, 40) == split_chunks(text, 40)
+    assert Chunking(40).plan(text) == split_chunks(text, 40)
 
 
 def test_plan_chunks_caps_the_first_chunk_and_keeps_every_word_in_order():
     text = "Hi there. " + "This is a much longer sentence that keeps going for quite a while. " * 4
-    chunks = plan_chunks(text.strip(), 200, first_length=30)
+    chunks = Chunking(200, first_length=30).plan(text.strip())
     assert chunks[0] == "Hi there."
     assert all(len(c) <= 200 for c in chunks)
     assert " ".join(chunks).split() == text.split()
@@ -380,6 +380,40 @@ def test_plan_chunks_caps_the_first_chunk_and_keeps_every_word_in_order():
 
 def test_plan_chunks_splits_a_long_first_sentence_at_clauses():
     text = "When the rain stopped, the children ran outside, and the dog followed them. Then quiet."
-    chunks = plan_chunks(text, 280, first_length=25)
+    chunks = Chunking(280, first_length=25).plan(text)
     assert chunks[0] == "When the rain stopped,"
     assert " ".join(chunks).split() == text.split()
+
+
+# -- chatterbox-tts-api's streaming strategies ------------------------------------------------
+
+STRATEGY_TEXT = (
+    "First paragraph has two sentences. Here is the second one.\n"
+    "Second paragraph, short.\n"
+    "Third paragraph is here, with a clause, and then another clause before it ends."
+)
+
+
+@pytest.mark.parametrize("strategy", ["sentence", "paragraph", "word", "fixed"])
+@pytest.mark.parametrize("size", [20, 50, 120])
+def test_every_strategy_keeps_every_word_in_order_within_the_size(strategy, size):
+    chunks = split_by_strategy(STRATEGY_TEXT, size, strategy)
+    assert all(0 < len(c) <= size for c in chunks)
+    assert " ".join(chunks).split() == STRATEGY_TEXT.split()
+
+
+def test_paragraph_strategy_packs_whole_paragraphs_only():
+    chunks = split_by_strategy(STRATEGY_TEXT, 90, "paragraph")
+    assert chunks[0] == "First paragraph has two sentences. Here is the second one. Second paragraph, short."
+    assert chunks[1] == "Third paragraph is here, with a clause, and then another clause before it ends."
+
+
+def test_word_strategy_ignores_sentence_ends():
+    text = "One two. Three four. Five six."
+    assert split_by_strategy(text, 14, "word") == ["One two. Three", "four. Five", "six."]
+    assert split_by_strategy(text, 14, "sentence") == ["One two.", "Three four.", "Five six."]
+
+
+def test_unknown_strategy_is_refused():
+    with pytest.raises(ValueError):
+        split_by_strategy("Hello.", 50, "semantic")

@@ -97,7 +97,7 @@ class ProgressBar:
 
 
 async def say(settings: Settings, args: argparse.Namespace) -> int:
-    from .api.speech import SpeechRequest, plan_speech
+    from .api.speech_request import SpeechRequest, plan_speech
     from .core import Core
 
     text = sys.stdin.read() if args.text == "-" else args.text

@@ -16,6 +16,7 @@ from . import engines, pipeline
 from .config import Settings
 from .engines.base import Cancelled, Engine, SynthesisParams, Voice
 from .events import EventBus
+from .text import Chunking
 from .tracker import StatusTracker
 from .worker import Job, Worker
 
@@ -31,6 +32,9 @@ class SpeechJob:
     params: SynthesisParams
     response_format: str
     parameters_view: dict
+    chunking: Chunking
+    # None for a whole file; "audio" or "sse" for a response streamed as chunks are made.
+    stream_format: str | None = None
 
 
 class Core:
@@ -83,9 +87,9 @@ class Core:
         self.bus.close()
 
     async def _process(self, job: Job) -> None:
-        await pipeline.process(job, self.worker, self.tracker, self.settings.max_chunk_length)
+        await pipeline.process(job, self.worker, self.tracker)
 
-    def submit(self, request_id: str, speech: SpeechJob, streamed: bool = False) -> Job:
+    def submit(self, request_id: str, speech: SpeechJob) -> Job:
         """Queue a job (raises QueueFull or ShuttingDown) and announce it.
 
         Await ``job.result`` for the audio; a streamed job's audio comes through ``job.stream``.
@@ -96,8 +100,9 @@ class Core:
             voice=speech.voice,
             params=speech.params,
             response_format=speech.response_format,
+            chunking=speech.chunking,
             result=asyncio.get_running_loop().create_future(),
-            stream=asyncio.Queue() if streamed else None,
+            stream=asyncio.Queue() if speech.stream_format else None,
         )
         self.worker.submit(job)
         pipeline.Progress(job, self.bus, self.tracker).stage(

@@ -21,7 +21,7 @@ import numpy as np
 from . import audio
 from .engines.base import Cancelled, EngineError
 from .events import EventBus
-from .text import normalize, plan_chunks
+from .text import normalize
 from .tracker import TERMINAL_STATUSES, StatusTracker
 from .worker import EngineUnavailable, Job, Worker
 
@@ -32,8 +32,6 @@ GENERATION_SHARE = 95.0
 CONCATENATING_AT = 95.0
 FINALIZING_AT = 97.5
 PREVIEW_LENGTH = 100
-# A streamed response's first chunk is at most this long, so its first audio comes early.
-FIRST_STREAMED_CHUNK_LENGTH = 100
 # How many characters of evidence the engine-wide throughput counts for against this
 # request's own measured pace, once it has finished a chunk.
 PRIOR_WEIGHT_CHARS = 200
@@ -171,11 +169,10 @@ class StreamedOutput:
         return b""
 
 
-async def process(job: Job, worker: Worker, tracker: StatusTracker, max_chunk_length: int) -> None:
+async def process(job: Job, worker: Worker, tracker: StatusTracker) -> None:
     """Run one job to a terminal status; its future gets the encoded audio or the error.
 
-    A streamed job's audio goes out through ``job.stream`` chunk by chunk instead, with a
-    short first chunk so that the first audio arrives early.
+    A streamed job's audio goes out through ``job.stream`` chunk by chunk instead.
     """
     progress = Progress(job, worker.bus, tracker)
     engine = worker.engine
@@ -188,8 +185,7 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker, max_chunk_le
         progress.stage("processing_text", "Validating and preparing text")
         text = normalize(job.text)
         progress.stage("chunking", "Splitting text into chunks")
-        first_length = FIRST_STREAMED_CHUNK_LENGTH if job.stream is not None else None
-        chunks = plan_chunks(text, max_chunk_length, first_length)
+        chunks = job.chunking.plan(text)
         progress.plan(chunks)
         report = worker.on_loop(progress.within_chunk)
         speed = job.params.speed

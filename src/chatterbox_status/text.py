@@ -22,6 +22,7 @@ Choices made here:
 import re
 import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 
 _STRAIGHTEN = str.maketrans(
     {
@@ -97,21 +98,50 @@ def split_chunks(text: str, max_length: int) -> list[str]:
     return _pack(pieces, max_length)
 
 
-def plan_chunks(text: str, max_length: int, first_length: int | None = None) -> list[str]:
-    """Chunks for generation; ``first_length`` caps the first one, so streamed audio starts early.
+STRATEGIES = ("sentence", "paragraph", "word", "fixed")
 
-    The first chunk is the whole sentences that fit in ``first_length``, or the first clause
-    of a longer first sentence; the rest is packed again up to ``max_length``.
+
+def split_by_strategy(text: str, max_length: int, strategy: str) -> list[str]:
+    """chatterbox-tts-api's streaming strategies, each keeping every word in order.
+
+    ``sentence`` packs whole sentences (``split_chunks``); ``paragraph`` also never packs
+    the end of one paragraph with the start of the next unless both whole paragraphs fit;
+    ``word`` and ``fixed`` pack words up to ``max_length`` regardless of punctuation.
     """
-    chunks = split_chunks(text, max_length)
-    if first_length is None or not chunks or len(chunks[0]) <= first_length:
-        return chunks
-    sentences = [" ".join(words) for words in _split_after(chunks[0].split(), _ends_sentence)]
-    head = _pack(sentences, first_length)[0]
-    if len(head) > first_length:
-        head = _fitting_pieces(head.split(), first_length)[0]
-    rest = chunks[0][len(head) :].strip()
-    return [head, *split_chunks("\n".join([rest, *chunks[1:]]), max_length)]
+    if strategy == "sentence":
+        return split_chunks(text, max_length)
+    if strategy == "paragraph":
+        paragraphs = [p for p in text.splitlines() if p.strip()]
+        whole = [p.strip() for p in paragraphs if len(p.strip()) <= max_length]
+        if len(whole) == len(paragraphs):
+            return _pack(whole, max_length)
+        return [chunk for p in paragraphs for chunk in split_chunks(p, max_length)]
+    if strategy in ("word", "fixed"):
+        return _pack(_fitting_pieces(text.split(), max_length, clauses=False), max_length)
+    raise ValueError(f"unknown chunking strategy {strategy!r}")
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How one request's text becomes generation chunks."""
+
+    max_length: int
+    strategy: str = "sentence"
+    # Caps the first chunk of a streamed response, so its first audio comes early.
+    first_length: int | None = None
+
+    def plan(self, text: str) -> list[str]:
+        """The chunks; the first is the whole sentences that fit ``first_length``, or the
+        first clause of a longer first sentence, and the rest is packed again."""
+        chunks = split_by_strategy(text, self.max_length, self.strategy)
+        if self.first_length is None or not chunks or len(chunks[0]) <= self.first_length:
+            return chunks
+        sentences = [" ".join(words) for words in _split_after(chunks[0].split(), _ends_sentence)]
+        head = _pack(sentences, self.first_length)[0]
+        if len(head) > self.first_length:
+            head = _fitting_pieces(head.split(), self.first_length)[0]
+        rest = chunks[0][len(head) :].strip()
+        return [head, *split_by_strategy("\n".join([rest, *chunks[1:]]), self.max_length, self.strategy)]
 
 
 def _normalize_line(line: str) -> str:
@@ -175,13 +205,14 @@ def _ends_clause(word: str, _next_word: str) -> bool:
     return word.rstrip(_CLOSERS).endswith(_CLAUSE_END) or not word.strip(_DASHES)
 
 
-def _fitting_pieces(sentence: list[str], max_length: int) -> list[str]:
-    """Break one sentence into pieces of at most ``max_length``, coarsest boundaries first."""
+def _fitting_pieces(sentence: list[str], max_length: int, clauses: bool = True) -> list[str]:
+    """Break one sentence into pieces of at most ``max_length``, coarsest boundaries first
+    (clauses unless told not to, then words, then hard cuts)."""
     whole = " ".join(sentence)
     if len(whole) <= max_length:
         return [whole]
     pieces: list[str] = []
-    for clause in _split_after(sentence, _ends_clause):
+    for clause in _split_after(sentence, _ends_clause) if clauses else [sentence]:
         joined = " ".join(clause)
         if len(joined) <= max_length:
             pieces.append(joined)

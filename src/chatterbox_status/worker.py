@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from .engines.base import Engine, SynthesisParams, Voice
 from .events import EventBus
+from .text import Chunking
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +49,7 @@ class Job:
     voice: Voice
     params: SynthesisParams
     response_format: str
+    chunking: Chunking
     result: asyncio.Future[bytes]
     # For streamed responses: encoded audio pieces as they are ready, then None.
     stream: asyncio.Queue[bytes | None] | None = None
