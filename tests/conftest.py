@@ -16,11 +16,12 @@ from doubles import ScriptedEngine
 
 
 @pytest.fixture
-def make_client(aiohttp_client):
+def make_client(aiohttp_client, tmp_path):
     """Start an app (hibari unless an engine is given) and wait until its engine is loaded."""
 
     async def make(engine=None, wait_loaded: bool = True, **overrides):
-        settings = Settings(**{"enable_memory_monitoring": True, **overrides})
+        defaults = {"enable_memory_monitoring": True, "voice_library_dir": str(tmp_path / "voices")}
+        settings = Settings(**{**defaults, **overrides})
         client = await aiohttp_client(create_app(settings, engine))
         if wait_loaded:
             await asyncio.wait_for(core_of(client).worker.wait_loaded(), 60)

@@ -79,6 +79,7 @@ ENVIRONMENT_CASES = [
     ("MAX_BODY_SIZE", "4096", "max_body_size", 4096),
     ("LOG_LEVEL", "debug", "log_level", "debug"),
     ("API_KEY", "s3cret-key", "api_key", "s3cret-key"),
+    ("VOICE_LIBRARY_DIR", "/srv/voices", "voice_library_dir", "/srv/voices"),
     ("MAX_SSE_SUBSCRIBERS", "12", "max_sse_subscribers", 12),
     ("SSE_PING_INTERVAL", "2.5", "sse_ping_interval", 2.5),
     ("SSE_QUEUE_SIZE", "16", "sse_queue_size", 16),

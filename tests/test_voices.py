@@ -89,7 +89,7 @@ async def error_of(response, status: int) -> dict:
 
 def stored_files(library: VoiceLibrary) -> set[str]:
     """Audio files in the library directory (not the index, temporaries or set-aside files)."""
-    return {p.name for p in library.directory.iterdir() if not p.name.startswith((".", INDEX_NAME))}
+    return {p.name for p in library.directory.glob("*") if not p.name.startswith((".", INDEX_NAME))}
 
 
 def assert_consistent(library: VoiceLibrary) -> None:
@@ -357,28 +357,28 @@ async def test_the_library_survives_a_restart(client, library):
 
 
 @pytest.mark.parametrize(
-    ("body", "param", "code"),
+    ("fields", "param", "code"),
     [
-        (form(data=b"this is plain text, not audio" * 20), "voice_file", "undecodable_audio"),
-        (form(data=b""), "voice_file", "empty_file"),
-        (form(data=wav(0.5)), "voice_file", "audio_too_short"),
-        (form(data=wav(61, rate=8_000)), "voice_file", "audio_too_long"),
-        (form(data=b"\0" * (MAX_UPLOAD_BYTES + 1)), "voice_file", "file_too_large"),
-        (form(filename="alice.txt"), "voice_file", "unsupported_format"),
-        (form(data=None), "voice_file", None),
-        (form(name=None), "voice_name", None),
-        (form(name="a/b"), "voice_name", "invalid_voice_name"),
-        (form(name=".."), "voice_name", "invalid_voice_name"),
-        (form(name="../etc"), "voice_name", "invalid_voice_name"),
-        (form(name="a\\b"), "voice_name", "invalid_voice_name"),
-        (form(name=".hidden"), "voice_name", "invalid_voice_name"),
-        (form(name=""), "voice_name", "invalid_voice_name"),
-        (form(name="x" * 65), "voice_name", "invalid_voice_name"),
-        (form(name="alloy"), "voice_name", "invalid_voice_name"),
-        (form(name="Shimmer"), "voice_name", "invalid_voice_name"),
-        (form(name="default"), "voice_name", "invalid_voice_name"),
-        (form(name="all-names"), "voice_name", "invalid_voice_name"),
-        (form(language="english!"), "language", "invalid_language"),
+        (dict(data=b"this is plain text, not audio" * 20), "voice_file", "undecodable_audio"),
+        (dict(data=b""), "voice_file", "empty_file"),
+        (dict(data=wav(0.5)), "voice_file", "audio_too_short"),
+        (dict(data=wav(61, rate=8_000)), "voice_file", "audio_too_long"),
+        (dict(data=b"\0" * (MAX_UPLOAD_BYTES + 1)), "voice_file", "file_too_large"),
+        (dict(filename="alice.txt"), "voice_file", "unsupported_format"),
+        (dict(data=None), "voice_file", None),
+        (dict(name=None), "voice_name", None),
+        (dict(name="a/b"), "voice_name", "invalid_voice_name"),
+        (dict(name=".."), "voice_name", "invalid_voice_name"),
+        (dict(name="../etc"), "voice_name", "invalid_voice_name"),
+        (dict(name="a\\b"), "voice_name", "invalid_voice_name"),
+        (dict(name=".hidden"), "voice_name", "invalid_voice_name"),
+        (dict(name=""), "voice_name", "invalid_voice_name"),
+        (dict(name="x" * 65), "voice_name", "invalid_voice_name"),
+        (dict(name="alloy"), "voice_name", "invalid_voice_name"),
+        (dict(name="Shimmer"), "voice_name", "invalid_voice_name"),
+        (dict(name="default"), "voice_name", "invalid_voice_name"),
+        (dict(name="all-names"), "voice_name", "invalid_voice_name"),
+        (dict(language="english!"), "language", "invalid_language"),
     ],
     ids=[
         "not-audio", "empty", "too-short", "too-long", "too-big", "bad-extension", "no-file", "no-name",
@@ -386,8 +386,8 @@ async def test_the_library_survives_a_restart(client, library):
         "openai-name", "openai-name-cased", "default", "route-name", "bad-language",
     ],
 )  # fmt: skip
-async def test_bad_uploads_are_400_and_leave_nothing_behind(client, library, body, param, code):
-    error = await error_of(await client.post("/voices", data=body), 400)
+async def test_bad_uploads_are_400_and_leave_nothing_behind(client, library, fields, param, code):
+    error = await error_of(await client.post("/voices", data=form(**fields)), 400)
     assert error["param"] == param
     assert error["code"] == code
     assert library.voices() == [] and stored_files(library) == set()
@@ -491,7 +491,10 @@ async def test_an_index_naming_files_outside_the_library_counts_as_corrupt(clien
     assert len(list(library.directory.glob(f"{INDEX_NAME}.corrupt-*"))) == 1
 
 
-def test_a_missing_index_is_an_empty_library(tmp_path):
-    library = VoiceLibrary(tmp_path / "new")
+async def test_a_missing_directory_is_an_empty_library_made_on_the_first_upload(aiohttp_client, tmp_path):
+    library = VoiceLibrary(tmp_path / "new" / "voices")
     assert library.voices() == [] and library.all_names() == [] and library.default() is None
     assert resolve("nobody", None, library) is None
+    assert not (tmp_path / "new").exists()
+    await library.add("alice", WAV, "a.wav")
+    assert VoiceLibrary(library.directory).all_names() == ["alice"]

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .api import meta, speech, status, stream
+from .api import meta, speech, status, stream, voices
 from .config import Settings
 from .auth import api_key_middleware
 from .core import Core
@@ -14,7 +14,7 @@ from .cors import OriginPolicy, setup_cors
 from .engines.base import Engine
 from .errors import error_middleware
 from .metrics import Metrics
-from .state import CORE, METRICS, SETTINGS
+from .state import CORE, METRICS, SETTINGS, VOICE_LIBRARY
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
@@ -27,7 +27,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app[SETTINGS] = settings
     core = app[CORE] = Core(settings, engine)
     app[METRICS] = Metrics(core.bus, core.worker, core.engine.name)
-    for module in (speech, status, stream, meta):
+    app[VOICE_LIBRARY] = core.voices
+    for module in (speech, status, stream, voices, meta):
         app.router.add_routes(module.routes)
     app.cleanup_ctx.append(_run_core)
     app.on_shutdown.append(_drain)

@@ -70,6 +70,7 @@ class Settings:
     max_chunk_length: int = _setting(280, "MAX_CHUNK_LENGTH", "longest text chunk generated at once", _between(20, 1000))
     max_total_length: int = _setting(4096, "MAX_TOTAL_LENGTH", "longest input accepted", _between(1, 1_000_000))
     voice_sample_path: str | None = _setting(None, "VOICE_SAMPLE_PATH", "default reference voice for cloning engines", _existing_file)
+    voice_library_dir: str = _setting("./voices", "VOICE_LIBRARY_DIR", "where uploaded voices and their index are kept")
     model_cache_dir: str = _setting("./models", "MODEL_CACHE_DIR", "where downloaded model weights are kept")
     enable_memory_monitoring: bool = _setting(True, "ENABLE_MEMORY_MONITORING", "report memory in the status API")
     cors_origins: str = _setting(
@@ -84,7 +85,7 @@ class Settings:
     api_key: str = _setting("", "API_KEY", "when set, clients must send it (Authorization: Bearer KEY) on every endpoint but /health and /ping")
     max_sse_subscribers: int = _setting(2048, "MAX_SSE_SUBSCRIBERS", "open event streams allowed before 429", _between(1, 1_000_000))
     sse_ping_interval: float = _setting(15.0, "SSE_PING_INTERVAL", "seconds between keep-alive comments on event streams", _between(0.1, 3600))
-    sse_queue_size: int = _setting(256, "SSE_QUEUE_SIZE", "events a stream subscriber may fall behind before it is dropped", _between(1, 100_000))
+    sse_queue_size: int = _setting(256, "SSE_QUEUE_SIZE", "events a stream subscriber may fall behind before it is dropped; one request publishes a burst of 5", _between(16, 100_000))
     event_replay_size: int = _setting(1024, "EVENT_REPLAY_SIZE", "events kept for Last-Event-ID replay", _between(1, 1_000_000))
     shutdown_timeout: float = _setting(30.0, "SHUTDOWN_TIMEOUT", "seconds in-flight requests may finish at shutdown before they are cancelled", _between(0, 3600))
     log_level: str = _setting("info", "LOG_LEVEL", "logging level", _one_of(LOG_LEVELS, ignore_case=True))

@@ -11,12 +11,14 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from . import engines, pipeline
+from . import engines, pipeline, voices
 from .config import Settings
 from .engines.base import Cancelled, Engine, SynthesisParams, Voice
 from .events import EventBus
 from .text import Chunking
+from .voices import VoiceLibrary
 from .tracker import StatusTracker
 from .worker import Job, Worker
 
@@ -50,12 +52,15 @@ class Core:
         self.tracker = StatusTracker(settings.history_size)
         self.bus.add_listener(self.tracker.apply)
         self.worker = Worker(engine, self.bus, settings.max_queue_size)
+        self.voices = VoiceLibrary(Path(settings.voice_library_dir))
         self.started_at = time.time()
 
-    @property
-    def default_voice_path(self) -> str | None:
-        """VOICE_SAMPLE_PATH, for engines that can clone; others speak with their own voice."""
-        return self.settings.voice_sample_path if self.engine.supports_cloning else None
+    def resolve_voice(self, name: str) -> Voice | None:
+        """The voice a request names. Engines that cannot clone speak with their own voice:
+        VOICE_SAMPLE_PATH and a library default do not apply to them."""
+        if not self.engine.supports_cloning:
+            return voices.resolve(name, None)
+        return voices.resolve(name, self.settings.voice_sample_path, self.voices)
 
     def start(self) -> None:
         log.info("engine: %s (%s)", self.choice.name, self.choice.reason)
@@ -89,7 +94,7 @@ class Core:
     async def _process(self, job: Job) -> None:
         await pipeline.process(job, self.worker, self.tracker)
 
-    def submit(self, request_id: str, speech: SpeechJob) -> Job:
+    def submit(self, request_id: str, speech: SpeechJob, temporary_files: list[Path] | None = None) -> Job:
         """Queue a job (raises QueueFull or ShuttingDown) and announce it.
 
         Await ``job.result`` for the audio; a streamed job's audio comes through ``job.stream``.
@@ -103,6 +108,7 @@ class Core:
             chunking=speech.chunking,
             result=asyncio.get_running_loop().create_future(),
             stream=asyncio.Queue() if speech.stream_format else None,
+            temporary_files=temporary_files or [],
         )
         self.worker.submit(job)
         pipeline.Progress(job, self.bus, self.tracker).stage(
@@ -126,4 +132,5 @@ class Core:
             pipeline.Progress(job, self.bus, self.tracker).finish("cancelled", "Cancelled")
             if not job.result.done():
                 job.result.set_exception(Cancelled())
+            job.end()
         return True

@@ -7,7 +7,9 @@ from aiohttp import web
 from .config import Settings
 from .core import Core
 from .metrics import Metrics
+from .voices import VoiceLibrary
 
 SETTINGS = web.AppKey("settings", Settings)
 CORE = web.AppKey("core", Core)
 METRICS = web.AppKey("metrics", Metrics)
+VOICE_LIBRARY = web.AppKey("voice_library", VoiceLibrary)

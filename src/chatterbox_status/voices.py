@@ -308,11 +308,14 @@ class _Index:
 
 
 class VoiceLibrary:
-    """Uploaded reference voices on disk, addressed by name or alias, case-insensitively."""
+    """Uploaded reference voices on disk, addressed by name or alias, case-insensitively.
+
+    The directory is created on the first write, so a server that never stores a voice
+    leaves no trace on disk.
+    """
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self._index_path = self.directory / INDEX_NAME
         self._lock = asyncio.Lock()
         self._index = self._load()
@@ -520,6 +523,7 @@ def _taken(name: str, owner: VoiceEntry) -> NameTaken:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write through a temporary file in the same directory: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .. import audio, voices
+from .. import audio
 from ..core import Core, SpeechJob
 from ..engines.base import SynthesisParams
 from ..errors import ApiError, bad_request, not_found
@@ -61,9 +61,21 @@ def _validation_error(exc: ValidationError) -> ApiError:
     return bad_request(f"{location}: {message}" if location else message, param=location)
 
 
+SPEECH_FORM_FIELDS = frozenset(SpeechRequest.model_fields)
+
+
 def parse_speech(raw: dict[str, Any]) -> SpeechRequest:
+    """A JSON body: types must be JSON's own (no "0.5" for a number)."""
     try:
         return SpeechRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+def parse_speech_form(fields: dict[str, str]) -> SpeechRequest:
+    """A form: every value arrives as text, so numbers are parsed; empty fields mean unset."""
+    try:
+        return SpeechRequest.model_validate({k: v for k, v in fields.items() if v != ""}, strict=False)
     except ValidationError as exc:
         raise _validation_error(exc) from None
 
@@ -125,8 +137,14 @@ def plan_speech(body: SpeechRequest, core: Core, default_stream_format: str | No
             f"response_format {body.response_format!r} is not supported; use one of {', '.join(audio.FORMATS)}",
             param="response_format",
         )
-    voice = voices.resolve(body.voice, core.default_voice_path)
+    voice = core.resolve_voice(body.voice)
     if voice is None:
+        if core.voices.get(body.voice) is not None:
+            raise bad_request(
+                f"Voice {body.voice!r} is a cloned voice, and engine {core.engine.name} cannot clone voices",
+                param="voice",
+                code="cloning_unsupported",
+            )
         raise not_found(f"Voice {body.voice!r} not found", param="voice")
     params = SynthesisParams(
         exaggeration=settings.exaggeration if body.exaggeration is None else body.exaggeration,

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from ..errors import ApiError, bad_request, not_found
 from ..voices import (
@@ -28,15 +27,13 @@ from ..voices import (
     VoiceError,
     VoiceLibrary,
 )
+from ..state import VOICE_LIBRARY
+from .forms import read_form
 from .params import aliased
 
 routes = web.RouteTableDef()
 
-VOICE_LIBRARY = web.AppKey("voice_library", VoiceLibrary)
 
-# Longest text field of an upload; names and language codes are far shorter.
-_FIELD_LIMIT = 1024
-_CHUNK = 64 * 1024
 _TEXT_FIELDS = ("voice_name", "language")
 _PARAMS = {InvalidAudio: "voice_file", InvalidLanguage: "language"}
 
@@ -95,56 +92,6 @@ async def _field(request: web.Request, name: str) -> str:
     return value
 
 
-@dataclass
-class _Upload:
-    fields: dict[str, str] = field(default_factory=dict)
-    data: bytes | None = None
-    filename: str | None = None
-
-
-async def _read_upload(request: web.Request) -> _Upload:
-    """The upload's parts, streamed: the file is read no further than the library would keep.
-
-    A urlencoded form is read too, so that one sent without its file hears what is missing.
-    """
-    if request.content_type == "application/x-www-form-urlencoded":
-        form = await request.post()
-        return _Upload({name: form[name] for name in _TEXT_FIELDS if isinstance(form.get(name), str)})
-    if request.content_type != "multipart/form-data":
-        raise ApiError(415, f"Content-Type must be multipart/form-data, got {request.content_type!r}")
-    upload = _Upload()
-    try:
-        async for part in await request.multipart():
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "voice_file":
-                upload.data = await _read_part(part, MAX_UPLOAD_BYTES)
-                upload.filename = part.filename
-            elif part.name in _TEXT_FIELDS:
-                upload.fields[part.name] = await _read_text(part)
-    except ValueError as exc:
-        raise bad_request(f"Malformed multipart body: {exc}") from None
-    return upload
-
-
-async def _read_part(part: BodyPartReader, limit: int) -> bytes:
-    """The part's bytes, stopping once past ``limit`` (the caller sees it is too long)."""
-    data = bytearray()
-    while len(data) <= limit and (chunk := await part.read_chunk(_CHUNK)):
-        data += chunk
-    return bytes(data)
-
-
-async def _read_text(part: BodyPartReader) -> str:
-    raw = await _read_part(part, _FIELD_LIMIT)
-    if len(raw) > _FIELD_LIMIT:
-        raise bad_request(f"Field {part.name} is too long", param=part.name)
-    try:
-        return raw.decode(part.get_charset("utf-8"))
-    except (UnicodeDecodeError, LookupError):
-        raise bad_request(f"Field {part.name} is not valid text", param=part.name) from None
-
-
 def _attachment(filename: str) -> str:
     """Content-Disposition naming the download, with an ASCII fallback for old clients."""
     fallback = filename.encode("ascii", "replace").decode("ascii").replace("?", "_")
@@ -162,7 +109,7 @@ async def list_voices(request: web.Request) -> web.Response:
 
 @aliased(routes, "POST", *_v1("/voices"), "/voice-library", "/voice_library")
 async def upload_voice(request: web.Request) -> web.Response:
-    upload = await _read_upload(request)
+    upload = await read_form(request, _TEXT_FIELDS, "voice_file", MAX_UPLOAD_BYTES)
     name = upload.fields.get("voice_name")
     if name is None:
         raise bad_request("Field voice_name is required", param="voice_name")
