@@ -6,6 +6,7 @@ pipeline runs for real; tests steer them through threading primitives, never sle
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 
@@ -24,12 +25,15 @@ class ScriptedEngine:
     sample_rate = 16_000
     seconds_per_char = 0.02
 
-    def __init__(self, fail_on: str | None = None, load_error: str | None = None) -> None:
+    def __init__(self, fail_on: str | None = None, load_error: str | None = None, cloning: bool = False) -> None:
+        self.supports_cloning = cloning
         self.fail_on = fail_on
         self.load_error = load_error
         self.load_gate = threading.Event()
         self.load_gate.set()
         self.calls: list[str] = []
+        # (source, path, whether the reference file existed) for every chunk spoken
+        self.voices: list[tuple[str, str | None, bool]] = []
         self.started: queue.Queue[str] = queue.Queue()
         self._held = False
         self._releases = threading.Semaphore(0)
@@ -55,6 +59,7 @@ class ScriptedEngine:
 
     def synthesize(self, text: str, voice: Voice, params: SynthesisParams, progress, cancel: threading.Event):
         self.calls.append(text)
+        self.voices.append((voice.source, voice.path, voice.path is not None and os.path.exists(voice.path)))
         if self._held:
             self.started.put(text)
             while not self._releases.acquire(timeout=0.05):

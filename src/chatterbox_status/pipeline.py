@@ -225,8 +225,7 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker) -> None:
         if not job.result.done():
             job.result.set_result(data)
     finally:
-        if job.stream is not None:
-            job.stream.put_nowait(None)
+        job.end()
 
 
 def _fail(job: Job, exc: Exception) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .engines.base import Engine, SynthesisParams, Voice
@@ -55,6 +56,15 @@ class Job:
     stream: asyncio.Queue[bytes | None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.time)
+    # Files that live exactly as long as the job (a one-off reference voice).
+    temporary_files: list[Path] = field(default_factory=list)
+
+    def end(self) -> None:
+        """Once the job reached its terminal status: close its stream, delete its files."""
+        if self.stream is not None:
+            self.stream.put_nowait(None)
+        for path in self.temporary_files:
+            path.unlink(missing_ok=True)
 
 
 class JobQueue:

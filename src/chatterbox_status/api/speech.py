@@ -8,18 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from .. import audio
-from ..engines.base import Cancelled, EngineError
-from ..errors import ApiError, error_body, not_found
+from .. import audio, voices
+from ..core import Core, SpeechJob
+from ..engines.base import Cancelled, EngineError, Voice
+from ..errors import ApiError, bad_request, error_body, not_found
 from ..state import CORE
 from ..worker import EngineUnavailable, Job, QueueFull, ShuttingDown
+from .forms import read_form
 from .params import aliased
-from .speech_request import parse_speech, plan_speech, read_json_object, request_id_from, retry_after
+from .speech_request import (
+    SPEECH_FORM_FIELDS,
+    parse_speech,
+    parse_speech_form,
+    plan_speech,
+    read_json_object,
+    request_id_from,
+    retry_after,
+)
 
 routes = web.RouteTableDef()
 
@@ -36,14 +51,65 @@ async def create_speech_stream(request: web.Request) -> web.StreamResponse:
     return await speak(request, default_stream_format="audio")
 
 
+@aliased(routes, "POST", "/v1/audio/speech/upload", "/audio/speech/upload", "/tts/upload")
+async def create_speech_upload(request: web.Request) -> web.StreamResponse:
+    """The speech fields as a multipart form, with an optional ``voice_file`` to clone once.
+
+    The clip is kept in a temporary file for exactly as long as its request runs.
+    """
+    core = request.app[CORE]
+    form = await read_form(request, SPEECH_FORM_FIELDS, "voice_file", voices.MAX_UPLOAD_BYTES)
+    speech = plan_speech(parse_speech_form(form.fields), core)
+    if form.data is None:
+        return await run_speech(request, core, speech)
+    if not core.engine.supports_cloning:
+        raise bad_request(
+            f"Engine {core.engine.name} cannot clone voices, so it cannot use voice_file",
+            param="voice_file",
+            code="cloning_unsupported",
+        )
+    try:
+        clip = await asyncio.to_thread(voices.inspect_clip, form.data, form.filename)
+    except voices.InvalidAudio as exc:
+        raise bad_request(str(exc), param="voice_file", code=exc.code) from None
+    handle, name = tempfile.mkstemp(prefix="chatterbox-status-voice-", suffix=f".{clip.extension}")
+    with os.fdopen(handle, "wb") as out:
+        out.write(form.data)
+    speech = dataclasses.replace(speech, voice=Voice(source="upload", path=name))
+    return await run_speech(request, core, speech, temporary_files=[Path(name)])
+
+
 async def speak(request: web.Request, default_stream_format: str | None) -> web.StreamResponse:
     core = request.app[CORE]
     speech = plan_speech(parse_speech(await read_json_object(request)), core, default_stream_format)
+    return await run_speech(request, core, speech)
+
+
+async def run_speech(
+    request: web.Request, core: Core, speech: SpeechJob, temporary_files: Sequence[Path] = ()
+) -> web.StreamResponse:
+    """Queue the job and answer with its audio; the job owns ``temporary_files`` once queued."""
+    try:
+        job = queue_job(request, core, speech, temporary_files)
+    except BaseException:
+        for path in temporary_files:
+            path.unlink(missing_ok=True)
+        raise
+    send = {None: send_file, "audio": send_audio_stream, "sse": send_sse_stream}[speech.stream_format]
+    try:
+        return await send(request, job)
+    except (asyncio.CancelledError, ConnectionResetError):
+        # The client went away: its request stops too, and frees the engine.
+        job.result.cancel()
+        core.cancel(job.request_id)
+        raise
+
+
+def queue_job(request: web.Request, core: Core, speech: SpeechJob, temporary_files: Sequence[Path]) -> Job:
     if core.worker.load_error is not None:
         raise ApiError(503, core.worker.load_error, code="engine_unavailable")
-    request_id = request_id_from(request, core)
     try:
-        job = core.submit(request_id, speech)
+        return core.submit(request_id_from(request, core), speech, list(temporary_files))
     except QueueFull:
         raise ApiError(
             429,
@@ -53,14 +119,6 @@ async def speak(request: web.Request, default_stream_format: str | None) -> web.
         ) from None
     except ShuttingDown:
         raise ApiError(503, "The server is shutting down", code="shutting_down") from None
-    send = {None: send_file, "audio": send_audio_stream, "sse": send_sse_stream}[speech.stream_format]
-    try:
-        return await send(request, job)
-    except (asyncio.CancelledError, ConnectionResetError):
-        # The client went away: its request stops too, and frees the engine.
-        job.result.cancel()
-        core.cancel(request_id)
-        raise
 
 
 def _job_error(job: Job, exc: BaseException) -> ApiError:
