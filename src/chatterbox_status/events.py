@@ -65,15 +65,17 @@ class EventBus:
         for listener in self._listeners:
             listener(event)
         for sub in list(self._subscribers):
-            try:
-                sub.queue.put_nowait(event)
-            except asyncio.QueueFull:
+            if sub.queue.qsize() >= self._queue_size:
                 self._drop(sub)
+            else:
+                sub.queue.put_nowait(event)
         return event
 
     def subscribe(self) -> Subscription:
         """A new subscriber's queue; after close() it is already ended."""
-        sub = Subscription(asyncio.Queue(self._queue_size))
+        # One slot more than a subscriber may fall behind: room for the end marker, so the
+        # events it does get are always an unbroken run that Last-Event-ID can resume.
+        sub = Subscription(asyncio.Queue(self._queue_size + 1))
         if self._closed:
             self._end(sub)
         else:
@@ -88,8 +90,11 @@ class EventBus:
         return len(self._subscribers)
 
     def since(self, last_id: int) -> list[Event] | None:
-        """Events after ``last_id``, or None when some of them have left the replay ring."""
-        if last_id >= self.last_id:
+        """Events after ``last_id``, or None when some of them have left the replay ring or
+        the id was never issued here (a client of an earlier run of the server)."""
+        if last_id > self.last_id:
+            return None
+        if last_id == self.last_id:
             return []
         if not self._replay or self._replay[0].id > last_id + 1:
             return None
@@ -108,9 +113,4 @@ class EventBus:
     def _end(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
         sub.closed = True
-        while True:
-            try:
-                sub.queue.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                sub.queue.get_nowait()
+        sub.queue.put_nowait(None)

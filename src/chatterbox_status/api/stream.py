@@ -35,7 +35,7 @@ def last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise bad_request(f"Last-Event-ID must be an event id (an integer), got {raw!r}", param="Last-Event-ID")
     return int(raw)
 
