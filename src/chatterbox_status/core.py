@@ -92,7 +92,7 @@ class Core:
         self.bus.close()
 
     async def _process(self, job: Job) -> None:
-        await pipeline.process(job, self.worker, self.tracker)
+        await pipeline.process(job, self.worker, self.tracker, self.settings.chunk_timeout)
 
     def submit(self, request_id: str, speech: SpeechJob, temporary_files: list[Path] | None = None) -> Job:
         """Queue a job (raises QueueFull or ShuttingDown) and announce it.

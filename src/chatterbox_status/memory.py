@@ -6,6 +6,7 @@ must never import torch (seconds of start-up, gigabytes of libraries) on its own
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
@@ -48,3 +49,16 @@ def snapshot() -> dict[str, Any]:
 def report(enabled: bool) -> dict[str, Any]:
     """What the status API shows: a snapshot, or a note saying why there is none."""
     return snapshot() if enabled else dict(DISABLED)
+
+
+def release() -> None:
+    """Give back what a failed generation held: Python garbage, and torch's CUDA cache."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or torch's OutOfMemoryError (CUDA), without importing torch."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from . import audio
-from .engines.base import Cancelled, EngineError
+from . import audio, memory
+from .engines.base import Cancelled, EngineError, ProgressFn, SynthesisParams
 from .events import EventBus
 from .text import normalize
 from .tracker import TERMINAL_STATUSES, StatusTracker
@@ -169,7 +169,25 @@ class StreamedOutput:
         return b""
 
 
-async def process(job: Job, worker: Worker, tracker: StatusTracker) -> None:
+async def synthesize_chunk(
+    worker: Worker, job: Job, chunk: str, params: SynthesisParams, report: ProgressFn, timeout: float
+) -> np.ndarray:
+    """One chunk on the engine thread, failing the request if it takes longer than ``timeout``.
+
+    The thread cannot be interrupted, so on timeout the job's cancel flag is set: an engine
+    that checks it (per token) stops at once; one that does not holds the thread until it
+    returns, and later jobs wait for it.
+    """
+    call = asyncio.ensure_future(worker.run(worker.engine.synthesize, chunk, job.voice, params, report, job.cancel))
+    try:
+        return await asyncio.wait_for(asyncio.shield(call), timeout)
+    except TimeoutError:
+        job.cancel.set()
+        call.add_done_callback(lambda done: done.cancelled() or done.exception())
+        raise EngineError(f"a chunk took longer than CHUNK_TIMEOUT ({timeout:g} s)") from None
+
+
+async def process(job: Job, worker: Worker, tracker: StatusTracker, chunk_timeout: float) -> None:
     """Run one job to a terminal status; its future gets the encoded audio or the error.
 
     A streamed job's audio goes out through ``job.stream`` chunk by chunk instead.
@@ -179,7 +197,7 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker) -> None:
     try:
         waiting = "Waiting for the model to load" if not worker.ready else "Starting request processing"
         progress.stage("initializing", waiting)
-        await worker.wait_loaded()
+        await worker.wait_loaded(job)
         output = (StreamedOutput if job.stream is not None else BufferedOutput)(job, engine.sample_rate)
         started = time.perf_counter()
         progress.stage("processing_text", "Validating and preparing text")
@@ -196,7 +214,7 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker) -> None:
             if job.cancel.is_set():
                 raise Cancelled()
             progress.chunk_started(index)
-            samples = await worker.run(engine.synthesize, chunk, job.voice, engine_params, report, job.cancel)
+            samples = await synthesize_chunk(worker, job, chunk, engine_params, report, chunk_timeout)
             if not native:
                 samples = await asyncio.to_thread(audio.change_speed, samples, engine.sample_rate, speed)
             await output.add(samples)
@@ -209,9 +227,13 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker) -> None:
         progress.finish("error", "Failed", error_message=str(exc))
         _fail(job, exc)
     except Exception as exc:
-        if not isinstance(exc, EngineError):
-            log.exception("request %s failed", job.request_id)
-        message = f"Generation failed: {exc}"
+        if memory.is_out_of_memory(exc):
+            await worker.run(memory.release)
+            message = f"Generation failed: the engine ran out of memory ({exc}); its memory was released"
+        else:
+            if not isinstance(exc, EngineError):
+                log.exception("request %s failed", job.request_id)
+            message = f"Generation failed: {exc}"
         progress.finish("error", "Failed", error_message=message)
         _fail(job, EngineError(message))
     else:

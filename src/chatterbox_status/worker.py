@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .engines.base import Engine, SynthesisParams, Voice
+from .engines.base import Cancelled, Engine, SynthesisParams, Voice
 from .events import EventBus
 from .text import Chunking
 
@@ -54,10 +54,16 @@ class Job:
     result: asyncio.Future[bytes]
     # For streamed responses: encoded audio pieces as they are ready, then None.
     stream: asyncio.Queue[bytes | None] | None = None
+    # Set by request_cancel(): checked by the engine thread, and awaitable on the loop.
     cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
     created: float = field(default_factory=time.time)
     # Files that live exactly as long as the job (a one-off reference voice).
     temporary_files: list[Path] = field(default_factory=list)
+
+    def request_cancel(self) -> None:
+        self.cancel.set()
+        self.cancel_requested.set()
 
     def end(self) -> None:
         """Once the job reached its terminal status: close its stream, delete its files."""
@@ -153,8 +159,17 @@ class Worker:
 
         return hop
 
-    async def wait_loaded(self) -> None:
-        await self._loaded.wait()
+    async def wait_loaded(self, job: Job | None = None) -> None:
+        """Wait for the model (raises EngineUnavailable if it failed to load), unless ``job``
+        is cancelled first (raises Cancelled)."""
+        waits = {asyncio.ensure_future(self._loaded.wait())}
+        if job is not None:
+            waits.add(asyncio.ensure_future(job.cancel_requested.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        if job is not None and job.cancel.is_set():
+            raise Cancelled()
         if self.load_error is not None:
             raise EngineUnavailable(self.load_error)
 
@@ -176,7 +191,7 @@ class Worker:
         if not self.queue and self.current is None:
             self._idle.set()
         if job is not None:
-            job.cancel.set()
+            job.request_cancel()
         return job
 
     async def _load(self) -> None:

@@ -1,0 +1,202 @@
+"""Faults: engines that raise, hang or run out of memory, clients that leave, and a soak.
+
+Whatever happens, every request ends in exactly one terminal status, the statistics add
+up, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import threading
+
+import pytest
+
+from conftest import core_of
+
+from doubles import ScriptedEngine
+
+TERMINAL = ("completed", "error", "cancelled")
+
+
+def terminal_counter(client) -> collections.Counter:
+    """request_id -> number of terminal events seen for it, from the bus."""
+    counts: collections.Counter = collections.Counter()
+
+    def listen(event) -> None:
+        if event.type == "status" and event.data["status"] in TERMINAL:
+            counts[event.data["request_id"]] += 1
+
+    core_of(client).bus.add_listener(listen)
+    return counts
+
+
+async def assert_statistics_add_up(client) -> dict:
+    stats = await (await client.get("/status/statistics")).json()
+    ended = stats["completed_requests"] + stats["error_requests"] + stats["cancelled_requests"]
+    assert stats["total_requests"] == ended, stats
+    assert stats["is_processing"] is False
+    return stats
+
+
+class StubbornEngine(ScriptedEngine):
+    """Hangs on a chunk containing 'hang' until released, ignoring cancellation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unstick = threading.Event()
+
+    def synthesize(self, text, voice, params, progress, cancel):
+        if "hang" in text:
+            self.unstick.wait(30)
+        return super().synthesize(text, voice, params, progress, cancel)
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch's CUDA out-of-memory error, which is what the server recognises."""
+
+
+class ForgetfulEngine(ScriptedEngine):
+    def synthesize(self, text, voice, params, progress, cancel):
+        if "huge" in text:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return super().synthesize(text, voice, params, progress, cancel)
+
+
+async def test_a_chunk_past_the_timeout_fails_its_request_and_a_cancel_aware_engine_is_freed(make_client, scripted):
+    client = await make_client(engine=scripted, chunk_timeout=0.3)
+    counts = terminal_counter(client)
+    scripted.hold()  # the scripted engine checks cancellation while held
+    slow = await client.post("/v1/audio/speech", json={"input": "This chunk never finishes."})
+    assert slow.status == 500
+    assert "CHUNK_TIMEOUT" in (await slow.json())["error"]["message"]
+    scripted.release(5)
+    fine = await client.post("/v1/audio/speech", json={"input": "This one is quick."})
+    assert fine.status == 200
+    assert sorted(counts.values()) == [1, 1]
+    stats = await assert_statistics_add_up(client)
+    assert (stats["error_requests"], stats["completed_requests"]) == (1, 1)
+
+
+async def test_an_engine_that_ignores_cancellation_only_delays_the_next_request(make_client):
+    engine = StubbornEngine()
+    client = await make_client(engine=engine, chunk_timeout=0.3)
+    counts = terminal_counter(client)
+    stuck = await client.post("/v1/audio/speech", json={"input": "Please hang here."})
+    assert stuck.status == 500
+    waiting = asyncio.ensure_future(
+        client.post("/v1/audio/speech", json={"input": "Waiting politely."}, headers={"X-Request-ID": "polite-wait"})
+    )
+    tracker = core_of(client).tracker
+    while tracker.find("polite-wait") is None or tracker.find("polite-wait").status != "generating_audio":
+        await asyncio.sleep(0.01)  # it reaches the engine's door, which the stuck chunk still holds
+    assert not waiting.done()
+    engine.unstick.set()
+    assert (await waiting).status == 200
+    assert sorted(counts.values()) == [1, 1]
+    await assert_statistics_add_up(client)
+
+
+async def test_out_of_memory_fails_that_request_cleanly_and_the_next_succeeds(make_client):
+    client = await make_client(engine=ForgetfulEngine())
+    failed = await client.post("/v1/audio/speech", json={"input": "A huge request."})
+    assert failed.status == 500
+    message = (await failed.json())["error"]["message"]
+    assert "ran out of memory" in message and "released" in message
+    record = await (await client.get(f"/status/requests/{failed.headers['X-Request-ID']}")).json()
+    assert record["status"] == "error" and "out of memory" in record["error_message"]
+    assert (await client.post("/v1/audio/speech", json={"input": "A small one."})).status == 200
+    await assert_statistics_add_up(client)
+
+
+@pytest.mark.parametrize("stage", ["loading", "queued", "generating", "streaming"])
+async def test_a_client_leaving_at_any_stage_cancels_exactly_once(make_client, scripted, stage):
+    if stage == "loading":
+        scripted.load_gate.clear()
+    client = await make_client(engine=scripted, wait_loaded=stage != "loading")
+    counts = terminal_counter(client)
+    core = core_of(client)
+    path = "/v1/audio/speech/stream" if stage == "streaming" else "/v1/audio/speech"
+    blocker = None
+    if stage != "loading":
+        scripted.hold()
+    if stage == "queued":
+        blocker = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": "In the engine."}))
+        await asyncio.to_thread(scripted.wait_started)
+    leaving = asyncio.ensure_future(
+        client.post(path, json={"input": "I will not wait."}, headers={"X-Request-ID": "impatient-1"})
+    )
+    while core.tracker.find("impatient-1") is None or (
+        stage in ("generating", "streaming") and core.tracker.find("impatient-1").status != "generating_audio"
+    ):
+        await asyncio.sleep(0)
+    if stage == "streaming":
+        (await leaving).close()
+    else:
+        leaving.cancel()
+    while core.tracker.find("impatient-1").status not in TERMINAL:
+        await asyncio.sleep(0.01)
+    assert core.tracker.find("impatient-1").status == "cancelled"
+    scripted.load_gate.set()
+    scripted.release(10)
+    if blocker is not None:
+        assert (await blocker).status == 200
+    after = await client.post("/v1/audio/speech", json={"input": "Still serving."})
+    assert after.status == 200
+    assert counts["impatient-1"] == 1
+    assert all(n == 1 for n in counts.values())
+    await assert_statistics_add_up(client)
+
+
+async def test_soak_of_hundreds_of_mixed_requests_stays_bounded_and_adds_up(make_client):
+    """300 requests, 16 at a time: good ones, bad ones, failing ones and cancelled ones."""
+    engine = ScriptedEngine(fail_on="broken")
+    engine.seconds_per_char = 0.002
+    client = await make_client(engine=engine, history_size=20, max_queue_size=400)
+    counts = terminal_counter(client)
+    rng = random.Random(7)
+    outcomes: collections.Counter = collections.Counter()
+    limit = asyncio.Semaphore(16)
+
+    async def one(n: int) -> None:
+        kind = rng.choice(["good", "good", "good", "bad", "broken", "cancel"])
+        async with limit:
+            if kind == "bad":
+                response = await client.post("/v1/audio/speech", json={"input": "", "speed": 9})
+                assert response.status == 400
+            elif kind == "cancel":
+                request_id = f"soak-cancel-{n:04d}"
+                task = asyncio.ensure_future(
+                    client.post("/v1/audio/speech", json={"input": f"Cancel me {n}."}, headers={"X-Request-ID": request_id})
+                )
+                while core_of(client).tracker.find(request_id) is None:
+                    await asyncio.sleep(0)
+                await client.delete(f"/v1/audio/speech/{request_id}")
+                response = await task
+                assert response.status in (200, 409)  # it may have finished first
+                kind = "good" if response.status == 200 else "cancel"
+            else:
+                text = f"Request number {n} is {'broken' if kind == 'broken' else 'fine'}."
+                response = await client.post("/v1/audio/speech", json={"input": text})
+                assert response.status == (500 if kind == "broken" else 200)
+                await response.read()
+        outcomes[kind] += 1
+
+    async def rss_mb() -> float:
+        body = await (await client.get("/status/statistics?include_memory=true")).json()
+        return body["current_memory"]["cpu_memory_mb"]
+
+    rss_before = await rss_mb()
+    await asyncio.gather(*(one(n) for n in range(300)))
+    stats = await assert_statistics_add_up(client)
+    assert stats["total_requests"] == 300 - outcomes["bad"]
+    assert stats["completed_requests"] == outcomes["good"]
+    assert stats["error_requests"] == outcomes["broken"]
+    assert stats["cancelled_requests"] == outcomes["cancel"]
+    assert len(counts) == stats["total_requests"] and set(counts.values()) == {1}
+    history = await (await client.get("/status/history?limit=50")).json()
+    assert history["total_records"] == 20  # the ring stays at HISTORY_SIZE
+    tracker = core_of(client).tracker
+    assert len(tracker._finished) == 20 and not tracker._active
+    assert await rss_mb() - rss_before < 150  # MB: nothing per request is kept
