@@ -85,6 +85,7 @@ ENVIRONMENT_CASES = [
     ("SSE_QUEUE_SIZE", "16", "sse_queue_size", 16),
     ("EVENT_REPLAY_SIZE", "64", "event_replay_size", 64),
     ("SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", 0.0),
+    ("CHUNK_TIMEOUT", "12.5", "chunk_timeout", 12.5),
 ]
 
 
