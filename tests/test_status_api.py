@@ -616,3 +616,26 @@ async def test_ping_models_and_config(make_client, engine):
             "max_chunk_length": settings.max_chunk_length,
             "max_total_length": 1234,
         }
+
+
+@pytest.mark.parametrize("prefix", ["", "/v1"])
+async def test_memory_endpoint_and_reset_needing_confirmation(make_client, scripted, prefix):
+    client = await make_client(engine=scripted)
+    body = await (await client.get(f"{prefix}/memory")).json()
+    assert body["memory_info"]["cpu_memory_mb"] > 0
+    assert body["memory_info"]["gpu_memory_allocated_mb"] == 0.0  # no CUDA here
+    refused = await client.post(f"{prefix}/memory/reset")
+    assert refused.status == 400
+    assert (await refused.json())["error"]["param"] == "confirm"
+    done = await client.post(f"{prefix}/memory/reset?confirm=true")
+    assert done.status == 200
+    result = await done.json()
+    assert result["success"] is True
+    assert {"memory_before", "memory_after"} <= set(result)
+
+
+async def test_health_carries_chatterbox_tts_api_fields(make_client, scripted):
+    client = await make_client(engine=scripted)
+    body = await (await client.get("/health")).json()
+    assert body["config"]["max_chunk_length"] == 280
+    assert isinstance(body["memory_info"]["cpu_memory_mb"], float)

@@ -51,12 +51,15 @@ def report(enabled: bool) -> dict[str, Any]:
     return snapshot() if enabled else dict(DISABLED)
 
 
-def release() -> None:
-    """Give back what a failed generation held: Python garbage, and torch's CUDA cache."""
+def release(reset_peak: bool = False) -> None:
+    """Give back what generation no longer holds: Python garbage, and torch's CUDA cache
+    (its peak statistics too, when asked)."""
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

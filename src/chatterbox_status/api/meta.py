@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
 from aiohttp import web
 
-from .. import __version__, metrics
+from .. import __version__, memory, metrics
+from ..errors import bad_request
 from ..state import CORE, METRICS
-from .params import aliased
+from .params import aliased, query_bool
 from .status import engine_view
 
 routes = web.RouteTableDef()
@@ -39,6 +41,11 @@ async def health(request: web.Request) -> web.Response:
         "engine": engine,
         "queue_length": len(core.worker.queue),
         "version": __version__,
+        "config": {
+            name: getattr(core.settings, name)
+            for name in ("max_chunk_length", "max_total_length", "voice_sample_path", "exaggeration", "cfg_weight", "temperature")
+        },
+        "memory_info": memory.report(core.settings.enable_memory_monitoring),
     }
     return web.json_response(body, status=503 if status == "error" else 200)
 
@@ -91,3 +98,19 @@ async def config(request: web.Request) -> web.Response:
 @aliased(routes, "GET", "/metrics")
 async def prometheus_metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+@aliased(routes, "GET", "/memory", "/v1/memory")
+async def memory_status(request: web.Request) -> web.Response:
+    """Memory in use now: process and system RAM, and CUDA's allocated, reserved and peak."""
+    return web.json_response({"memory_info": memory.snapshot(), "engine": request.app[CORE].engine.name})
+
+
+@aliased(routes, "POST", "/memory/reset", "/v1/memory/reset")
+async def memory_reset(request: web.Request) -> web.Response:
+    """Collect garbage and empty torch's CUDA cache (resetting its peak), on confirm=true."""
+    if not query_bool(request, "confirm"):
+        raise bad_request("Releasing memory needs confirm=true", param="confirm", code="confirmation_required")
+    before = memory.snapshot()
+    await asyncio.to_thread(memory.release, True)
+    return web.json_response({"success": True, "memory_before": before, "memory_after": memory.snapshot()})
