@@ -31,6 +31,8 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-aiohttp>=1.0",
+            "schemathesis>=4.32,<5",
+            "openapi-spec-validator>=0.7",
         ],
     },
     entry_points={

@@ -6,6 +6,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
+from multidict import MultiDictProxy
 
 from ..errors import ApiError, bad_request
 
@@ -29,7 +31,7 @@ async def read_form(request: web.Request, text_fields: Collection[str], file_fie
     missing.
     """
     if request.content_type == "application/x-www-form-urlencoded":
-        posted = await request.post()
+        posted = await posted_form(request)
         return Form({name: posted[name] for name in text_fields if isinstance(posted.get(name), str)})
     if request.content_type != "multipart/form-data":
         raise ApiError(415, f"Content-Type must be multipart/form-data, got {request.content_type!r}")
@@ -43,9 +45,18 @@ async def read_form(request: web.Request, text_fields: Collection[str], file_fie
                 form.filename = part.filename
             elif part.name in text_fields:
                 form.fields[part.name] = await _read_text(part)
-    except ValueError as exc:
+    except (ValueError, BadHttpMessage) as exc:
         raise bad_request(f"Malformed multipart body: {exc}") from None
     return form
+
+
+async def posted_form(request: web.Request) -> MultiDictProxy:
+    """``request.post()``, with a body it cannot parse (bad charset, bytes, boundary or part
+    headers) as a 400 rather than a crash."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError, BadHttpMessage) as exc:
+        raise bad_request(f"Malformed form body: {exc}") from None
 
 
 async def _read_part(part: BodyPartReader, limit: int) -> bytes:

@@ -28,7 +28,7 @@ from ..voices import (
     VoiceLibrary,
 )
 from ..state import VOICE_LIBRARY
-from .forms import read_form
+from .forms import posted_form, read_form
 from .params import aliased
 
 routes = web.RouteTableDef()
@@ -85,7 +85,7 @@ def _voice(request: web.Request) -> VoiceEntry:
 
 async def _field(request: web.Request, name: str) -> str:
     """A form field (multipart or urlencoded), else a query parameter of that name."""
-    form = await request.post()
+    form = await posted_form(request)
     value = form.get(name, request.query.get(name))
     if not isinstance(value, str):
         raise bad_request(f"Field {name} is required", param=name)
