@@ -22,6 +22,7 @@ class ScriptedEngine:
     device = "cpu"
     supports_cloning = False
     speed_range = (0.25, 4.0)
+    languages = {"en": "English", "fr": "French"}
     sample_rate = 16_000
     seconds_per_char = 0.02
 

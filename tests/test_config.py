@@ -86,6 +86,8 @@ ENVIRONMENT_CASES = [
     ("EVENT_REPLAY_SIZE", "64", "event_replay_size", 64),
     ("SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", 0.0),
     ("CHUNK_TIMEOUT", "12.5", "chunk_timeout", 12.5),
+    ("MODEL_DIR", "/", "model_dir", "/"),
+    ("MEMORY_CLEANUP_INTERVAL", "0", "memory_cleanup_interval", 0),
 ]
 
 

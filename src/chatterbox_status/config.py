@@ -50,6 +50,12 @@ def _device(value: str) -> str | None:
     return "must be auto, cpu, cuda, cuda:N or mps"
 
 
+def _existing_dir(value: str | None) -> str | None:
+    if value is None or Path(value).is_dir():
+        return None
+    return f"folder {value!r} does not exist"
+
+
 def _existing_file(value: str | None) -> str | None:
     if value is None or Path(value).is_file():
         return None
@@ -71,7 +77,11 @@ class Settings:
     max_total_length: int = _setting(4096, "MAX_TOTAL_LENGTH", "longest input accepted", _between(1, 1_000_000))
     voice_sample_path: str | None = _setting(None, "VOICE_SAMPLE_PATH", "default reference voice for cloning engines", _existing_file)
     voice_library_dir: str = _setting("./voices", "VOICE_LIBRARY_DIR", "where uploaded voices and their index are kept")
-    model_cache_dir: str = _setting("./models", "MODEL_CACHE_DIR", "where downloaded model weights are kept")
+    model_cache_dir: str = _setting("./models", "MODEL_CACHE_DIR", "where weights downloaded from the hub are kept")
+    model_dir: str | None = _setting(None, "MODEL_DIR", "a local Chatterbox checkpoint folder to load instead of the hub", _existing_dir)
+    memory_cleanup_interval: int = _setting(
+        5, "MEMORY_CLEANUP_INTERVAL", "collect garbage and empty the CUDA cache after every N requests (0: never)", _between(0, 1_000_000)
+    )
     enable_memory_monitoring: bool = _setting(True, "ENABLE_MEMORY_MONITORING", "report memory in the status API")
     cors_origins: str = _setting(
         "",

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import engines, pipeline, voices
+from . import engines, memory, pipeline, voices
 from .config import Settings
 from .engines.base import Cancelled, Engine, SynthesisParams, Voice
 from .events import EventBus
@@ -54,6 +54,7 @@ class Core:
         self.worker = Worker(engine, self.bus, settings.max_queue_size)
         self.voices = VoiceLibrary(Path(settings.voice_library_dir))
         self.started_at = time.time()
+        self._processed = 0
 
     def resolve_voice(self, name: str) -> Voice | None:
         """The voice a request names. Engines that cannot clone speak with their own voice:
@@ -93,6 +94,10 @@ class Core:
 
     async def _process(self, job: Job) -> None:
         await pipeline.process(job, self.worker, self.tracker, self.settings.chunk_timeout)
+        self._processed += 1
+        interval = self.settings.memory_cleanup_interval
+        if interval and self._processed % interval == 0:
+            await self.worker.run(memory.release)
 
     def submit(self, request_id: str, speech: SpeechJob, temporary_files: list[Path] | None = None) -> Job:
         """Queue a job (raises QueueFull or ShuttingDown) and announce it.

@@ -731,6 +731,15 @@ def _operations() -> dict[str, Operation]:
             ),
         ),
         (
+            "chatterbox_status.api.meta.languages",
+            Operation(
+                "listLanguages",
+                "The languages the engine speaks (the speech request's language field)",
+                "service",
+                {200: _json(_schema("Languages"), "Language codes and names")},
+            ),
+        ),
+        (
             "chatterbox_status.api.docs.openapi_json",
             Operation(
                 "getOpenApi",
@@ -935,6 +944,14 @@ def _components(max_total_length: int) -> dict[str, Any]:
                 "oneOf": [_schema("MemorySnapshot"), _object({"enabled": {"const": False}, "note": _STRING})],
             },
             "MemoryStatus": _object({"memory_info": _schema("MemorySnapshot"), "engine": _STRING}),
+            "Languages": _object(
+                {
+                    "engine": _STRING,
+                    "multilingual": {"type": "boolean"},
+                    "languages": {"type": "array", "items": _object({"code": _STRING, "name": _STRING})},
+                    "count": {"type": "integer", "minimum": 1},
+                }
+            ),
             "MemoryReset": _object(
                 {
                     "success": {"const": True},

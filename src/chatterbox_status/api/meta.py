@@ -114,3 +114,18 @@ async def memory_reset(request: web.Request) -> web.Response:
     before = memory.snapshot()
     await asyncio.to_thread(memory.release, True)
     return web.json_response({"success": True, "memory_before": before, "memory_after": memory.snapshot()})
+
+
+@aliased(routes, "GET", "/languages", "/v1/languages")
+async def languages(request: web.Request) -> web.Response:
+    """The languages the engine speaks (all of Chatterbox Multilingual's once it has loaded)."""
+    engine = request.app[CORE].engine
+    codes = engine.languages
+    return web.json_response(
+        {
+            "engine": engine.name,
+            "multilingual": len(codes) > 1,
+            "languages": [{"code": code, "name": name} for code, name in sorted(codes.items())],
+            "count": len(codes),
+        }
+    )

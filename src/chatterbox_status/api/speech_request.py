@@ -46,6 +46,11 @@ class SpeechRequest(BaseModel):
     cfg_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     temperature: Annotated[float, Field(ge=0.05, le=5.0)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    repetition_penalty: Annotated[float, Field(ge=1.0, le=3.0)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    # The multilingual engine's language_id, as /languages lists them.
+    language: Annotated[str, Field(min_length=2, max_length=8)] | None = None
     # chatterbox-tts-api's streaming knobs; they shape the chunks of streamed responses.
     streaming_chunk_size: Annotated[int, Field(ge=50, le=500)] | None = None
     streaming_strategy: Literal[STRATEGIES] | None = None
@@ -137,6 +142,11 @@ def plan_speech(body: SpeechRequest, core: Core, default_stream_format: str | No
             f"response_format {body.response_format!r} is not supported; use one of {', '.join(audio.FORMATS)}",
             param="response_format",
         )
+    if body.language is not None and body.language.lower() not in core.engine.languages:
+        raise bad_request(
+            f"language {body.language!r} is not one engine {core.engine.name} speaks; see /languages",
+            param="language",
+        )
     voice = core.resolve_voice(body.voice)
     if voice is None:
         if core.voices.get(body.voice) is not None:
@@ -152,6 +162,10 @@ def plan_speech(body: SpeechRequest, core: Core, default_stream_format: str | No
         temperature=settings.temperature if body.temperature is None else body.temperature,
         speed=body.speed,
         seed=body.seed,
+        repetition_penalty=body.repetition_penalty,
+        min_p=body.min_p,
+        top_p=body.top_p,
+        language=body.language.lower() if body.language else None,
     )
     view = {
         "exaggeration": params.exaggeration,
@@ -159,6 +173,7 @@ def plan_speech(body: SpeechRequest, core: Core, default_stream_format: str | No
         "temperature": params.temperature,
         "speed": params.speed,
         "seed": params.seed,
+        **{name: value for name in ("repetition_penalty", "min_p", "top_p", "language") if (value := getattr(params, name))},
         "voice": body.voice,
         "response_format": body.response_format,
     }

@@ -8,10 +8,20 @@ from dataclasses import dataclass
 
 from ..config import Settings, SettingsError
 from .base import Engine
+from .chatterbox import CLASSES, ChatterboxEngine
 from .hibari import HibariEngine
+
+
+def _chatterbox(kind: str) -> Callable[[Settings], Engine]:
+    def create(settings: Settings) -> Engine:
+        return ChatterboxEngine(kind, settings.device, settings.model_dir, settings.model_cache_dir)
+
+    return create
+
 
 FACTORIES: dict[str, Callable[[Settings], Engine]] = {
     "hibari": lambda settings: HibariEngine(),
+    **{kind: _chatterbox(kind) for kind in CLASSES},
 }
 
 
@@ -34,8 +44,6 @@ def choose(settings: Settings) -> EngineChoice:
         return EngineChoice(requested, requested, f"engine {requested!r} was requested")
     if importlib.util.find_spec("chatterbox") is None:
         return EngineChoice("hibari", requested, "chatterbox-tts is not installed, so the embedded hibari voice speaks")
-    if "chatterbox" not in FACTORIES:
-        return EngineChoice("hibari", requested, "chatterbox-tts is installed but this build has no chatterbox engine yet")
     return EngineChoice("chatterbox", requested, "chatterbox-tts is installed")
 
 

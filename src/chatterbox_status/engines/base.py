@@ -33,6 +33,11 @@ class SynthesisParams:
     temperature: float
     speed: float = 1.0
     seed: int | None = None
+    # Sampling knobs of the Chatterbox models; None keeps the model's own default.
+    repetition_penalty: float | None = None
+    min_p: float | None = None
+    top_p: float | None = None
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class Engine(Protocol):
     device: str
     supports_cloning: bool
     speed_range: tuple[float, float] | None
+    languages: dict[str, str]
 
     def load(self, progress: ProgressFn) -> None:
         """Load the model (blocking, in the executor), reporting progress as a fraction."""

@@ -20,6 +20,7 @@ class HibariEngine:
     device = "cpu"
     supports_cloning = False
     speed_range = (0.5, 2.0)
+    languages = {"en": "English"}
 
     def __init__(self, threads: int = 1) -> None:
         self._threads = threads

@@ -1,0 +1,229 @@
+"""The Chatterbox engines: ChatterboxTTS, ChatterboxMultilingualTTS and ChatterboxTurboTTS.
+
+The library is imported only in ``load`` (torch takes seconds to import), on the engine
+thread, which alone touches the model: ``generate`` mutates the model's conditionals and
+draws from torch's global RNG, so seeding right before it makes a seed reproducible.
+
+Progress inside a chunk comes from the T3 token loop: a forward pre-hook on the
+backbone runs once for the prompt and once per speech token, reports the fraction of the
+expected tokens (estimated from the text, corrected as tokens arrive) and checks for
+cancellation, so a cancelled request stops within one token. S3Gen's flow-matching steps
+check it too.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import importlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import Cancelled, EngineError, ProgressFn, SynthesisParams, Voice
+
+log = logging.getLogger(__name__)
+
+CLASSES = {
+    "chatterbox": ("chatterbox.tts", "ChatterboxTTS"),
+    "chatterbox-multilingual": ("chatterbox.mtl_tts", "ChatterboxMultilingualTTS"),
+    "chatterbox-turbo": ("chatterbox.tts_turbo", "ChatterboxTurboTTS"),
+}
+# Voices whose conditionals stay prepared; a voice costs a few MB of tensors.
+CONDITIONALS_CACHE_SIZE = 16
+# Speech tokens (25 per second) per input character before any chunk was measured:
+# about 14 characters are spoken per second.
+INITIAL_TOKENS_PER_CHAR = 25 / 14
+# Weight of the newest chunk in the tokens-per-character moving average.
+TOKENS_PER_CHAR_ALPHA = 0.3
+# Share of a chunk's progress earned by the token loop; S3Gen's vocoding earns the rest.
+TOKEN_SHARE = 0.8
+# ChatterboxTTS crashes with cfg_weight=0 (it builds one text row for a two-row batch),
+# so "no guidance" runs with a weight too small to change the result.
+NO_GUIDANCE = 1e-6
+
+
+def pick_device(requested: str, torch: Any) -> str:
+    """cuda, then mps, then cpu for "auto"; an explicit device must exist."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"DEVICE={requested} but torch sees no CUDA device")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise EngineError("DEVICE=mps but torch sees no MPS device")
+    return requested
+
+
+@dataclass
+class _Chunk:
+    """The chunk being generated, as the token hook sees it."""
+
+    expected_tokens: float
+    progress: ProgressFn
+    cancel: threading.Event
+    calls: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return max(0, self.calls - 1)  # the first call is the prompt
+
+
+class ChatterboxEngine:
+    supports_cloning = True
+    speed_range = None  # no tempo control: the pipeline time-stretches
+
+    def __init__(self, kind: str, device: str = "auto", model_dir: str | None = None, cache_dir: str | None = None):
+        if kind not in CLASSES:
+            raise ValueError(f"unknown chatterbox engine {kind!r}")
+        self.name = kind
+        self.device = device
+        self.sample_rate = 24_000
+        self.languages: dict[str, str] = {"en": "English"}
+        self.model: Any = None
+        self.tokens_per_char = INITIAL_TOKENS_PER_CHAR
+        self.conditionals: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._model_dir = model_dir
+        self._cache_dir = cache_dir
+        self._builtin: Any = None
+        self._chunk: _Chunk | None = None
+        self._torch: Any = None
+
+    # -- loading -------------------------------------------------------------------
+
+    def load(self, progress: ProgressFn) -> None:
+        if self._cache_dir and not self._model_dir:
+            os.environ.setdefault("HF_HUB_CACHE", self._cache_dir)
+        import torch
+
+        self._torch = torch
+        module_name, class_name = CLASSES[self.name]
+        cls = getattr(importlib.import_module(module_name), class_name)
+        progress(0.1)
+        self.device = pick_device(self.device, torch)
+        self.model = self._load_model(cls, self.device)
+        progress(0.9)
+        self.sample_rate = int(self.model.sr)
+        self._builtin = self.model.conds
+        if self.name == "chatterbox-multilingual":
+            self.languages = dict(cls.get_supported_languages())
+        self.model.t3.tfmr.register_forward_pre_hook(self._on_step, with_kwargs=True)
+        self._check_cancel_in_vocoder()
+        progress(1.0)
+
+    def _load_model(self, cls: Any, device: str) -> Any:
+        """From MODEL_DIR when given, else from the hub (cached under MODEL_CACHE_DIR)."""
+        if self._model_dir:
+            return cls.from_local(Path(self._model_dir), device)
+        return cls.from_pretrained(device)
+
+    def _check_cancel_in_vocoder(self) -> None:
+        """S3Gen calls its estimator's ``forward`` directly (hooks never fire), once per
+        flow-matching step: wrap it on this instance so cancellation lands there too."""
+        try:
+            estimator = self.model.s3gen.flow.decoder.estimator
+        except AttributeError:
+            log.warning("chatterbox: S3Gen's estimator not found; cancellation waits for the vocoder")
+            return
+        forward = estimator.forward
+
+        def checked_forward(*args: Any, **kwargs: Any) -> Any:
+            chunk = self._chunk
+            if chunk is not None and chunk.cancel.is_set():
+                raise Cancelled()
+            return forward(*args, **kwargs)
+
+        estimator.forward = checked_forward
+
+    # -- one token ---------------------------------------------------------------------
+
+    def _on_step(self, module: Any, args: Any, kwargs: Any) -> None:
+        chunk = self._chunk
+        if chunk is None:
+            return
+        if chunk.cancel.is_set():
+            raise Cancelled()
+        chunk.calls += 1
+        if chunk.tokens:
+            # The estimate only ever grows, so the fraction approaches but never reaches 1.
+            chunk.expected_tokens = max(chunk.expected_tokens, chunk.tokens + 1)
+            chunk.progress(TOKEN_SHARE * chunk.tokens / chunk.expected_tokens)
+
+    # -- one chunk ---------------------------------------------------------------------
+
+    def synthesize(
+        self,
+        text: str,
+        voice: Voice,
+        params: SynthesisParams,
+        progress: ProgressFn,
+        cancel: threading.Event,
+    ) -> np.ndarray:
+        if self.model is None:
+            raise EngineError(f"{self.name} engine used before load()")
+        if cancel.is_set():
+            raise Cancelled()
+        self.model.conds = self._conditionals_for(voice, params)
+        torch = self._torch
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+            if torch.cuda.is_available():
+                torch.cuda.manual_seed_all(params.seed)
+        self._chunk = _Chunk(max(1.0, len(text) * self.tokens_per_char), progress, cancel)
+        try:
+            wav = self.model.generate(text, **self._generate_kwargs(params))
+            tokens = self._chunk.tokens
+        finally:
+            self._chunk = None
+        if tokens:
+            sample = tokens / max(1, len(text))
+            self.tokens_per_char += TOKENS_PER_CHAR_ALPHA * (sample - self.tokens_per_char)
+        progress(1.0)
+        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32)
+
+    def _generate_kwargs(self, params: SynthesisParams) -> dict[str, Any]:
+        sampling = {
+            name: value
+            for name in ("repetition_penalty", "min_p", "top_p")
+            if (value := getattr(params, name)) is not None
+        }
+        if self.name == "chatterbox-turbo":
+            # Turbo has no guidance, exaggeration or min_p (it warns when they are set).
+            return {"temperature": params.temperature, **sampling, "min_p": 0.0, "exaggeration": 0.0, "cfg_weight": 0.0}
+        kwargs = {
+            "exaggeration": params.exaggeration,
+            "cfg_weight": params.cfg_weight or NO_GUIDANCE,
+            "temperature": params.temperature,
+            **sampling,
+        }
+        if self.name == "chatterbox-multilingual":
+            kwargs["language_id"] = params.language or "en"
+        return kwargs
+
+    def _conditionals_for(self, voice: Voice, params: SynthesisParams) -> Any:
+        """The voice's prepared conditionals, from the cache keyed by the file's content.
+
+        A new exaggeration needs no new preparation: ``generate`` swaps in a T3 condition
+        with the new emotion value and keeps the prepared speaker data.
+        """
+        if voice.path is None:
+            if self._builtin is None:
+                raise EngineError("this model has no built-in voice: set VOICE_SAMPLE_PATH or pass a voice")
+            return self._builtin
+        key = hashlib.sha256(Path(voice.path).read_bytes()).hexdigest()
+        if key in self.conditionals:
+            self.conditionals.move_to_end(key)
+            return self.conditionals[key]
+        self.model.prepare_conditionals(voice.path, exaggeration=params.exaggeration)
+        self.conditionals[key] = self.model.conds
+        if len(self.conditionals) > CONDITIONALS_CACHE_SIZE:
+            self.conditionals.popitem(last=False)
+        return self.model.conds
