@@ -205,7 +205,7 @@ def test_scripts_test_in_a_fresh_clone_runs_pytest(fresh_clone, tmp_path):
             "TOX_OVERRIDE": f"testenv:tests.pass_env+={GUARD}",
         }
     )
-    process = start(["scripts/test", "--", "tests/test_text.py"], fresh_clone, env, log_path)
+    process = start(["scripts/test", "-e", "tests", "--", "tests/test_text.py"], fresh_clone, env, log_path)
     try:
         try:
             returncode = process.wait(timeout=SUITE_WITHIN_S)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .api import docs, meta, speech, status, stream, voices
+from .api import dashboard, docs, meta, speech, status, stream, voices
 from .config import Settings
 from .auth import api_key_middleware
 from .core import Core
@@ -28,7 +28,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     core = app[CORE] = Core(settings, engine)
     app[METRICS] = Metrics(core.bus, core.worker, core.engine.name)
     app[VOICE_LIBRARY] = core.voices
-    for module in (speech, status, stream, voices, meta, docs):
+    for module in (speech, status, stream, voices, meta, docs, dashboard):
         app.router.add_routes(module.routes)
     app.cleanup_ctx.append(_run_core)
     app.on_shutdown.append(_drain)

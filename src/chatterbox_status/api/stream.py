@@ -103,12 +103,15 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             ping_interval=core.settings.sse_ping_interval,
         ) as sse:
-            async for event in _events(first, subscription):
-                if not wanted(event, request_id):
-                    continue
-                await sse.send(json.dumps(event.data), id=str(event.id), event=event.type)
-                if ends_stream(event, request_id):
-                    break
+            try:
+                async for event in _events(first, subscription):
+                    if not wanted(event, request_id):
+                        continue
+                    await sse.send(json.dumps(event.data), id=str(event.id), event=event.type)
+                    if ends_stream(event, request_id):
+                        break
+            except ConnectionResetError:
+                pass  # the subscriber left: nothing to send it any more
         return sse
     finally:
         core.bus.unsubscribe(subscription)
