@@ -28,6 +28,8 @@ setup(
         "hibari-tts>=0.2.1,<0.3",
     ],
     extras_require={
+        # Resemble AI's models; on a CUDA machine this brings torch with CUDA.
+        "chatterbox": ["chatterbox-tts>=0.1.7"],
         "test": [
             "pytest>=8",
             "pytest-aiohttp>=1.0",
