@@ -162,3 +162,23 @@ async def test_library_voice_on_hibari_is_a_clear_400(make_client):
     response = await client.post("/v1/audio/speech", json={"input": "Hi.", "voice": "Narrator"})
     assert response.status == 400
     assert (await response.json())["error"]["code"] == "cloning_unsupported"
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/speech/stream/upload", "/audio/speech/stream/upload", "/tts/stream/upload"])
+async def test_stream_upload_route_streams_the_form_request(make_client, path):
+    client = await make_client()
+    response = await client.post(path, data=form(input="Streamed from a form.", response_format="pcm"))
+    assert response.status == 200
+    assert response.headers.get("Transfer-Encoding") == "chunked"
+    assert len(await response.read()) > 24_000  # half a second of 16-bit audio at least
+
+
+@pytest.mark.parametrize("path", ["/endpoints", "/v1/endpoints", "/routes"])
+async def test_endpoints_lists_every_path_with_its_methods(make_client, scripted, path):
+    client = await make_client(engine=scripted)
+    body = await (await client.get(path)).json()
+    listed = {entry["path"]: entry["methods"] for entry in body["endpoints"]}
+    assert listed["/v1/audio/speech"] == ["POST"]
+    assert set(listed["/v1/voices/{voice_name}"]) == {"GET", "PUT", "DELETE"}
+    assert "/status/stream" in listed and "/openapi.json" in listed
+    assert body["count"] == len(listed)

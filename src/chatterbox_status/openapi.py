@@ -379,6 +379,19 @@ def _operations() -> dict[str, Operation]:
             ),
         ),
         (
+            "chatterbox_status.api.speech.create_speech_stream_upload",
+            Operation(
+                "createSpeechStreamUpload",
+                "The upload form, streamed as it is generated",
+                "speech",
+                {200: _speech_response()},
+                (400, 404, 409, 413, 415, 429, 503),
+                (X_REQUEST_ID,),
+                upload_body,
+                "`stream_format` defaults to `audio` here.",
+            ),
+        ),
+        (
             "chatterbox_status.api.speech.cancel_speech",
             Operation(
                 "cancelSpeech",
@@ -731,6 +744,15 @@ def _operations() -> dict[str, Operation]:
             ),
         ),
         (
+            "chatterbox_status.api.meta.endpoints",
+            Operation(
+                "listEndpoints",
+                "Every path the server answers, with its methods",
+                "service",
+                {200: _json(_schema("Endpoints"), "The paths")},
+            ),
+        ),
+        (
             "chatterbox_status.api.meta.languages",
             Operation(
                 "listLanguages",
@@ -944,6 +966,15 @@ def _components(max_total_length: int) -> dict[str, Any]:
                 "oneOf": [_schema("MemorySnapshot"), _object({"enabled": {"const": False}, "note": _STRING})],
             },
             "MemoryStatus": _object({"memory_info": _schema("MemorySnapshot"), "engine": _STRING}),
+            "Endpoints": _object(
+                {
+                    "endpoints": {
+                        "type": "array",
+                        "items": _object({"path": _STRING, "methods": {"type": "array", "items": _STRING}}),
+                    },
+                    "count": {"type": "integer", "minimum": 0},
+                }
+            ),
             "Languages": _object(
                 {
                     "engine": _STRING,

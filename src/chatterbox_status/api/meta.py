@@ -129,3 +129,16 @@ async def languages(request: web.Request) -> web.Response:
             "count": len(codes),
         }
     )
+
+
+@aliased(routes, "GET", "/endpoints", "/v1/endpoints", "/routes")
+async def endpoints(request: web.Request) -> web.Response:
+    """Every path the server answers, with its methods (aliases listed as paths of their own)."""
+    methods: dict[str, set[str]] = {}
+    for route in request.app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter")
+        if path and route.method != "HEAD":
+            methods.setdefault(path, set()).add(route.method)
+    listed = [{"path": path, "methods": sorted(found)} for path, found in sorted(methods.items())]
+    return web.json_response({"endpoints": listed, "count": len(listed)})

@@ -53,13 +53,21 @@ async def create_speech_stream(request: web.Request) -> web.StreamResponse:
 
 @aliased(routes, "POST", "/v1/audio/speech/upload", "/audio/speech/upload", "/tts/upload")
 async def create_speech_upload(request: web.Request) -> web.StreamResponse:
-    """The speech fields as a multipart form, with an optional ``voice_file`` to clone once.
+    """The speech fields as a multipart form, with an optional ``voice_file`` to clone once."""
+    return await speak_form(request, default_stream_format=None)
 
-    The clip is kept in a temporary file for exactly as long as its request runs.
-    """
+
+@aliased(routes, "POST", "/v1/audio/speech/stream/upload", "/audio/speech/stream/upload", "/tts/stream/upload")
+async def create_speech_stream_upload(request: web.Request) -> web.StreamResponse:
+    """The upload form, streamed as each chunk is generated."""
+    return await speak_form(request, default_stream_format="audio")
+
+
+async def speak_form(request: web.Request, default_stream_format: str | None) -> web.StreamResponse:
+    """A form request; its voice clip lives in a temporary file exactly as long as the request."""
     core = request.app[CORE]
     form = await read_form(request, SPEECH_FORM_FIELDS, "voice_file", voices.MAX_UPLOAD_BYTES)
-    speech = plan_speech(parse_speech_form(form.fields), core)
+    speech = plan_speech(parse_speech_form(form.fields), core, default_stream_format)
     if form.data is None:
         return await run_speech(request, core, speech)
     if not core.engine.supports_cloning:
