@@ -18,6 +18,7 @@ import wave
 from pathlib import Path
 
 import pytest
+from helpers import free_port, http
 
 from chatterbox_status.config import Settings
 
@@ -38,12 +39,6 @@ def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Completed
         text=True,
         timeout=timeout,
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- say -----------------------------------------------------------------------------
@@ -107,19 +102,6 @@ def test_say_to_an_unsupported_format_fails_clearly(tmp_path):
 
 
 # --- serve ---------------------------------------------------------------------------
-
-
-def http(method: str, url: str, body: dict | None = None, timeout: float = 30):
-    """(status, headers, body bytes) of one request; HTTP errors are answers, not exceptions."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers, exc.read()
 
 
 def wait_healthy(base: str, process: subprocess.Popen, log_path: Path, deadline_s: float) -> dict:

@@ -22,28 +22,25 @@ import copy
 import importlib
 import io
 import json
-import math
 import os
 import pkgutil
 import tempfile
 import threading
 import uuid
-import wave
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import hypothesis
-import numpy as np
 import pytest
 import requests
 import schemathesis
 from aiohttp import web
+from doubles import ScriptedEngine
+from helpers import wav_tone as tone
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_spec
 from schemathesis import GenerationMode
-from schemathesis.core.failures import FailureGroup
-from schemathesis.core.result import Ok
 from schemathesis.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -52,6 +49,8 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.failures import FailureGroup
+from schemathesis.core.result import Ok
 
 import chatterbox_status.api
 from chatterbox_status import __version__
@@ -60,8 +59,6 @@ from chatterbox_status.app import create_app
 from chatterbox_status.config import Settings
 from chatterbox_status.openapi import all_paths, document
 from chatterbox_status.state import CORE
-
-from doubles import ScriptedEngine
 
 API_KEY = "openapi-test-key"
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
@@ -341,16 +338,8 @@ class LocalOnlySession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
-def wav_tone(seconds: float = 1.5, rate: int = 16_000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * math.pi * 220 * t) * 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-    return buffer.getvalue()
+def wav_tone() -> bytes:
+    return tone(seconds=1.5, rate=16_000)
 
 
 FUZZ_SETTINGS = {

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-
 from conftest import decode_wav, record_events
+from helpers import LIFECYCLE
 
 TEXT = (
     "The first sentence is short. The second sentence is a little longer than the first one. "
@@ -23,18 +23,9 @@ async def test_hibari_request_goes_from_queued_to_completed_with_chunk_progress(
     assert frames / rate > 5.0  # four sentences of speech, not a blip
 
     mine = [e.data for e in events if e.data["request_id"] == request_id]
-    statuses = [d["status"] for d in mine if True]
+    statuses = [d["status"] for d in mine]
     transitions = [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
-    assert transitions == [
-        "queued",
-        "initializing",
-        "processing_text",
-        "chunking",
-        "generating_audio",
-        "concatenating",
-        "finalizing",
-        "completed",
-    ]
+    assert transitions == LIFECYCLE
     chunk_steps = [d["current_step"] for d in mine if d["status"] == "generating_audio"]
     total = mine[-1]["total_chunks"]
     assert total >= 3

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
-import wave
 
 import aiohttp
-import numpy as np
 import pytest
-
 from conftest import core_of, decode_wav
-
 from doubles import ScriptedEngine
-
-
-def wav_clip(seconds: float = 2.0, rate: int = 24_000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-    return buffer.getvalue()
+from helpers import wav_tone
 
 
 def form(voice_file: bytes | None = None, filename: str = "me.wav", **fields: str) -> aiohttp.FormData:
@@ -78,7 +62,7 @@ async def test_json_body_on_the_upload_route_is_a_415(make_client, scripted):
 
 async def test_hibari_refuses_a_voice_file_because_it_cannot_clone(make_client):
     client = await make_client()
-    response = await client.post("/v1/audio/speech/upload", data=form(wav_clip(), input="Clone me."))
+    response = await client.post("/v1/audio/speech/upload", data=form(wav_tone(), input="Clone me."))
     assert response.status == 400
     assert (await response.json())["error"]["code"] == "cloning_unsupported"
 
@@ -104,7 +88,7 @@ async def test_uploaded_voice_is_used_for_every_chunk_then_removed(make_client, 
     fields = {"input": text, "streaming_chunk_size": "50"}
     if stream_format:
         fields["stream_format"] = stream_format
-    response = await client.post("/v1/audio/speech/upload", data=form(wav_clip(), **fields))
+    response = await client.post("/v1/audio/speech/upload", data=form(wav_tone(), **fields))
     assert response.status == 200
     await response.read()
     spoken = engine.voices[2:]  # after the two warm-up calls
@@ -124,7 +108,7 @@ async def test_uploaded_voice_file_is_removed_when_its_queued_request_is_cancell
     first = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": "Holding the engine."}))
     await asyncio.to_thread(engine.wait_started)
     queued = asyncio.ensure_future(
-        client.post("/v1/audio/speech/upload", data=form(wav_clip(), input="Waiting with a voice."),
+        client.post("/v1/audio/speech/upload", data=form(wav_tone(), input="Waiting with a voice."),
                     headers={"X-Request-ID": "upload-in-queue"})
     )
     core = core_of(client)
@@ -144,7 +128,7 @@ async def test_library_voice_selects_its_clip_on_a_cloning_engine(make_client):
     client = await make_client(engine=engine)
     upload = aiohttp.FormData()
     upload.add_field("voice_name", "Narrator")
-    upload.add_field("voice_file", wav_clip(), filename="narrator.wav", content_type="audio/wav")
+    upload.add_field("voice_file", wav_tone(), filename="narrator.wav", content_type="audio/wav")
     assert (await client.post("/v1/voices", data=upload)).status == 201
     response = await client.post("/v1/audio/speech", json={"input": "In a library voice.", "voice": "narrator"})
     assert response.status == 200
@@ -157,7 +141,7 @@ async def test_library_voice_on_hibari_is_a_clear_400(make_client):
     client = await make_client()
     upload = aiohttp.FormData()
     upload.add_field("voice_name", "Narrator")
-    upload.add_field("voice_file", wav_clip(), filename="narrator.wav", content_type="audio/wav")
+    upload.add_field("voice_file", wav_tone(), filename="narrator.wav", content_type="audio/wav")
     assert (await client.post("/voices", data=upload)).status == 201
     response = await client.post("/v1/audio/speech", json={"input": "Hi.", "voice": "Narrator"})
     assert response.status == 400

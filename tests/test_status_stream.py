@@ -14,6 +14,7 @@ import json
 import pytest
 from conftest import core_of, record_events
 from eventsource import Comment, EventSource, Message
+from helpers import LIFECYCLE
 
 # Four sentences: with max_chunk_length=60 the embedded voice speaks them as four chunks,
 # fifteen events from queued to completed.
@@ -21,16 +22,6 @@ STORY = (
     "The morning train left the station on time. Passengers read their papers quietly. "
     "A child waved at the cows in the field. Then the rain began to fall."
 )
-LIFECYCLE = [
-    "queued",
-    "initializing",
-    "processing_text",
-    "chunking",
-    "generating_audio",
-    "concatenating",
-    "finalizing",
-    "completed",
-]
 TERMINAL = {"completed", "error", "cancelled"}
 PROGRESS_FIELDS = {"current_step", "current_chunk", "total_chunks", "progress_percentage", "estimated_completion"}
 EVENT_FIELDS = {"request_id", "status", "timestamp", "is_processing", "duration_seconds", "text_preview"} | PROGRESS_FIELDS
