@@ -6,6 +6,8 @@ import asyncio
 
 from conftest import core_of, record_events
 
+from doubles import ScriptedEngine
+
 LONG_TEXT = " ".join(
     f"Sentence number {n} talks about the weather, the sea and a long walk home." for n in range(1, 31)
 )
@@ -89,3 +91,23 @@ async def test_queued_requests_get_chained_estimates_from_measured_throughput(ma
         assert abs(entry["estimated_completion"] - expected) < 0.01
     scripted.release(3)
     assert [r.status for r in await asyncio.gather(*posts)] == [200, 200, 200]
+
+
+class ChattyEngine(ScriptedEngine):
+    """Reports progress 200 times per chunk, as a token loop would."""
+
+    def synthesize(self, text, voice, params, progress, cancel):
+        for step in range(1, 201):
+            progress(step / 201)
+        return super().synthesize(text, voice, params, progress, cancel)
+
+
+async def test_token_by_token_progress_is_thinned_before_it_reaches_subscribers(make_client):
+    client = await make_client(engine=ChattyEngine())
+    events = record_events(client, types=("progress",))
+    response = await client.post("/v1/audio/speech", json={"input": "One chunk that reports very often."})
+    assert response.status == 200
+    # 200 reports in a few milliseconds: the first and the chunk's end get through, and
+    # at most one more per PROGRESS_EVENT_INTERVAL; never one event per token.
+    assert 2 <= len(events) <= 10
+    assert events[-1].data["progress_percentage"] == 95.0

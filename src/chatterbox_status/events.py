@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +24,11 @@ class Event:
     id: int
     type: str
     data: dict[str, Any]
+
+    @functools.cached_property
+    def json(self) -> str:
+        """The data as JSON, serialised once however many streams send it."""
+        return json.dumps(self.data)
 
 
 @dataclass(eq=False)

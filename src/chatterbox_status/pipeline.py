@@ -32,6 +32,9 @@ GENERATION_SHARE = 95.0
 CONCATENATING_AT = 95.0
 FINALIZING_AT = 97.5
 PREVIEW_LENGTH = 100
+# Progress inside a chunk is published at most this often (a chunk's first report and its
+# end always are): per-token reports would cost every event-stream subscriber a write per token.
+PROGRESS_EVENT_INTERVAL = 0.05
 # How many characters of evidence the engine-wide throughput counts for against this
 # request's own measured pace, once it has finished a chunk.
 PRIOR_WEIGHT_CHARS = 200
@@ -56,6 +59,8 @@ class Progress:
         self.percentage = 0.0
         self.estimate: float | None = None
         self.generation_started: float | None = None
+        self.last_progress_event = 0.0
+        self.reported_chunk = 0
 
     @property
     def total_chars(self) -> int:
@@ -108,7 +113,14 @@ class Progress:
         current = self.chunk_lengths[self.current_chunk - 1]
         before = self.percentage
         self._advance(GENERATION_SHARE * (self.done_chars + fraction * current) / self.total_chars)
-        if self.percentage != before:
+        now = time.monotonic()
+        due = (
+            fraction >= 1.0
+            or self.reported_chunk != self.current_chunk
+            or now - self.last_progress_event >= PROGRESS_EVENT_INTERVAL
+        )
+        if self.percentage != before and due:
+            self.last_progress_event, self.reported_chunk = now, self.current_chunk
             self.bus.publish("progress", self._fields())
 
     def chunk_done(self) -> None:
@@ -178,7 +190,7 @@ async def synthesize_chunk(
     that checks it (per token) stops at once; one that does not holds the thread until it
     returns, and later jobs wait for it.
     """
-    call = asyncio.ensure_future(worker.run(worker.engine.synthesize, chunk, job.voice, params, report, job.cancel))
+    call = worker.run(worker.engine.synthesize, chunk, job.voice, params, report, job.cancel)
     try:
         return await asyncio.wait_for(asyncio.shield(call), timeout)
     except TimeoutError:

@@ -144,10 +144,22 @@ class Worker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the engine thread."""
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``fn`` on the engine thread; it is handed over now, not when awaited, so the
+        engine never waits behind whatever else the loop has queued."""
         assert self._loop is not None
-        return await self._loop.run_in_executor(self._executor, fn, *args)
+        return self._loop.run_in_executor(self._executor, fn, *args)
+
+    async def run_background(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the engine thread once no interactive job is queued or running.
+
+        Background work (long-text chunks) yields to interactive requests: it starts only
+        while the worker is idle, so a waiting request is delayed by at most one such call.
+        The idle check and the hand-off to the executor happen with no await in between.
+        """
+        while not self._idle.is_set():
+            await self._idle.wait()
+        return await self.run(fn, *args)
 
     def on_loop(self, fn: Callable[..., None]) -> Callable[..., None]:
         """Wrap ``fn`` so that calling it from the engine thread runs it on the loop."""

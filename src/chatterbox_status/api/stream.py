@@ -10,7 +10,6 @@ after that request's terminal event.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 
@@ -107,7 +106,7 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
                 async for event in _events(first, subscription):
                     if not wanted(event, request_id):
                         continue
-                    await sse.send(json.dumps(event.data), id=str(event.id), event=event.type)
+                    await sse.send(event.json, id=str(event.id), event=event.type)
                     if ends_stream(event, request_id):
                         break
             except ConnectionResetError:
