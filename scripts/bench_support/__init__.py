@@ -1,0 +1,1 @@
+"""Helpers for ``scripts/bench``: the bare baseline server, load generators, processes, reports."""
