@@ -198,5 +198,7 @@ async def test_soak_of_hundreds_of_mixed_requests_stays_bounded_and_adds_up(make
     history = await (await client.get("/status/history?limit=50")).json()
     assert history["total_records"] == 20  # the ring stays at HISTORY_SIZE
     tracker = core_of(client).tracker
-    assert len(tracker._finished) == 20 and not tracker._active
+    # Only the ring's requests can still be looked up: nothing else is kept per request.
+    assert sum(tracker.find(rid) is not None for rid in counts) == 20
+    assert not tracker.is_processing
     assert await rss_mb() - rss_before < 150  # MB: nothing per request is kept

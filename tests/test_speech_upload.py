@@ -114,7 +114,7 @@ async def test_uploaded_voice_file_is_removed_when_its_queued_request_is_cancell
     core = core_of(client)
     while len(core.worker.queue) < 1:
         await asyncio.sleep(0)
-    path = core.worker.queue._jobs["upload-in-queue"].temporary_files[0]
+    path = core.worker.queue.get("upload-in-queue").temporary_files[0]
     assert path.exists()
     assert (await client.delete("/v1/audio/speech/upload-in-queue")).status == 200
     assert (await queued).status == 409
