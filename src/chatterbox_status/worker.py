@@ -96,6 +96,9 @@ class JobQueue:
     def ids(self) -> list[str]:
         return list(self._jobs)
 
+    def get(self, request_id: str) -> Job | None:
+        return self._jobs.get(request_id)
+
     def position(self, request_id: str) -> int | None:
         for position, queued_id in enumerate(self._jobs, start=1):
             if queued_id == request_id:
