@@ -561,7 +561,7 @@ async def test_health_while_loading_and_a_request_waits_for_the_model(make_clien
     assert (body["status"], body["model_loaded"]) == ("healthy", True)
 
 
-async def test_health_and_speech_are_503_when_the_engine_failed_to_load(make_client):
+async def test_speech_is_503_and_health_says_error_when_the_engine_failed_to_load(make_client):
     engine = ScriptedEngine(load_error="boom")
     engine.load_gate.clear()
     client = await make_client(engine=engine, wait_loaded=False)
@@ -577,7 +577,7 @@ async def test_health_and_speech_are_503_when_the_engine_failed_to_load(make_cli
     record = await get_json(client, "/status/requests/early-bird-01")
     assert record["status"] == "error"
     assert (await get_json(client, "/info"))["status"] == "error"
-    body = await get_json(client, "/health", status=503)
+    body = await get_json(client, "/health")
     assert body["status"] == "error"
     assert body["model_loaded"] is False
     assert "boom" in body["initialization_error"]
@@ -638,4 +638,5 @@ async def test_health_carries_chatterbox_tts_api_fields(make_client, scripted):
     client = await make_client(engine=scripted)
     body = await (await client.get("/health")).json()
     assert body["config"]["max_chunk_length"] == 280
+    assert body["config"]["default_exaggeration"] == 0.5
     assert isinstance(body["memory_info"]["cpu_memory_mb"], float)

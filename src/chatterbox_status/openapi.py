@@ -691,10 +691,7 @@ def _operations() -> dict[str, Operation]:
                 "getHealth",
                 "Ready, loading, or failed",
                 "service",
-                {
-                    200: _json(_schema("Health"), "Healthy or still initializing"),
-                    503: _json(_schema("Health"), "The engine failed to load"),
-                },
+                {200: _json(_schema("Health"), "Healthy, still initializing, or failed to load (status error)")},
             ),
         ),
         (
@@ -1085,7 +1082,7 @@ def _components(max_total_length: int) -> dict[str, Any]:
                     "status": {"enum": ["healthy", "initializing", "error"]},
                     "model_loaded": {"type": "boolean"},
                     "device": _STRING,
-                    "initialization_state": {"enum": ["ready", "loading", "error"]},
+                    "initialization_state": {"enum": ["ready", "initializing", "error"]},
                     "initialization_progress": {"type": "string", "pattern": "^[0-9]+%$"},
                     "initialization_error": _nullable(_STRING),
                     "engine": _schema("EngineView"),
@@ -1096,9 +1093,9 @@ def _components(max_total_length: int) -> dict[str, Any]:
                             "max_chunk_length": {"type": "integer"},
                             "max_total_length": {"type": "integer"},
                             "voice_sample_path": _nullable(_STRING),
-                            "exaggeration": _NUMBER,
-                            "cfg_weight": _NUMBER,
-                            "temperature": _NUMBER,
+                            "default_exaggeration": _NUMBER,
+                            "default_cfg_weight": _NUMBER,
+                            "default_temperature": _NUMBER,
                         }
                     ),
                     "memory_info": _schema("MemoryInfo"),

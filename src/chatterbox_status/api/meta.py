@@ -22,7 +22,8 @@ OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
 @aliased(routes, "GET", "/health", "/v1/health")
 async def health(request: web.Request) -> web.Response:
-    """Ready, loading or failed; 503 only when the engine failed to load."""
+    """Ready, initializing or failed, always 200 as chatterbox-tts-api answers (its frontend
+    reads ``status`` and ``initialization_error`` rather than the code); /ping is liveness."""
     core = request.app[CORE]
     engine = engine_view(core)
     if core.worker.load_error is not None:
@@ -30,7 +31,8 @@ async def health(request: web.Request) -> web.Response:
     elif core.worker.ready:
         status, initialization_state = "healthy", "ready"
     else:
-        status, initialization_state = "initializing", "loading"
+        status, initialization_state = "initializing", "initializing"
+    settings = core.settings
     body = {
         "status": status,
         "model_loaded": core.worker.ready,
@@ -42,12 +44,16 @@ async def health(request: web.Request) -> web.Response:
         "queue_length": len(core.worker.queue),
         "version": __version__,
         "config": {
-            name: getattr(core.settings, name)
-            for name in ("max_chunk_length", "max_total_length", "voice_sample_path", "exaggeration", "cfg_weight", "temperature")
+            "max_chunk_length": settings.max_chunk_length,
+            "max_total_length": settings.max_total_length,
+            "voice_sample_path": settings.voice_sample_path,
+            "default_exaggeration": settings.exaggeration,
+            "default_cfg_weight": settings.cfg_weight,
+            "default_temperature": settings.temperature,
         },
-        "memory_info": memory.report(core.settings.enable_memory_monitoring),
+        "memory_info": memory.report(settings.enable_memory_monitoring),
     }
-    return web.json_response(body, status=503 if status == "error" else 200)
+    return web.json_response(body)
 
 
 @aliased(routes, "GET", "/ping", "/v1/ping")
