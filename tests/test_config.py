@@ -86,6 +86,7 @@ ENVIRONMENT_CASES = [
     ("EVENT_REPLAY_SIZE", "64", "event_replay_size", 64),
     ("SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", 0.0),
     ("CHUNK_TIMEOUT", "12.5", "chunk_timeout", 12.5),
+    ("DEFAULT_RESPONSE_FORMAT", "mp3", "default_response_format", "mp3"),
     ("MODEL_DIR", "/", "model_dir", "/"),
     ("MEMORY_CLEANUP_INTERVAL", "0", "memory_cleanup_interval", 0),
 ]
@@ -204,6 +205,8 @@ def test_say_accepts_the_same_setting_flags():
         ("VOICE_SAMPLE_PATH", "/does/not/exist"),
         ("MAX_CHUNK_LENGTH", "5"),
         ("LOG_LEVEL", "loud"),
+        ("DEFAULT_RESPONSE_FORMAT", "avi"),
+        ("MODEL_DIR", "/no/such/checkpoint"),
     ],
 )
 def test_invalid_environment_value_is_refused_naming_the_variable(env_name, raw):

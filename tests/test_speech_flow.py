@@ -83,3 +83,11 @@ async def test_every_response_format_has_its_content_type(make_client):
         assert response.status == 200
         assert response.content_type == content_type
         assert len(await response.read()) > 500
+
+
+async def test_default_response_format_is_a_setting(make_client):
+    client = await make_client(default_response_format="flac")
+    response = await client.post("/v1/audio/speech", json={"input": "Which format am I?"})
+    assert response.content_type == "audio/flac"
+    explicit = await client.post("/v1/audio/speech", json={"input": "Asked for wav.", "response_format": "wav"})
+    assert explicit.content_type == "audio/wav"

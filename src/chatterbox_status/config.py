@@ -50,6 +50,12 @@ def _device(value: str) -> str | None:
     return "must be auto, cpu, cuda, cuda:N or mps"
 
 
+def _audio_format(value: str) -> str | None:
+    from .audio import FORMATS
+
+    return None if value in FORMATS else f"must be one of {', '.join(FORMATS)}"
+
+
 def _existing_dir(value: str | None) -> str | None:
     if value is None or Path(value).is_dir():
         return None
@@ -74,6 +80,9 @@ class Settings:
     cfg_weight: float = _setting(0.5, "CFG_WEIGHT", "default classifier-free guidance weight", _between(0.0, 1.0))
     temperature: float = _setting(0.8, "TEMPERATURE", "default sampling temperature", _between(0.05, 5.0))
     max_chunk_length: int = _setting(280, "MAX_CHUNK_LENGTH", "longest text chunk generated at once", _between(20, 1000))
+    default_response_format: str = _setting(
+        "wav", "DEFAULT_RESPONSE_FORMAT", "response_format when a request names none", _audio_format
+    )
     max_total_length: int = _setting(4096, "MAX_TOTAL_LENGTH", "longest input accepted", _between(1, 1_000_000))
     voice_sample_path: str | None = _setting(None, "VOICE_SAMPLE_PATH", "default reference voice for cloning engines", _existing_file)
     voice_library_dir: str = _setting("./voices", "VOICE_LIBRARY_DIR", "where uploaded voices and their index are kept")

@@ -1315,7 +1315,11 @@ def _speech_request_schema(max_total_length: int, schemas: dict[str, Any]) -> di
         maxLength=max_total_length,
         description=f"The text to speak: up to MAX_TOTAL_LENGTH ({max_total_length}) characters, not only blanks",
     )
-    properties["response_format"].update(enum=list(audio.FORMATS))
+    properties["response_format"] = {
+        "anyOf": [{"enum": list(audio.FORMATS)}, {"type": "null"}],
+        "default": None,
+        "description": "The audio format; unset means DEFAULT_RESPONSE_FORMAT (wav unless configured)",
+    }
     properties["voice"]["description"] = (
         "An OpenAI voice name or 'default' (the default voice), or a voice of the library (404 if unknown)"
     )

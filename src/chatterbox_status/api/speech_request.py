@@ -38,7 +38,7 @@ class SpeechRequest(BaseModel):
     input: str
     model: Annotated[str, Field(max_length=200)] | None = None
     voice: Annotated[str, Field(min_length=1, max_length=200)] = "alloy"
-    response_format: str = "wav"
+    response_format: str | None = None
     speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
     instructions: Annotated[str, Field(max_length=4096)] | None = None
     stream_format: Literal["audio", "sse"] | None = None
@@ -137,9 +137,10 @@ def plan_speech(body: SpeechRequest, core: Core, default_stream_format: str | No
             param="input",
             code="input_too_long",
         )
-    if body.response_format not in audio.FORMATS:
+    response_format = body.response_format or settings.default_response_format
+    if response_format not in audio.FORMATS:
         raise bad_request(
-            f"response_format {body.response_format!r} is not supported; use one of {', '.join(audio.FORMATS)}",
+            f"response_format {response_format!r} is not supported; use one of {', '.join(audio.FORMATS)}",
             param="response_format",
         )
     if body.language is not None and body.language.lower() not in core.engine.languages:
@@ -175,11 +176,11 @@ def plan_speech(body: SpeechRequest, core: Core, default_stream_format: str | No
         "seed": params.seed,
         **{name: value for name in ("repetition_penalty", "min_p", "top_p", "language") if (value := getattr(params, name))},
         "voice": body.voice,
-        "response_format": body.response_format,
+        "response_format": response_format,
     }
     stream_format = body.stream_format or default_stream_format
     chunking = chunking_for(body, settings.max_chunk_length, stream_format)
-    return SpeechJob(body.input, voice, params, body.response_format, view, chunking, stream_format)
+    return SpeechJob(body.input, voice, params, response_format, view, chunking, stream_format)
 
 
 def retry_after(core: Core) -> str:
