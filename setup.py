@@ -35,6 +35,7 @@ setup(
             "pytest-aiohttp>=1.0",
             "schemathesis>=4.32,<5",
             "openapi-spec-validator>=0.7",
+            "pocketsphinx==5.0.4",
         ],
     },
     entry_points={

@@ -7,12 +7,11 @@ import io
 import wave
 
 import pytest
+from doubles import ScriptedEngine
 
 from chatterbox_status.app import create_app
 from chatterbox_status.config import Settings
 from chatterbox_status.state import CORE
-
-from doubles import ScriptedEngine
 
 
 @pytest.fixture
@@ -20,7 +19,11 @@ def make_client(aiohttp_client, tmp_path):
     """Start an app (hibari unless an engine is given) and wait until its engine is loaded."""
 
     async def make(engine=None, wait_loaded: bool = True, **overrides):
-        defaults = {"enable_memory_monitoring": True, "voice_library_dir": str(tmp_path / "voices")}
+        defaults = {
+            "enable_memory_monitoring": True,
+            "voice_library_dir": str(tmp_path / "voices"),
+            "data_dir": str(tmp_path / "data"),
+        }
         settings = Settings(**{**defaults, **overrides})
         client = await aiohttp_client(create_app(settings, engine))
         if wait_loaded:

@@ -87,6 +87,12 @@ ENVIRONMENT_CASES = [
     ("SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", 0.0),
     ("CHUNK_TIMEOUT", "12.5", "chunk_timeout", 12.5),
     ("DEFAULT_RESPONSE_FORMAT", "mp3", "default_response_format", "mp3"),
+    ("DATA_DIR", "/srv/data", "data_dir", "/srv/data"),
+    ("LONG_TEXT_MAX_LENGTH", "5000", "long_text_max_length", 5000),
+    ("LONG_TEXT_MAX_CONCURRENT_JOBS", "2", "long_text_max_concurrent_jobs", 2),
+    ("LONG_TEXT_MAX_DISK_MB", "0", "long_text_max_disk_mb", 0.0),
+    ("LONG_TEXT_JOB_RETENTION_DAYS", "0.5", "long_text_job_retention_days", 0.5),
+    ("LONG_TEXT_SILENCE_PADDING_MS", "350", "long_text_silence_padding_ms", 350),
     ("MODEL_DIR", "/", "model_dir", "/"),
     ("MEMORY_CLEANUP_INTERVAL", "0", "memory_cleanup_interval", 0),
 ]

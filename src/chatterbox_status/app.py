@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .api import dashboard, docs, meta, speech, status, stream, voices
-from .config import Settings
+from .api import dashboard, docs, long_text, meta, speech, status, stream, voices
 from .auth import api_key_middleware
+from .config import Settings
 from .core import Core
 from .cors import OriginPolicy, setup_cors
 from .engines.base import Engine
@@ -31,6 +31,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     for module in (speech, status, stream, voices, meta, docs, dashboard):
         app.router.add_routes(module.routes)
     app.cleanup_ctx.append(_run_core)
+    long_text.setup(app)  # its job runner starts after the core and stops before it
     app.on_shutdown.append(_drain)
     return app
 

@@ -101,6 +101,22 @@ class Settings:
     history_size: int = _setting(50, "HISTORY_SIZE", "finished requests kept in the history ring", _between(1, 100_000))
     max_queue_size: int = _setting(64, "MAX_QUEUE_SIZE", "requests that may wait for the engine before 429", _between(1, 100_000))
     max_body_size: int = _setting(1 << 20, "MAX_BODY_SIZE", "largest request body in bytes before 413", _between(1024, 1 << 30))
+    data_dir: str = _setting("./data", "DATA_DIR", "where long-text jobs (database and audio) are kept")
+    long_text_max_length: int = _setting(
+        100_000, "LONG_TEXT_MAX_LENGTH", "longest input POST /audio/speech/long accepts", _between(1, 10_000_000)
+    )
+    long_text_max_concurrent_jobs: int = _setting(
+        1, "LONG_TEXT_MAX_CONCURRENT_JOBS", "long-text jobs generating at once; more wait as pending", _between(1, 64)
+    )
+    long_text_max_disk_mb: float = _setting(
+        2048.0, "LONG_TEXT_MAX_DISK_MB", "disk long-text audio may use before new jobs get 507 (0: no limit)", _between(0, 10_000_000)
+    )
+    long_text_job_retention_days: float = _setting(
+        7.0, "LONG_TEXT_JOB_RETENTION_DAYS", "finished long-text jobs and their files are removed after this many days (0: kept)", _between(0, 36_500)
+    )
+    long_text_silence_padding_ms: int = _setting(
+        200, "LONG_TEXT_SILENCE_PADDING_MS", "silence between the chunks of a long-text job's audio", _between(0, 10_000)
+    )
     api_key: str = _setting("", "API_KEY", "when set, clients must send it (Authorization: Bearer KEY) on every endpoint but /health and /ping")
     max_sse_subscribers: int = _setting(2048, "MAX_SSE_SUBSCRIBERS", "open event streams allowed before 429", _between(1, 1_000_000))
     sse_ping_interval: float = _setting(15.0, "SSE_PING_INTERVAL", "seconds between keep-alive comments on event streams", _between(0.1, 3600))

@@ -27,6 +27,7 @@ from aiohttp import web
 from . import __version__, audio
 from .api.speech_request import REQUEST_ID_PATTERN, SpeechRequest
 from .auth import OPEN_PATHS, OPEN_PREFIXES
+from .longtext.openapi_ops import operations as long_text_operations
 from .state import SETTINGS
 from .tracker import STATUS_VALUES, TERMINAL_STATUSES
 from .voices import CONTENT_TYPES as VOICE_CONTENT_TYPES
@@ -790,6 +791,7 @@ def _operations() -> dict[str, Operation]:
             ),
         ),
     ]
+    ops += long_text_operations()
     return dict(ops)
 
 
@@ -802,6 +804,7 @@ _TAGS = [
     {"name": "voices", "description": "The voice library (chatterbox-tts-api's routes)"},
     {"name": "service", "description": "Health, liveness, models, settings, metrics and this document"},
     {"name": "dashboard", "description": "The browser dashboard"},
+    {"name": "long-text", "description": "Long texts spoken in the background (chatterbox-tts-api's /audio/speech/long)"},
 ]
 
 _DESCRIPTION = (

@@ -1,0 +1,576 @@
+"""Long-text jobs (/audio/speech/long) on the scripted engine: routes, pause/resume,
+cancel/retry, priority of interactive requests, limits, retention, durability."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import core_of
+from doubles import ScriptedEngine
+
+from chatterbox_status.api import long_text
+from chatterbox_status.api.long_text import LONG_TEXT
+from chatterbox_status.app import create_app
+from chatterbox_status.config import Settings, SettingsError
+from chatterbox_status.longtext import files
+from chatterbox_status.longtext.config import LongTextConfig
+from chatterbox_status.longtext.manager import LongTextManager
+from chatterbox_status.state import CORE
+from chatterbox_status.worker import WARM_UP_TEXT
+
+SENTENCES = [
+    "The first sentence of the long text is here.",
+    "A second sentence follows the first one closely.",
+    "Then comes a third sentence with a few more words.",
+    "And the fourth sentence ends this short story.",
+]
+TEXT = " ".join(SENTENCES)
+CHUNK = 55  # every sentence is its own chunk
+
+
+def build_app(engine, data_dir: Path, voices_dir: Path, settings: dict | None = None, **config):
+    """create_app plus the long-text routes, with the given long-text settings."""
+    settings = Settings(voice_library_dir=str(voices_dir), **(settings or {}))
+    app = create_app(settings, engine)
+    lt = LongTextConfig(data_dir=str(data_dir), **config)
+    if LONG_TEXT in app:  # app.py already wires long_text: swap in this test's settings
+        app[LONG_TEXT] = LongTextManager(app[CORE], lt)
+    else:
+        long_text.setup(app, lt)
+    return app
+
+
+@pytest.fixture
+def make_long(aiohttp_client, tmp_path):
+    async def make(engine, data_dir: Path | None = None, hold: bool = False, settings: dict | None = None, **config):
+        app = build_app(engine, data_dir or tmp_path / "data", tmp_path / "voices", settings, **config)
+        client = await aiohttp_client(app)
+        await asyncio.wait_for(core_of(client).worker.wait_loaded(), 30)
+        if hold:  # after the warm-up
+            engine.hold()
+        return client
+
+    return make
+
+
+def manager_of(client) -> LongTextManager:
+    return client.server.app[LONG_TEXT]
+
+
+async def submit(client, text=TEXT, prefix="", **fields):
+    body = {"input": text, "response_format": "wav", "chunk_size": CHUNK, **fields}
+    resp = await client.post(f"{prefix}/audio/speech/long", json=body)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def status_of(client, job_id):
+    resp = await client.get(f"/audio/speech/long/{job_id}")
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def finished(client, job_id):
+    await asyncio.wait_for(manager_of(client).wait(job_id), 30)
+    return await status_of(client, job_id)
+
+
+async def in_thread(fn, *args):
+    return await asyncio.to_thread(fn, *args)
+
+
+def wav_frames(data: bytes) -> tuple[int, np.ndarray]:
+    with wave.open(io.BytesIO(data)) as w:
+        return w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+
+
+def expected_frames(engine: ScriptedEngine, chunks: list[str], padding_ms: int) -> int:
+    per_chunk = [int(len(c) * engine.seconds_per_char * engine.sample_rate) for c in chunks]
+    return sum(per_chunk) + (len(chunks) - 1) * int(round(padding_ms / 1000 * engine.sample_rate))
+
+
+def spoken(engine: ScriptedEngine) -> list[str]:
+    """What the engine spoke, less its warm-up."""
+    return [text for text in engine.calls if text != WARM_UP_TEXT]
+
+
+def error_of(body: dict) -> dict:
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+# --- the whole route set -----------------------------------------------------------
+
+
+async def test_submit_poll_download_with_range_and_manage(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, silence_padding_ms=100)
+    created = await submit(client, display_name="story")
+    job_id = created["job_id"]
+    assert created["status"] == "pending"
+    assert created["total_chunks"] == 4
+    assert created["status_url"] == f"/audio/speech/long/{job_id}"
+    assert created["sse_url"] == f"/audio/speech/long/{job_id}/sse"
+
+    view = await finished(client, job_id)
+    assert view["status"] == "completed"
+    assert view["progress"]["overall_progress"] == 100.0
+    assert view["progress"]["completed_chunks"] == 4
+    assert view["download_url"] == f"/audio/speech/long/{job_id}/download"
+    assert (view["can_pause"], view["can_resume"], view["can_cancel"]) == (False, False, False)
+    assert view["metadata"]["display_name"] == "story"
+    assert spoken(engine) == SENTENCES
+
+    resp = await client.get(view["download_url"])
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "audio/wav"
+    whole = await resp.read()
+    rate, pcm = wav_frames(whole)
+    assert rate == engine.sample_rate
+    assert len(pcm) == expected_frames(engine, SENTENCES, 100)
+    assert view["metadata"]["output_size_bytes"] == len(whole)
+
+    resp = await client.get(f"/v1/audio/speech/long/{job_id}/download", headers={"Range": "bytes=10-109"})
+    assert resp.status == 206
+    assert await resp.read() == whole[10:110]
+    assert resp.headers["Content-Range"] == f"bytes 10-109/{len(whole)}"
+
+    details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
+    assert [c["text"] for c in details["chunks"]] == SENTENCES
+    assert all(c["status"] == "completed" and c["duration_ms"] > 0 for c in details["chunks"])
+    assert details["input_text"] == TEXT
+
+    resp = await client.patch(f"/audio/speech/long/{job_id}", json={"display_name": "renamed", "tags": [" a ", "b"]})
+    assert resp.status == 200, await resp.text()
+    meta = (await status_of(client, job_id))["metadata"]
+    assert (meta["display_name"], meta["tags"]) == ("renamed", ["a", "b"])
+
+    second = (await submit(client, prefix="/v1", text="Only one sentence here."))["job_id"]
+    await finished(client, second)
+    listing = await (await client.get("/audio/speech/long?limit=1")).json()
+    assert [j["job_id"] for j in listing["jobs"]] == [second]  # newest first
+    assert listing["total_jobs"] == 2 and listing["completed_jobs"] == 2
+    listing = await (await client.get("/v1/audio/speech/long?limit=1&offset=1")).json()
+    assert [j["job_id"] for j in listing["jobs"]] == [job_id]
+    listing = await (await client.get("/audio/speech/long?status=failed")).json()
+    assert listing["jobs"] == []
+    history = await (await client.get("/audio/speech/long-history")).json()
+    assert {j["job_id"] for j in history["jobs"]} == {job_id, second}
+    stats = await (await client.get("/v1/audio/speech/long-history/stats")).json()
+    assert stats["total_jobs"] == 2 and stats["completed_jobs"] == 2 and stats["success_rate_percentage"] == 100.0
+    assert stats["total_audio_duration_seconds"] > 0 and stats["most_used_voice"] == "alloy"
+
+    job_dir = files.job_dir(manager_of(client).root, job_id)
+    assert (job_dir / "output.wav").is_file()
+    resp = await client.delete(f"/audio/speech/long/{job_id}?action=delete")
+    assert resp.status == 200
+    assert not job_dir.exists()
+    assert (await client.get(f"/audio/speech/long/{job_id}")).status == 404
+
+    resp = await client.post("/audio/speech/long/bulk", json={"job_ids": [second, "nope-nope"], "action": "delete", "confirm": True})
+    bulk = await resp.json()
+    assert (bulk["success_count"], bulk["failed_count"], bulk["failed_jobs"]) == (1, 1, ["nope-nope"])
+    assert (await client.get(f"/audio/speech/long/{second}")).status == 404
+
+
+async def test_clear_history_removes_finished_jobs_only_when_confirmed(make_long):
+    client = await make_long(ScriptedEngine())
+    job_id = (await submit(client))["job_id"]
+    await finished(client, job_id)
+    resp = await client.delete("/audio/speech/long/history")
+    assert resp.status == 400
+    assert error_of(await resp.json())["param"] == "confirm"
+    resp = await client.delete("/v1/audio/speech/long/history?confirm=true")
+    assert (await resp.json())["cleared_count"] == 1
+    assert (await client.get(f"/audio/speech/long/{job_id}")).status == 404
+
+
+async def test_jobs_show_up_on_the_bus_like_requests(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine)
+    seen = []
+    core_of(client).bus.add_listener(lambda e: seen.append(e) if e.type == "status" else None)
+    job_id = (await submit(client))["job_id"]
+    await finished(client, job_id)
+    mine = [e.data for e in seen if e.data["request_id"] == job_id]
+    assert mine[0]["status"] == "queued"
+    generating = [(d["current_chunk"], d["total_chunks"]) for d in mine if d["status"] == "generating_audio"]
+    assert generating == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert mine[-1]["status"] == "completed" and mine[-1]["progress_percentage"] == 100.0
+    record = core_of(client).tracker.find(job_id)
+    assert record is not None and record.status == "completed"
+
+
+async def test_sse_streams_progress_then_completed(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    resp = await client.get(f"/v1/audio/speech/long/{job_id}/sse")
+    assert resp.status == 200
+    engine.release(10)
+    body = (await asyncio.wait_for(resp.read(), 30)).decode()
+    events = [line.split(":", 1)[1].strip() for line in body.splitlines() if line.startswith("event:")]
+    assert events[0] == "progress" and events[-1] == "completed"
+    assert events.count("progress") >= 4
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+async def test_bad_input_is_a_clear_error_and_writes_nothing(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, max_length=300)
+    assert not manager_of(client).root.exists()  # a server that never took a job wrote nothing
+    cases = [
+        ({"input": "   "}, "input"),
+        ({"input": "x" * 301}, "input"),
+        ({"voice": "alloy"}, "input"),
+        ({"input": 5}, "input"),
+        ({"input": TEXT, "response_format": "xyz"}, "response_format"),
+        ({"input": TEXT, "chunk_size": 5}, "chunk_size"),
+        ({"input": TEXT, "voice": "no-such-voice"}, "voice"),
+        ({"input": TEXT, "silence_padding_ms": -1}, "silence_padding_ms"),
+    ]
+    for body, param in cases:
+        resp = await client.post("/audio/speech/long", json=body)
+        assert resp.status in (400, 404), (body, resp.status)
+        assert error_of(await resp.json())["param"] == param, body
+    resp = await client.post("/audio/speech/long", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    resp = await client.post("/audio/speech/long", data=b"[1]", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    resp = await client.post("/audio/speech/long", data=b"input=hi", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 415
+    too_long = await client.post("/audio/speech/long", json={"input": "x" * 301})
+    assert error_of(await too_long.json())["code"] == "input_too_long"
+
+    listing = await (await client.get("/audio/speech/long")).json()
+    assert listing["total_jobs"] == 0
+    assert not (manager_of(client).root / "jobs").exists()
+    assert spoken(engine) == []
+
+    for method, path in [
+        ("GET", "/audio/speech/long/unknown1"),
+        ("GET", "/audio/speech/long/unknown1/details"),
+        ("GET", "/audio/speech/long/unknown1/download"),
+        ("GET", "/audio/speech/long/unknown1/sse"),
+        ("PUT", "/audio/speech/long/unknown1/pause"),
+        ("PUT", "/v1/audio/speech/long/unknown1/resume"),
+        ("POST", "/audio/speech/long/unknown1/retry"),
+        ("DELETE", "/audio/speech/long/unknown1"),
+        ("DELETE", "/audio/speech/long/unknown1?action=delete"),
+    ]:
+        resp = await client.request(method, path)
+        assert resp.status == 404, (method, path)
+        assert error_of(await resp.json())["type"] == "not_found_error"
+    resp = await client.patch("/audio/speech/long/unknown1", json={"display_name": "x"})
+    assert resp.status == 404
+
+    for query in ("status=bogus", "limit=0", "limit=abc", "offset=-1"):
+        resp = await client.get(f"/audio/speech/long?{query}")
+        assert resp.status == 400, query
+
+
+async def test_actions_the_state_does_not_allow_are_409(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    resp = await client.get(f"/audio/speech/long/{job_id}/download")
+    assert resp.status == 409
+    assert "not completed" in error_of(await resp.json())["message"]
+    for method, action in [("PUT", "resume"), ("POST", "retry")]:
+        resp = await client.request(method, f"/audio/speech/long/{job_id}/{action}")
+        assert resp.status == 409, action
+    engine.release(10)
+    await finished(client, job_id)
+    for method, action in [("PUT", "resume"), ("PUT", "pause"), ("POST", "retry")]:
+        resp = await client.request(method, f"/audio/speech/long/{job_id}/{action}")
+        assert resp.status == 409, action
+        assert error_of(await resp.json())["code"] == "invalid_job_state"
+    resp = await client.delete(f"/audio/speech/long/{job_id}")
+    assert resp.status == 409
+    resp = await client.delete(f"/audio/speech/long/{job_id}?action=explode")
+    assert resp.status == 400
+    resp = await client.patch(f"/audio/speech/long/{job_id}", json={"display_name": 5})
+    assert resp.status == 400
+    resp = await client.patch(f"/audio/speech/long/{job_id}", json={"tags": ["x" * 51]})
+    assert resp.status == 400
+    resp = await client.post("/audio/speech/long/bulk", json={"job_ids": [job_id], "action": "delete", "confirm": False})
+    assert resp.status == 400
+    assert (await status_of(client, job_id))["status"] == "completed"
+
+
+# --- pause, resume, cancel, retry ----------------------------------------------------
+
+
+async def test_pause_then_resume_finishes_the_job(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, silence_padding_ms=0)
+    job_id = (await submit(client))["job_id"]
+    assert await in_thread(engine.wait_started) == SENTENCES[0]
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[1]
+    view = await status_of(client, job_id)
+    assert view["status"] == "processing" and view["can_pause"] and not view["can_resume"]
+
+    resp = await client.put(f"/audio/speech/long/{job_id}/pause")
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["status"] == "paused"
+    view = await status_of(client, job_id)
+    assert view["status"] == "paused" and view["can_resume"] and not view["can_pause"]
+    assert view["progress"]["completed_chunks"] == 1
+    assert core_of(client).tracker.find(job_id).status == "cancelled"  # not running any more
+    assert not manager_of(client).is_running(job_id)
+
+    resp = await client.put(f"/v1/audio/speech/long/{job_id}/resume")
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "pending"
+    engine.release(10)
+    view = await finished(client, job_id)
+    assert view["status"] == "completed"
+    # The interrupted chunk was spoken again; the finished one was not.
+    assert spoken(engine) == [SENTENCES[0], SENTENCES[1], SENTENCES[1], SENTENCES[2], SENTENCES[3]]
+    _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
+    assert len(pcm) == expected_frames(engine, SENTENCES, 0)
+
+
+async def test_cancelled_job_retries_from_its_last_finished_chunk(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    engine.release(2)
+    assert await in_thread(engine.wait_started) == SENTENCES[1]
+    assert await in_thread(engine.wait_started) == SENTENCES[2]
+    resp = await client.delete(f"/audio/speech/long/{job_id}")
+    assert resp.status == 200
+    view = await status_of(client, job_id)
+    assert view["status"] == "cancelled" and view["progress"]["completed_chunks"] == 2
+    assert not view["can_cancel"]
+
+    calls_before = len(spoken(engine))
+    resp = await client.post(f"/audio/speech/long/{job_id}/retry", json={})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["job_id"] == job_id
+    engine.release(10)
+    view = await finished(client, job_id)
+    assert view["status"] == "completed" and view["metadata"]["retry_count"] == 1
+    assert spoken(engine)[calls_before:] == SENTENCES[2:]
+
+
+async def test_failed_job_reports_its_error_and_retries(make_long):
+    engine = ScriptedEngine(fail_on="third")
+    client = await make_long(engine)
+    job_id = (await submit(client))["job_id"]
+    view = await finished(client, job_id)
+    assert view["status"] == "failed"
+    assert "scripted failure" in view["progress"]["error"]
+    assert view["progress"]["completed_chunks"] == 2
+    engine.fail_on = None
+    resp = await client.post(f"/v1/audio/speech/long/{job_id}/retry")
+    assert resp.status == 200, await resp.text()
+    view = await finished(client, job_id)
+    assert view["status"] == "completed" and view["metadata"]["error"] is None
+    assert spoken(engine) == SENTENCES[:3] + SENTENCES[2:]
+
+
+# --- scheduling ------------------------------------------------------------------------
+
+
+INTERACTIVE = ["Quick interactive words come first here.", "Then a second interactive chunk follows."]  # two chunks at 45
+
+
+async def test_an_interactive_request_runs_before_the_jobs_next_chunk(make_long):
+    """A request posted while a job's chunk runs gets the engine for all of its chunks
+    before the job's next chunk starts: the job delays it by one chunk at most."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, settings={"max_chunk_length": 45})
+    core = core_of(client)
+    events = []
+    core.bus.add_listener(lambda e: events.append(e) if e.type == "status" else None)
+    # A spy on the seam: tells the test when the job asks for the engine again.
+    asks = asyncio.Queue()
+    run_background = core.worker.run_background
+
+    def spy(*args):
+        asks.put_nowait(args[2])  # the chunk index (args: _announced_call, announce, index, ...)
+        return run_background(*args)
+
+    core.worker.run_background = spy
+    job_id = (await submit(client))["job_id"]
+    assert await asyncio.wait_for(asks.get(), 10) == 0
+    assert await in_thread(engine.wait_started) == SENTENCES[0]
+
+    queued = asyncio.Event()
+    core.bus.add_listener(lambda e: queued.set() if e.type == "status" and e.data["request_id"] == "interactive-1" else None)
+    speech = asyncio.create_task(
+        client.post("/v1/audio/speech", json={"input": " ".join(INTERACTIVE)}, headers={"X-Request-ID": "interactive-1"})
+    )
+    await asyncio.wait_for(queued.wait(), 10)
+    engine.release(1)  # the job's chunk 1 ends; the interactive request's chunk 1 takes the engine
+    assert await in_thread(engine.wait_started) == INTERACTIVE[0]
+    assert await asyncio.wait_for(asks.get(), 10) == 1  # the job now wants the engine for chunk 2
+    engine.release(20)
+    resp = await asyncio.wait_for(speech, 30)
+    assert resp.status == 200
+    await finished(client, job_id)
+
+    def first(request_id, status, chunk=None):
+        return next(
+            e for e in events
+            if e.data["request_id"] == request_id and e.data["status"] == status and (chunk is None or e.data["current_chunk"] == chunk)
+        )
+
+    interactive_start = first("interactive-1", "generating_audio")
+    interactive_done = first("interactive-1", "completed")
+    job_chunk_2 = first(job_id, "generating_audio", 2)
+    assert interactive_start.id < interactive_done.id < job_chunk_2.id
+    assert interactive_start.data["timestamp"] <= interactive_done.data["timestamp"] <= job_chunk_2.data["timestamp"]
+    assert spoken(engine) == [SENTENCES[0], *INTERACTIVE, *SENTENCES[1:]]
+
+
+async def test_jobs_beyond_the_concurrency_limit_wait_pending(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, max_concurrent_jobs=1)
+    first = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    second = (await submit(client, text="Second job speaks this. And this too."))["job_id"]
+    assert (await status_of(client, first))["status"] == "processing"
+    view = await status_of(client, second)
+    assert view["status"] == "pending" and view["can_pause"]
+    engine.release(20)
+    await finished(client, first)
+    await finished(client, second)
+    assert spoken(engine) == [*SENTENCES, "Second job speaks this. And this too."]
+    assert (await status_of(client, second))["status"] == "completed"
+
+
+# --- limits, retention, durability ---------------------------------------------------
+
+
+async def test_disk_quota_stops_a_job_and_refuses_new_ones_with_507(make_long):
+    # One chunk of scripted audio is about 57 kB of float32: over a 50 kB quota.
+    client = await make_long(ScriptedEngine(), max_disk_mb=0.05)
+    job_id = (await submit(client))["job_id"]
+    view = await finished(client, job_id)
+    assert view["status"] == "failed"
+    assert "LONG_TEXT_MAX_DISK_MB" in view["progress"]["error"]
+    assert view["progress"]["completed_chunks"] == 1
+    resp = await client.post("/audio/speech/long", json={"input": TEXT})
+    assert resp.status == 507
+    error = error_of(await resp.json())
+    assert error["code"] == "disk_quota_exceeded" and "LONG_TEXT_MAX_DISK_MB" in error["message"]
+    assert (await (await client.get("/audio/speech/long")).json())["total_jobs"] == 1
+    # Deleting the job frees the space.
+    assert (await client.delete(f"/audio/speech/long/{job_id}?action=delete")).status == 200
+    job_id = (await submit(client, text="Short."))["job_id"]
+    assert (await finished(client, job_id))["status"] == "completed"
+
+
+async def test_retention_removes_old_finished_jobs_and_their_files(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, retention_days=7)
+    manager = manager_of(client)
+    done = (await submit(client, text="Finished long ago."))["job_id"]
+    engine.release(1)
+    await finished(client, done)
+    running = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    assert await manager.cleanup(now=time.time() + 6 * 86400) == []
+    removed = await manager.cleanup(now=time.time() + 8 * 86400)
+    assert removed == [done]
+    assert not files.job_dir(manager.root, done).exists()
+    assert (await client.get(f"/audio/speech/long/{done}")).status == 404
+    assert (await status_of(client, running))["status"] == "processing"  # running jobs are kept
+    engine.release(10)
+    await finished(client, running)
+
+
+async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, silence_padding_ms=0)
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    engine.release(1)
+    await in_thread(engine.wait_started)  # chunk 2 is running, chunk 1 is on disk
+    root = manager_of(client).root
+    first_chunk = files.chunk_path(root, job_id, 0)
+    first_chunk.write_bytes(first_chunk.read_bytes()[:100])  # truncated
+    files.chunk_path(root, job_id, 1).unlink(missing_ok=True)
+    engine.release(10)
+    view = await finished(client, job_id)
+    assert view["status"] == "completed"
+    assert sorted(spoken(engine)) == sorted([*SENTENCES, SENTENCES[0]])
+    _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
+    assert len(pcm) == expected_frames(engine, SENTENCES, 0)
+
+
+async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_client, tmp_path):
+    engine = ScriptedEngine()
+    app = build_app(engine, tmp_path / "data", tmp_path / "voices")
+    client = await aiohttp_client(app)
+    await core_of(client).worker.wait_loaded()
+    engine.hold()
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    engine.release(2)
+    await in_thread(engine.wait_started)
+    await in_thread(engine.wait_started)  # chunks 1 and 2 done, chunk 3 running
+    await client.close()
+
+    fresh = ScriptedEngine()
+    client = await aiohttp_client(build_app(fresh, tmp_path / "data", tmp_path / "voices"))
+    await core_of(client).worker.wait_loaded()
+    view = await finished(client, job_id)
+    assert view["status"] == "completed"
+    assert spoken(fresh) == SENTENCES[2:]
+    _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
+    assert len(pcm) == expected_frames(fresh, SENTENCES, 200)
+
+
+def test_long_text_settings_come_from_the_environment_like_every_setting():
+    settings = Settings.from_sources(
+        {},
+        {
+            "DATA_DIR": "/srv/data",
+            "LONG_TEXT_MAX_LENGTH": "500",
+            "LONG_TEXT_MAX_CONCURRENT_JOBS": "2",
+            "LONG_TEXT_MAX_DISK_MB": "10",
+            "LONG_TEXT_JOB_RETENTION_DAYS": "1.5",
+            "LONG_TEXT_SILENCE_PADDING_MS": "0",
+        },
+    )
+    config = LongTextConfig.from_settings(settings)
+    assert (config.data_dir, config.max_length, config.max_concurrent_jobs) == ("/srv/data", 500, 2)
+    assert (config.max_disk_mb, config.retention_days, config.silence_padding_ms) == (10.0, 1.5, 0)
+    with pytest.raises(SettingsError, match="LONG_TEXT_MAX_CONCURRENT_JOBS"):
+        Settings.from_sources({}, {"LONG_TEXT_MAX_CONCURRENT_JOBS": "0"})
+    with pytest.raises(SettingsError, match="LONG_TEXT_MAX_DISK_MB"):
+        Settings.from_sources({}, {"LONG_TEXT_MAX_DISK_MB": "lots"})
+
+
+async def test_a_paused_job_can_be_cancelled_then_retried(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    assert (await client.put(f"/audio/speech/long/{job_id}/pause")).status == 200
+    resp = await client.get(f"/audio/speech/long/{job_id}/sse")  # not running: its state at once
+    body = (await asyncio.wait_for(resp.read(), 10)).decode()
+    assert "event: paused" in body
+    assert (await client.put(f"/audio/speech/long/{job_id}/pause")).status == 409
+    resp = await client.delete(f"/v1/audio/speech/long/{job_id}")
+    assert resp.status == 200 and (await resp.json())["status"] == "cancelled"
+    assert (await client.put(f"/audio/speech/long/{job_id}/resume")).status == 409
+    assert (await client.post(f"/audio/speech/long/{job_id}/retry")).status == 200
+    engine.release(10)
+    assert (await finished(client, job_id))["status"] == "completed"
