@@ -10,10 +10,9 @@ import asyncio
 import json
 
 import pytest
+from conftest import core_of, decode_wav
 
 from chatterbox_status.worker import WARM_UP_TEXT
-
-from conftest import core_of, decode_wav
 
 MAX_TOTAL_LENGTH = 50
 MAX_BODY_SIZE = 2048

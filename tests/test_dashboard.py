@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from doubles import ScriptedEngine
 
 from chatterbox_status.api import dashboard
 from chatterbox_status.app import create_app
 from chatterbox_status.config import Settings
-
-from doubles import ScriptedEngine
 
 WEB_DIR = Path(dashboard.__file__).resolve().parent.parent / "web"
 EXPECTED_TYPES = {

@@ -12,9 +12,7 @@ import random
 import threading
 
 import pytest
-
 from conftest import core_of
-
 from doubles import ScriptedEngine
 
 TERMINAL = ("completed", "error", "cancelled")

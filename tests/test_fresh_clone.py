@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from helpers import free_port, http
 
 from chatterbox_status.config import Settings

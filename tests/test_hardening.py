@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from conftest import core_of
-
 from doubles import ScriptedEngine
 
 KEY = "correct-horse-battery-staple"

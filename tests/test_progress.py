@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from conftest import core_of, record_events
-
 from doubles import ScriptedEngine
 
 LONG_TEXT = " ".join(

@@ -8,9 +8,7 @@ import json
 
 import aiohttp
 import pytest
-
 from conftest import core_of, decode_wav
-
 from doubles import ScriptedEngine
 
 # Sentences shorter than the first streamed chunk's cap, so streamed and whole plans agree.

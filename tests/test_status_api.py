@@ -10,11 +10,10 @@ import asyncio
 import time
 
 import pytest
-
-from chatterbox_status.worker import EngineUnavailable
-
 from conftest import core_of, decode_wav
 from doubles import ScriptedEngine
+
+from chatterbox_status.worker import EngineUnavailable
 
 # Two sentences that split into two chunks with max_chunk_length=60.
 HELD_TEXT = "The first sentence is held here. The second sentence follows it."

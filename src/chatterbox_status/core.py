@@ -18,8 +18,8 @@ from .config import Settings
 from .engines.base import Cancelled, Engine, SynthesisParams, Voice
 from .events import EventBus
 from .text import Chunking
-from .voices import VoiceLibrary
 from .tracker import StatusTracker
+from .voices import VoiceLibrary
 from .worker import Job, Worker
 
 log = logging.getLogger(__name__)

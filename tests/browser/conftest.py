@@ -17,7 +17,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from .dashboard_harness import CHROMIUM, CHROMIUM_ARGS, CORE, ENSURE_SCRIPT, RECORD_CARDS, PageLog, Served
+from .dashboard_harness import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    CORE,
+    ENSURE_SCRIPT,
+    RECORD_CARDS,
+    PageLog,
+    Served,
+)
 
 try:
     from playwright.async_api import Browser, Page, async_playwright

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..errors import ApiError, bad_request, not_found
+from ..state import VOICE_LIBRARY
 from ..voices import (
     DEFAULT_LANGUAGE,
     MAX_UPLOAD_BYTES,
@@ -27,7 +28,6 @@ from ..voices import (
     VoiceError,
     VoiceLibrary,
 )
-from ..state import VOICE_LIBRARY
 from .forms import posted_form, read_form
 from .params import aliased
 
