@@ -49,3 +49,15 @@ def record_events(client, types=("status", "progress")) -> list:
     seen: list = []
     core_of(client).bus.add_listener(lambda e: seen.append(e) if e.type in types else None)
     return seen
+
+
+def assert_error_shape(body: dict, param=None) -> None:
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"].strip()
+    assert isinstance(error["type"], str) and error["type"]
+    assert error["param"] is None or isinstance(error["param"], str)
+    assert error["code"] is None or isinstance(error["code"], str)
+    if param is not None:
+        assert error["param"] == param, error

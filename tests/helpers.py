@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 import socket
+import subprocess
+import time
 import urllib.error
 import urllib.request
 import wave
+from pathlib import Path
 
 import numpy as np
+import pytest
+
+from chatterbox_status.config import Settings
 
 # Every status a whole-file request passes through, in order.
 LIFECYCLE = [
@@ -54,3 +62,35 @@ def wav_tone(seconds: float = 2.0, rate: int = 24_000, frequency: float = 220.0)
         out.setframerate(rate)
         out.writeframes(samples.tobytes())
     return buffer.getvalue()
+
+
+SETTING_ENV_NAMES = {f.metadata["env"] for f in dataclasses.fields(Settings)}
+
+
+def clean_environ() -> dict[str, str]:
+    """The outer environment without any of the server's settings."""
+    return {k: v for k, v in os.environ.items() if k not in SETTING_ENV_NAMES}
+
+
+def wait_healthy(base: str, process: subprocess.Popen, log_path: Path, deadline_s: float) -> dict:
+    """Poll /health until it says healthy; fail early if the server exits."""
+    deadline = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+        try:
+            status, _, raw = http("GET", f"{base}/health", timeout=5)
+            last = json.loads(raw)
+            if status == 200 and last.get("status") == "healthy":
+                return last
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+            pass
+        time.sleep(0.1)  # poll interval, not synchronisation: the deadline loop decides
+    pytest.fail(f"server not healthy within {deadline_s}s (last /health: {last}):\n{log_path.read_text(errors='replace')}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=30)

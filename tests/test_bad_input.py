@@ -10,7 +10,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import core_of, decode_wav
+from conftest import assert_error_shape, core_of, decode_wav
 
 from chatterbox_status.worker import WARM_UP_TEXT
 
@@ -18,18 +18,6 @@ MAX_TOTAL_LENGTH = 50
 MAX_BODY_SIZE = 2048
 SPEECH = "/v1/audio/speech"
 GOOD_TEXT = "Hello there."
-
-
-def assert_error_shape(body: dict, param=None) -> None:
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert isinstance(error["message"], str) and error["message"].strip()
-    assert isinstance(error["type"], str) and error["type"]
-    assert error["param"] is None or isinstance(error["param"], str)
-    assert error["code"] is None or isinstance(error["code"], str)
-    if param is not None:
-        assert error["param"] == param, error
 
 
 async def assert_error(response, status: int, param=None) -> dict:

@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import wave
 from pathlib import Path
 
 import pytest
-from helpers import free_port, http
-
-from chatterbox_status.config import Settings
-
-SETTING_ENV_NAMES = {f.metadata["env"] for f in dataclasses.fields(Settings)}
-
-
-def clean_environ() -> dict[str, str]:
-    """The outer environment without any of the server's settings."""
-    return {k: v for k, v in os.environ.items() if k not in SETTING_ENV_NAMES}
+from helpers import (
+    clean_environ,
+    free_port,
+    http,
+    stop,
+    wait_healthy,
+)
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -102,30 +95,6 @@ def test_say_to_an_unsupported_format_fails_clearly(tmp_path):
 
 
 # --- serve ---------------------------------------------------------------------------
-
-
-def wait_healthy(base: str, process: subprocess.Popen, log_path: Path, deadline_s: float) -> dict:
-    """Poll /health until it says healthy; fail early if the server exits."""
-    deadline = time.monotonic() + deadline_s
-    last = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
-        try:
-            status, _, raw = http("GET", f"{base}/health", timeout=5)
-            last = json.loads(raw)
-            if status == 200 and last.get("status") == "healthy":
-                return last
-        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-            pass
-        time.sleep(0.1)  # poll interval, not synchronisation: the deadline loop decides
-    pytest.fail(f"server not healthy within {deadline_s}s (last /health: {last}):\n{log_path.read_text(errors='replace')}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout=30)
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

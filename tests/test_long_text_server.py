@@ -16,8 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers import free_port, http
-from test_cli import clean_environ, stop, wait_healthy
+from helpers import clean_environ, free_port, http, stop, wait_healthy
 
 SENTENCES = [
     f"Chapter {n}. The harbour town was quiet when the fishing boats came home at dusk."

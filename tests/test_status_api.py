@@ -10,7 +10,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import core_of, decode_wav
+from conftest import assert_error_shape, core_of, decode_wav
 from doubles import ScriptedEngine
 
 from chatterbox_status.worker import EngineUnavailable
@@ -38,17 +38,6 @@ def shape(value):
     if is_number(value):
         return "number"
     return type(value).__name__
-
-
-def assert_error_shape(body: dict, param=None) -> None:
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert isinstance(error["message"], str) and error["message"].strip()
-    assert isinstance(error["type"], str) and error["type"]
-    assert error["code"] is None or isinstance(error["code"], str)
-    if param is not None:
-        assert error["param"] == param, error
 
 
 async def get_json(client, path: str, status: int = 200) -> dict:
