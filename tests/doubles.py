@@ -59,6 +59,8 @@ class ScriptedEngine:
         progress(1.0)
 
     def synthesize(self, text: str, voice: Voice, params: SynthesisParams, progress, cancel: threading.Event):
+        if cancel.is_set():  # as the real engines do before they start a chunk
+            raise Cancelled()
         self.calls.append(text)
         self.voices.append((voice.source, voice.path, voice.path is not None and os.path.exists(voice.path)))
         if self._held:

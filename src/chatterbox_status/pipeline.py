@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import audio, memory
-from .engines.base import Cancelled, EngineError, ProgressFn, SynthesisParams
+from .engines.base import Cancelled, EngineError
 from .events import EventBus
 from .text import normalize
 from .tracker import TERMINAL_STATUSES, StatusTracker
@@ -106,9 +107,10 @@ class Progress:
         self.current_chunk = index + 1
         self.stage("generating_audio", f"Generating audio for chunk {index + 1}/{len(self.chunk_lengths)}")
 
-    def within_chunk(self, fraction: float) -> None:
-        """Engine-reported progress inside the current chunk (0..1)."""
-        if self.status != "generating_audio":
+    def within_chunk(self, index: int, fraction: float) -> None:
+        """Engine-reported progress inside chunk ``index`` (0..1); reports of a chunk the
+        engine began before this request's events caught up are left out."""
+        if self.status != "generating_audio" or index != self.current_chunk - 1:
             return
         current = self.chunk_lengths[self.current_chunk - 1]
         before = self.percentage
@@ -124,7 +126,7 @@ class Progress:
             self.bus.publish("progress", self._fields())
 
     def chunk_done(self) -> None:
-        self.within_chunk(1.0)
+        self.within_chunk(self.current_chunk - 1, 1.0)
         self.done_chars += self.chunk_lengths[self.current_chunk - 1]
 
     def finish(self, status: str, step: str, **extra: Any) -> None:
@@ -181,22 +183,24 @@ class StreamedOutput:
         return b""
 
 
-async def synthesize_chunk(
-    worker: Worker, job: Job, chunk: str, params: SynthesisParams, report: ProgressFn, timeout: float
-) -> np.ndarray:
-    """One chunk on the engine thread, failing the request if it takes longer than ``timeout``.
+async def await_chunk(call: asyncio.Future[np.ndarray], job: Job, timeout: float) -> np.ndarray:
+    """A chunk's audio, failing the request if it takes longer than ``timeout``.
 
     The thread cannot be interrupted, so on timeout the job's cancel flag is set: an engine
     that checks it (per token) stops at once; one that does not holds the thread until it
     returns, and later jobs wait for it.
     """
-    call = worker.run(worker.engine.synthesize, chunk, job.voice, params, report, job.cancel)
     try:
         return await asyncio.wait_for(asyncio.shield(call), timeout)
     except TimeoutError:
         job.cancel.set()
-        call.add_done_callback(lambda done: done.cancelled() or done.exception())
+        _discard(call)
         raise EngineError(f"a chunk took longer than CHUNK_TIMEOUT ({timeout:g} s)") from None
+
+
+def _discard(call: asyncio.Future) -> None:
+    """Let a call nobody will await end quietly."""
+    call.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 async def process(job: Job, worker: Worker, tracker: StatusTracker, chunk_timeout: float) -> None:
@@ -217,20 +221,34 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker, chunk_timeou
         progress.stage("chunking", "Splitting text into chunks")
         chunks = job.chunking.plan(text)
         progress.plan(chunks)
-        report = worker.on_loop(progress.within_chunk)
         speed = job.params.speed
         low, high = engine.speed_range or (1.0, 1.0)
         native = low <= speed <= high
         engine_params = job.params if native else dataclasses.replace(job.params, speed=1.0)
-        for index, chunk in enumerate(chunks):
-            if job.cancel.is_set():
-                raise Cancelled()
-            progress.chunk_started(index)
-            samples = await synthesize_chunk(worker, job, chunk, engine_params, report, chunk_timeout)
-            if not native:
-                samples = await asyncio.to_thread(audio.change_speed, samples, engine.sample_rate, speed)
-            await output.add(samples)
-            progress.chunk_done()
+
+        def submit(index: int) -> asyncio.Future[np.ndarray]:
+            report = worker.on_loop(functools.partial(progress.within_chunk, index))
+            return worker.run(engine.synthesize, chunks[index], job.voice, engine_params, report, job.cancel)
+
+        upcoming: asyncio.Future[np.ndarray] | None = submit(0)
+        try:
+            for index in range(len(chunks)):
+                if job.cancel.is_set():
+                    raise Cancelled()
+                progress.chunk_started(index)
+                call = upcoming
+                # The engine gets its next chunk now, and goes straight on to it when this
+                # one ends, however long the loop takes to hear of it.
+                upcoming = submit(index + 1) if index + 1 < len(chunks) else None
+                samples = await await_chunk(call, job, chunk_timeout)
+                if not native:
+                    samples = await asyncio.to_thread(audio.change_speed, samples, engine.sample_rate, speed)
+                await output.add(samples)
+                progress.chunk_done()
+        finally:
+            if upcoming is not None:  # the request ended early: its next chunk must not run
+                job.cancel.set()
+                _discard(upcoming)
         data = await output.finish(progress)
     except Cancelled:
         progress.finish("cancelled", "Cancelled")

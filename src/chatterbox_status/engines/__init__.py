@@ -42,9 +42,17 @@ def choose(settings: Settings) -> EngineChoice:
                 f"available: auto, {', '.join(sorted(FACTORIES))}"
             )
         return EngineChoice(requested, requested, f"engine {requested!r} was requested")
-    if importlib.util.find_spec("chatterbox") is None:
+    if not chatterbox_installed():
         return EngineChoice("hibari", requested, "chatterbox-tts is not installed, so the embedded hibari voice speaks")
     return EngineChoice("chatterbox", requested, "chatterbox-tts is installed")
+
+
+def chatterbox_installed() -> bool:
+    """chatterbox-tts and torch importable, without importing them (torch takes seconds)."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("chatterbox.tts", "torch"))
+    except ModuleNotFoundError:  # a "chatterbox" that is not the library (a bare folder on the path)
+        return False
 
 
 def create(choice: EngineChoice, settings: Settings) -> Engine:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -401,7 +402,7 @@ class LongTextManager:
         await self.check_quota()
         await self._db("chunk_started", job_id, chunk.index)
         began = time.perf_counter()
-        report = worker.on_loop(progress.within_chunk)
+        report = worker.on_loop(functools.partial(progress.within_chunk, chunk.index))
         # Announced when the engine thread takes the chunk up, not while it waits its turn.
         # A chunk taken up after the job was paused or cancelled is not announced.
         started = worker.on_loop(lambda index: None if run.reason else progress.chunk_started(index))
