@@ -249,6 +249,8 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker, chunk_timeou
             if upcoming is not None:  # the request ended early: its next chunk must not run
                 job.cancel.set()
                 _discard(upcoming)
+        if job.cancel.is_set():  # cancelled while the last chunk was finishing
+            raise Cancelled()
         data = await output.finish(progress)
     except Cancelled:
         progress.finish("cancelled", "Cancelled")

@@ -178,11 +178,13 @@ class ChatterboxEngine:
             if torch.cuda.is_available():
                 torch.cuda.manual_seed_all(params.seed)
         self._chunk = _Chunk(max(1.0, len(text) * self.tokens_per_char), progress, cancel)
+        hooks_before = _forward_hooks(self.model.t3.tfmr)
         try:
             wav = self.model.generate(text, **self._generate_kwargs(params))
             tokens = self._chunk.tokens
         finally:
             self._chunk = None
+            _remove_hooks_since(self.model.t3.tfmr, hooks_before)
         if tokens:
             sample = tokens / max(1, len(text))
             self.tokens_per_char += TOKENS_PER_CHAR_ALPHA * (sample - self.tokens_per_char)
@@ -227,3 +229,18 @@ class ChatterboxEngine:
         if len(self.conditionals) > CONDITIONALS_CACHE_SIZE:
             self.conditionals.popitem(last=False)
         return self.model.conds
+
+
+def _forward_hooks(module: Any) -> dict[int, set[int]]:
+    """Which forward hooks each submodule has now (by hook id)."""
+    return {id(sub): set(sub._forward_hooks) for sub in module.modules()}
+
+
+def _remove_hooks_since(module: Any, before: dict[int, set[int]]) -> None:
+    """Remove forward hooks added during a call: ChatterboxMultilingualTTS registers three
+    attention hooks per ``generate`` and never removes them, so they would pile up."""
+    for sub in module.modules():
+        for hook_id in set(sub._forward_hooks) - before.get(id(sub), set()):
+            sub._forward_hooks.pop(hook_id, None)
+            sub._forward_hooks_with_kwargs.pop(hook_id, None)
+            sub._forward_hooks_always_called.pop(hook_id, None)
