@@ -72,13 +72,18 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in SETTING_ENV_NAMES}
 
 
+def tail(path: Path, chars: int = 6000) -> str:
+    """The end of a log, for a failure message."""
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
 def wait_healthy(base: str, process: subprocess.Popen, log_path: Path, deadline_s: float) -> dict:
     """Poll /health until it says healthy; fail early if the server exits."""
     deadline = time.monotonic() + deadline_s
     last = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+            pytest.fail(f"server exited with {process.returncode}:\n{tail(log_path)}")
         try:
             status, _, raw = http("GET", f"{base}/health", timeout=5)
             last = json.loads(raw)
@@ -87,7 +92,7 @@ def wait_healthy(base: str, process: subprocess.Popen, log_path: Path, deadline_
         except (urllib.error.URLError, ConnectionError, OSError, ValueError):
             pass
         time.sleep(0.1)  # poll interval, not synchronisation: the deadline loop decides
-    pytest.fail(f"server not healthy within {deadline_s}s (last /health: {last}):\n{log_path.read_text(errors='replace')}")
+    pytest.fail(f"server not healthy within {deadline_s}s (last /health: {last}):\n{tail(log_path)}")
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -9,21 +9,17 @@ this module skip itself there, so it can never recurse into another clone.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port, http
+from helpers import free_port, http, tail, wait_healthy
 
 from chatterbox_status.config import Settings
 
@@ -131,10 +127,6 @@ def kill_group(process: subprocess.Popen) -> None:
         pass
 
 
-def tail(path: Path, chars: int = 6000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
 @pytest.fixture(scope="module")
 def fresh_clone(tmp_path_factory) -> Iterator[Path]:
     """A `git clone` of this repository's committed HEAD, shared by the tests below."""
@@ -149,21 +141,7 @@ def test_scripts_serve_in_a_fresh_clone_serves_speech(fresh_clone, tmp_path):
     log_path = tmp_path / "serve.log"
     process = start(["scripts/serve", "--port", str(port)], fresh_clone, clone_environ(), log_path)
     try:
-        deadline = time.monotonic() + HEALTHY_WITHIN_S
-        health = None
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"scripts/serve exited with {process.returncode}:\n{tail(log_path)}")
-            try:
-                status, _, raw = http("GET", f"{base}/health", timeout=5)
-                health = json.loads(raw)
-                if status == 200 and health.get("status") == "healthy":
-                    break
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
-            time.sleep(0.5)  # poll interval inside the deadline loop
-        else:
-            pytest.fail(f"not healthy within {HEALTHY_WITHIN_S}s (last /health: {health}):\n{tail(log_path)}")
+        wait_healthy(base, process, log_path, HEALTHY_WITHIN_S)
 
         status, headers, audio = http("POST", f"{base}/v1/audio/speech", {"input": "Hello from a fresh clone."}, timeout=120)
         assert status == 200, audio[:500]
