@@ -328,7 +328,8 @@ async def test_pause_then_resume_finishes_the_job(make_long):
     view = await status_of(client, job_id)
     assert view["status"] == "paused" and view["can_resume"] and not view["can_pause"]
     assert view["progress"]["completed_chunks"] == 1
-    assert core_of(client).tracker.find(job_id).status == "cancelled"  # not running any more
+    assert core_of(client).tracker.find(job_id).status == "paused"  # not running any more
+    assert not core_of(client).tracker.is_processing
     assert not manager_of(client).is_running(job_id)
 
     resp = await client.put(f"/v1/audio/speech/long/{job_id}/resume")
@@ -574,3 +575,23 @@ async def test_a_paused_job_can_be_cancelled_then_retried(make_long):
     assert (await client.post(f"/audio/speech/long/{job_id}/retry")).status == 200
     engine.release(10)
     assert (await finished(client, job_id))["status"] == "completed"
+
+
+async def test_pausing_and_resuming_a_job_counts_it_once_in_the_statistics(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine)
+    engine.hold()
+    created = await (await client.post("/audio/speech/long", json={"input": " ".join(SENTENCES[:3])})).json()
+    job_id = created["job_id"]
+    await asyncio.to_thread(engine.wait_started)
+    assert (await client.put(f"/audio/speech/long/{job_id}/pause")).status == 200
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "paused"
+    stats = await (await client.get("/status/statistics")).json()
+    assert (stats["total_requests"], stats["cancelled_requests"], stats["is_processing"]) == (1, 0, False)
+    engine.release(10)
+    assert (await client.put(f"/audio/speech/long/{job_id}/resume")).status == 200
+    await asyncio.wait_for(manager_of(client).wait(job_id), 30)
+    assert (await (await client.get(f"/audio/speech/long/{job_id}")).json())["status"] == "completed"
+    stats = await (await client.get("/status/statistics")).json()
+    assert (stats["total_requests"], stats["completed_requests"], stats["cancelled_requests"]) == (1, 1, 0)

@@ -23,7 +23,7 @@ from . import audio, memory
 from .engines.base import Cancelled, EngineError
 from .events import EventBus
 from .text import normalize
-from .tracker import TERMINAL_STATUSES, StatusTracker
+from .tracker import PAUSED, TERMINAL_STATUSES, StatusTracker
 from .worker import EngineUnavailable, Job, Worker
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Progress:
         return {
             "request_id": self.job.request_id,
             "status": self.status,
-            "is_processing": self.status not in TERMINAL_STATUSES,
+            "is_processing": self.status not in TERMINAL_STATUSES and self.status != PAUSED,
             "duration_seconds": round(time.time() - self.job.created, 3),
             "text_preview": preview(self.job.text),
             "current_step": self.step,

@@ -16,6 +16,8 @@ from typing import Any
 from .events import Event
 
 QUEUED = "queued"
+# A long-text job that was paused: not running, not finished, counted once it ends.
+PAUSED = "paused"
 TERMINAL_STATUSES = frozenset({"completed", "error", "cancelled"})
 STATUS_VALUES = (
     "idle",
@@ -29,6 +31,7 @@ STATUS_VALUES = (
     "completed",
     "error",
     "cancelled",
+    PAUSED,
 )
 PROGRESS_FIELDS = ("current_chunk", "total_chunks", "current_step", "progress_percentage", "estimated_completion")
 # Fields a request's events may set on its record, besides status and progress.
@@ -122,6 +125,7 @@ class StatusTracker:
 
     def __init__(self, history_size: int) -> None:
         self._active: dict[str, RequestRecord] = {}
+        self._paused: dict[str, RequestRecord] = {}
         self._history: collections.deque[RequestRecord] = collections.deque(maxlen=history_size)
         self._finished: dict[str, RequestRecord] = {}
         self.stats = Statistics()
@@ -144,6 +148,8 @@ class StatusTracker:
     def _apply_request(self, data: dict[str, Any]) -> None:
         request_id = data["request_id"]
         record = self._active.get(request_id)
+        if record is None and request_id in self._paused:  # resumed, or ended while paused
+            record = self._active[request_id] = self._paused.pop(request_id)
         if record is None:
             if data["status"] != QUEUED:
                 return
@@ -152,7 +158,9 @@ class StatusTracker:
         record.status = data["status"]
         record.fields.update((k, data[k]) for k in RECORD_FIELDS if k in data)
         record.progress.update((k, data[k]) for k in PROGRESS_FIELDS if k in data)
-        if record.status in TERMINAL_STATUSES:
+        if record.status == PAUSED:
+            self._paused[request_id] = self._active.pop(request_id)
+        elif record.status in TERMINAL_STATUSES:
             self._finish(record, data)
 
     def _finish(self, record: RequestRecord, data: dict[str, Any]) -> None:
@@ -192,7 +200,7 @@ class StatusTracker:
         return running or next(iter(self._active.values()), None)
 
     def find(self, request_id: str) -> RequestRecord | None:
-        return self._active.get(request_id) or self._finished.get(request_id)
+        return self._active.get(request_id) or self._paused.get(request_id) or self._finished.get(request_id)
 
     def queued(self) -> list[RequestRecord]:
         return [r for r in self._active.values() if r.status == QUEUED]

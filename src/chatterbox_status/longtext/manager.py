@@ -210,7 +210,8 @@ class LongTextManager:
         return job
 
     async def delete(self, job_id: str) -> None:
-        await self.get(job_id)
+        job = await self.get(job_id)
+        self._end_paused(job)
         run = self._runs.get(job_id)
         if run is not None:
             self._signal(run, "cancel")
@@ -292,6 +293,13 @@ class LongTextManager:
         self._runs[job.job_id] = run
         run.task = asyncio.create_task(self._run(run, job, progress), name=f"long-text-{job.job_id}")
 
+    def _end_paused(self, job: JobRecord) -> None:
+        """A paused job that is cancelled or deleted ends in the status API as cancelled."""
+        record = self.core.tracker.find(job.job_id)
+        if record is not None and record.status == "paused":
+            progress = Progress(_Announced(job.job_id, job.text, time.time()), self.core.bus, self.core.tracker)
+            progress.finish("cancelled", "Cancelled")
+
     def _signal(self, run: _Run, reason: str) -> None:
         run.reason = run.reason or reason
         if run.task is not None:
@@ -301,7 +309,9 @@ class LongTextManager:
     async def _stop(self, job_id: str, reason: str, status: str) -> None:
         run = self._runs.get(job_id)
         if run is None:
-            await self._db("update", job_id, status=status, current_chunk=None)
+            job = await self._db("update", job_id, status=status, current_chunk=None)
+            if status == CANCELLED:
+                self._end_paused(job)
             return
         self._signal(run, reason)
         await asyncio.gather(run.task, return_exceptions=True)
@@ -327,7 +337,7 @@ class LongTextManager:
                 current_chunk=None,
                 processing_paused_at=time.time() if paused else None,
             )
-            progress.finish("cancelled", "Paused" if paused else "Cancelled")
+            progress.finish("paused" if paused else "cancelled", "Paused" if paused else "Cancelled")
         except Exception as exc:
             if isinstance(exc, QuotaExceeded):
                 message = str(exc)
