@@ -231,10 +231,6 @@ class StatusTracker:
             clock = done
         return {"length": len(entries), "requests": entries}
 
-    def position(self, request_id: str) -> int | None:
-        ids = [r.request_id for r in self.queued()]
-        return ids.index(request_id) + 1 if request_id in ids else None
-
     def history(self, limit: int) -> list[dict[str, Any]]:
         """Finished requests, newest first."""
         now = time.time()

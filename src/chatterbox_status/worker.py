@@ -74,7 +74,8 @@ class Job:
 
 
 class JobQueue:
-    """A bounded FIFO; submit, cancel, position and next are all a shared queue must offer."""
+    """A bounded FIFO; submit, cancel, ids and next are all a shared queue must offer
+    (positions are the tracker's, folded from the events)."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
@@ -98,12 +99,6 @@ class JobQueue:
 
     def get(self, request_id: str) -> Job | None:
         return self._jobs.get(request_id)
-
-    def position(self, request_id: str) -> int | None:
-        for position, queued_id in enumerate(self._jobs, start=1):
-            if queued_id == request_id:
-                return position
-        return None
 
     async def next(self) -> Job:
         while not self._jobs:

@@ -85,9 +85,9 @@ async def one_request(request: web.Request) -> web.Response:
     if record is None:
         raise not_found(f"Request {request_id!r} not found (it may have left the history)", param="request_id")
     body = record.view(time.time())
-    body["queue_position"] = core.tracker.position(request_id)
-    if body["queue_position"] is not None:
-        entry = next(e for e in core.tracker.queue_view()["requests"] if e["request_id"] == request_id)
+    entry = next((e for e in core.tracker.queue_view()["requests"] if e["request_id"] == request_id), None)
+    body["queue_position"] = None if entry is None else entry["position"]
+    if entry is not None:
         body["estimated_start"] = entry["estimated_start"]
         body["progress"]["estimated_completion"] = entry["estimated_completion"]
     return web.json_response(body)
