@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from . import __version__
 from .config import Settings, SettingsError, add_arguments
-from .errors import ApiError
+from .exceptions import InvalidInput
+from .schemas import first_problem
 
 log = logging.getLogger("chatterbox_status")
 
@@ -97,8 +98,8 @@ class ProgressBar:
 
 
 async def say(settings: Settings, args: argparse.Namespace) -> int:
-    from .api.speech_request import SpeechRequest, plan_speech
     from .core import Core
+    from .schemas.speech import SpeechRequest
 
     text = sys.stdin.read() if args.text == "-" else args.text
     output = Path(args.output)
@@ -110,12 +111,13 @@ async def say(settings: Settings, args: argparse.Namespace) -> int:
         body = SpeechRequest(
             input=text, voice=args.voice, speed=args.speed, seed=args.seed, response_format=response_format
         )
-        job = core.submit("cli-" + os.urandom(4).hex(), plan_speech(body, core))
+        speech = core.planner.speech(body, settings.max_total_length)
+        job = core.submit("cli-" + os.urandom(4).hex(), speech)
         data = await job.result
     except ValidationError as exc:
-        print(f"chatterbox-status: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        print(f"chatterbox-status: {first_problem(exc)[1]}", file=sys.stderr)
         return 2
-    except ApiError as exc:
+    except InvalidInput as exc:
         print(f"chatterbox-status: {exc.message}", file=sys.stderr)
         return 2
     except Exception as exc:

@@ -10,33 +10,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import engines, memory, pipeline, voices
+from . import engines, memory, pipeline
 from .config import Settings
-from .engines.base import Cancelled, Engine, SynthesisParams, Voice
+from .engines.base import Engine
 from .events import EventBus
-from .text import Chunking
+from .exceptions import Cancelled, EngineUnavailable, QueueFull
+from .planning import Planner, SpeechJob
 from .tracker import StatusTracker
 from .voices import VoiceLibrary
 from .worker import Job, Worker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SpeechJob:
-    """What a caller asks for, already validated."""
-
-    text: str
-    voice: Voice
-    params: SynthesisParams
-    response_format: str
-    parameters_view: dict
-    chunking: Chunking
-    # None for a whole file; "audio" or "sse" for a response streamed as chunks are made.
-    stream_format: str | None = None
 
 
 class Core:
@@ -48,20 +34,14 @@ class Core:
         else:
             self.choice = engines.EngineChoice(engine.name, settings.engine, "engine supplied by the caller")
         self.engine = engine
-        self.bus = EventBus(settings.event_replay_size, settings.sse_queue_size)
+        self.bus = EventBus(settings.event_replay_size, settings.sse_queue_size, settings.max_sse_subscribers)
         self.tracker = StatusTracker(settings.history_size)
         self.bus.add_listener(self.tracker.apply)
         self.worker = Worker(engine, self.bus, settings.max_queue_size)
         self.voices = VoiceLibrary(Path(settings.voice_library_dir))
+        self.planner = Planner(settings, engine, self.voices)
         self.started_at = time.time()
         self._processed = 0
-
-    def resolve_voice(self, name: str) -> Voice | None:
-        """The voice a request names. Engines that cannot clone speak with their own voice:
-        VOICE_SAMPLE_PATH and a library default do not apply to them."""
-        if not self.engine.supports_cloning:
-            return voices.resolve(name, None)
-        return voices.resolve(name, self.settings.voice_sample_path, self.voices)
 
     def start(self) -> None:
         log.info("engine: %s (%s)", self.choice.name, self.choice.reason)
@@ -100,13 +80,16 @@ class Core:
             await self.worker.run(memory.release)
 
     def submit(self, request_id: str, speech: SpeechJob, temporary_files: list[Path] | None = None) -> Job:
-        """Queue a job (raises QueueFull or ShuttingDown) and announce it.
+        """Queue a job (raises QueueFull, ShuttingDown or EngineUnavailable) and announce it.
 
         Await ``job.result`` for the audio; a streamed job's audio comes through ``job.stream``.
         """
+        if self.tracker.engine.get("state") == "error":
+            raise EngineUnavailable(self.tracker.engine.get("error") or "the engine failed to load")
         job = Job(
             request_id=request_id,
             text=speech.text,
+            spoken=speech.spoken,
             voice=speech.voice,
             params=speech.params,
             response_format=speech.response_format,
@@ -115,7 +98,13 @@ class Core:
             stream=asyncio.Queue() if speech.stream_format else None,
             temporary_files=temporary_files or [],
         )
-        self.worker.submit(job)
+        try:
+            self.worker.submit(job)
+        except QueueFull:
+            raise QueueFull(
+                f"The queue is full ({self.settings.max_queue_size} requests waiting); try again later",
+                retry_after=self._queue_wait(),
+            ) from None
         pipeline.Progress(job, self.bus, self.tracker).stage(
             "queued",
             "Waiting in queue",
@@ -127,6 +116,12 @@ class Core:
         )
         return job
 
+    def _queue_wait(self) -> float:
+        """Seconds until the queue should have room: the head's estimated completion."""
+        queue = self.tracker.queue_view()["requests"]
+        eta = queue[0]["estimated_completion"] if queue else None
+        return max(1.0, eta - time.time()) if eta else 1.0
+
     def cancel(self, request_id: str) -> bool:
         """Cancel a queued or running request; a queued one ends at once."""
         job = self.worker.cancel(request_id)
@@ -136,6 +131,6 @@ class Core:
         if record is not None and record.status == "queued":
             pipeline.Progress(job, self.bus, self.tracker).finish("cancelled", "Cancelled")
             if not job.result.done():
-                job.result.set_exception(Cancelled())
+                job.result.set_exception(Cancelled(f"Request {request_id} was cancelled"))
             job.end()
         return True

@@ -1,34 +1,78 @@
 """API errors and the middleware that renders every error as the same JSON shape.
 
 Every failure a client can see, from a bad field to an unknown route to a crash, becomes
-``{"error": {"message", "type", "param", "code"}}`` with an honest status code.
+``{"error": {"message", "type", "param", "code"}}`` with an honest status code. Domain
+refusals (``exceptions.Refusal``) are translated by one table, ``ERROR_TABLE``; ``ApiError``
+is for what only HTTP knows (a wrong content type, a body too large).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from aiohttp import web
 
+from .exceptions import (
+    Conflict,
+    EngineError,
+    InvalidInput,
+    NotFound,
+    OutOfSpace,
+    QueueFull,
+    Refusal,
+    TooManyStreams,
+    Unavailable,
+)
+
 log = logging.getLogger(__name__)
 
-ERROR_TYPES = {
+
+class ErrorKind(NamedTuple):
+    status: int
+    type: str
+
+
+# The one translation from domain refusals to HTTP; a subclass takes its nearest base's row.
+ERROR_TABLE: dict[type[Refusal], ErrorKind] = {
+    InvalidInput: ErrorKind(400, "invalid_request_error"),
+    NotFound: ErrorKind(404, "not_found_error"),
+    Conflict: ErrorKind(409, "conflict_error"),
+    QueueFull: ErrorKind(429, "queue_full"),
+    TooManyStreams: ErrorKind(429, "too_many_streams"),
+    OutOfSpace: ErrorKind(507, "insufficient_storage"),
+    Unavailable: ErrorKind(503, "service_unavailable"),
+    EngineError: ErrorKind(500, "server_error"),
+}
+DEFAULT_KIND = ErrorKind(500, "server_error")
+
+# Error types of what HTTP itself refuses, by status.
+HTTP_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "method_not_allowed",
     409: "conflict_error",
     413: "request_too_large",
     415: "invalid_request_error",
-    429: "queue_full",
+    429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable",
 }
 
 
+def kind_of(exc: Refusal) -> ErrorKind:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]  # type: ignore[index]
+    return DEFAULT_KIND
+
+
 class ApiError(Exception):
-    """An error with an HTTP status, rendered by :func:`error_middleware`."""
+    """An error only HTTP knows, with its status, rendered by :func:`error_middleware`."""
 
     def __init__(
         self,
@@ -38,6 +82,7 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -45,33 +90,24 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.type = type or HTTP_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param, code=code)
+def from_refusal(exc: Refusal, headers: dict[str, str] | None = None) -> ApiError:
+    """The HTTP error a domain refusal becomes, per ERROR_TABLE."""
+    kind = kind_of(exc)
+    headers = dict(headers or {})
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return ApiError(kind.status, exc.message, param=exc.param, code=exc.code, headers=headers, type=kind.type)
 
 
-def not_found(message: str, param: str | None = None) -> ApiError:
-    return ApiError(404, message, param=param, code="not_found")
-
-
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {
-        "error": {
-            "message": message,
-            "type": ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
-            "param": param,
-            "code": code,
-        }
-    }
+def error_body(error: ApiError) -> dict:
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
 
 
 def error_response(error: ApiError) -> web.Response:
-    return web.json_response(
-        error_body(error.status, error.message, error.param, error.code),
-        status=error.status,
-        headers=error.headers,
-    )
+    return web.json_response(error_body(error), status=error.status, headers=error.headers)
 
 
 _HTTP_MESSAGES = {
@@ -89,6 +125,8 @@ async def error_middleware(
         return await handler(request)
     except ApiError as error:
         return error_response(error)
+    except Refusal as refusal:
+        return error_response(from_refusal(refusal))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .exceptions import TooManyStreams
+
 
 @dataclass(frozen=True)
 class Event:
@@ -49,12 +51,15 @@ class Subscription:
 class EventBus:
     """In-process fan-out of events with a bounded replay ring; loop thread only."""
 
-    def __init__(self, replay_size: int = 1024, subscriber_queue_size: int = 256) -> None:
+    def __init__(
+        self, replay_size: int = 1024, subscriber_queue_size: int = 256, max_subscribers: int | None = None
+    ) -> None:
         self._next_id = 1
         self._replay: collections.deque[Event] = collections.deque(maxlen=replay_size)
         self._listeners: list[Callable[[Event], None]] = []
         self._subscribers: set[Subscription] = set()
         self._queue_size = subscriber_queue_size
+        self._max_subscribers = max_subscribers
         self._closed = False
 
     @property
@@ -79,7 +84,12 @@ class EventBus:
         return event
 
     def subscribe(self) -> Subscription:
-        """A new subscriber's queue; after close() it is already ended."""
+        """A new subscriber's queue; after close() it is already ended. Every event stream
+        subscribes here, so MAX_SSE_SUBSCRIBERS covers them all (raises TooManyStreams)."""
+        if self._max_subscribers is not None and len(self._subscribers) >= self._max_subscribers:
+            raise TooManyStreams(
+                f"Too many open event streams ({self._max_subscribers}); try again later", retry_after=5
+            )
         # One slot more than a subscriber may fall behind: room for the end marker, so the
         # events it does get are always an unbroken run that Last-Event-ID can resume.
         sub = Subscription(asyncio.Queue(self._queue_size + 1))

@@ -25,7 +25,8 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__, audio
-from .api.speech_request import REQUEST_ID_PATTERN, SpeechRequest
+from .api.bodies import REQUEST_ID_PATTERN
+from .schemas.speech import SpeechRequest
 from .auth import OPEN_PATHS, OPEN_PREFIXES
 from .longtext.openapi_ops import operations as long_text_operations
 from .state import SETTINGS

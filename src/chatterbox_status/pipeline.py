@@ -22,9 +22,9 @@ import numpy as np
 from . import audio, memory
 from .engines.base import Cancelled, EngineError
 from .events import EventBus
-from .text import normalize
 from .tracker import PAUSED, TERMINAL_STATUSES, StatusTracker
-from .worker import EngineUnavailable, Job, Worker
+from .exceptions import EngineUnavailable
+from .worker import Job, Worker
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker, chunk_timeou
         output = (StreamedOutput if job.stream is not None else BufferedOutput)(job, engine.sample_rate)
         started = time.perf_counter()
         progress.stage("processing_text", "Validating and preparing text")
-        text = normalize(job.text)
+        text = job.spoken
         progress.stage("chunking", "Splitting text into chunks")
         chunks = job.chunking.plan(text)
         progress.plan(chunks)
@@ -254,7 +254,7 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker, chunk_timeou
         data = await output.finish(progress)
     except Cancelled:
         progress.finish("cancelled", "Cancelled")
-        _fail(job, Cancelled())
+        _fail(job, Cancelled(f"Request {job.request_id} was cancelled"))
     except EngineUnavailable as exc:
         progress.finish("error", "Failed", error_message=str(exc))
         _fail(job, exc)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .engines.base import Cancelled, Engine, SynthesisParams, Voice
+from .engines.base import Engine, SynthesisParams, Voice
+from .exceptions import Cancelled, EngineUnavailable, QueueFull, ShuttingDown
 from .events import EventBus
 from .text import Chunking
 
@@ -29,24 +30,13 @@ T = TypeVar("T")
 WARM_UP_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away."
 
 
-class QueueFull(Exception):
-    """The queue holds as many jobs as it may."""
-
-
-class EngineUnavailable(Exception):
-    """The engine failed to load, so no job can run."""
-
-
-class ShuttingDown(Exception):
-    """The server is shutting down and takes no new jobs."""
-
-
 @dataclass(eq=False)
 class Job:
     """One speech request on its way through the queue and the pipeline."""
 
     request_id: str
-    text: str
+    text: str  # as the client sent it
+    spoken: str  # normalised: what the engine speaks
     voice: Voice
     params: SynthesisParams
     response_format: str

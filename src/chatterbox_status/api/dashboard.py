@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..errors import not_found
+from ..exceptions import NotFound
 
 routes = web.RouteTableDef()
 
@@ -107,7 +107,7 @@ def _etags(header: str) -> set[str]:
 async def index(request: web.Request) -> web.Response:
     file = load(INDEX)
     if file is None:
-        raise not_found("The dashboard is not installed (chatterbox_status/web/index.html is missing)")
+        raise NotFound("The dashboard is not installed (chatterbox_status/web/index.html is missing)")
     return respond(request, file)
 
 
@@ -116,5 +116,5 @@ async def static_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     file = load(name)
     if file is None:
-        raise not_found(f"No dashboard file {name!r}")
+        raise NotFound(f"No dashboard file {name!r}")
     return respond(request, file)

@@ -9,7 +9,8 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 from multidict import MultiDictProxy
 
-from ..errors import ApiError, bad_request
+from ..errors import ApiError
+from ..exceptions import InvalidInput
 
 # Longest text field of a form; speech input is bounded by MAX_TOTAL_LENGTH before this.
 FIELD_LIMIT = 1 << 20
@@ -46,7 +47,7 @@ async def read_form(request: web.Request, text_fields: Collection[str], file_fie
             elif part.name in text_fields:
                 form.fields[part.name] = await _read_text(part)
     except (ValueError, BadHttpMessage) as exc:
-        raise bad_request(f"Malformed multipart body: {exc}") from None
+        raise InvalidInput(f"Malformed multipart body: {exc}") from None
     return form
 
 
@@ -56,7 +57,7 @@ async def posted_form(request: web.Request) -> MultiDictProxy:
     try:
         return await request.post()
     except (ValueError, LookupError, BadHttpMessage) as exc:
-        raise bad_request(f"Malformed form body: {exc}") from None
+        raise InvalidInput(f"Malformed form body: {exc}") from None
 
 
 async def _read_part(part: BodyPartReader, limit: int) -> bytes:
@@ -69,8 +70,8 @@ async def _read_part(part: BodyPartReader, limit: int) -> bytes:
 async def _read_text(part: BodyPartReader) -> str:
     raw = await _read_part(part, FIELD_LIMIT)
     if len(raw) > FIELD_LIMIT:
-        raise bad_request(f"Field {part.name} is too long", param=part.name)
+        raise InvalidInput(f"Field {part.name} is too long", param=part.name)
     try:
         return raw.decode(part.get_charset("utf-8"))
     except (UnicodeDecodeError, LookupError):
-        raise bad_request(f"Field {part.name} is not valid text", param=part.name) from None
+        raise InvalidInput(f"Field {part.name} is not valid text", param=part.name) from None

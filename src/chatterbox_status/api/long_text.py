@@ -7,7 +7,7 @@ cancelled, retried, renamed, downloaded (with Range) and deleted through the rou
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -16,12 +16,13 @@ from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from aiohttp_sse import sse_response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import audio
-from ..errors import ApiError, bad_request, not_found
+from ..errors import ApiError
+from ..exceptions import Conflict, InvalidInput, NotFound
 from ..longtext.config import LongTextConfig
-from ..longtext.manager import JobConflict, JobNotFound, LongTextManager, QuotaExceeded
+from ..longtext.manager import LongTextManager
 from ..longtext.store import (
     COMPLETED,
     FAILED,
@@ -33,21 +34,15 @@ from ..longtext.store import (
     JobRecord,
 )
 from ..pipeline import preview
+from ..schemas.speech import LongTextRequest
 from ..state import CORE
-from ..text import STRATEGIES, Chunking, normalize
 from ..tracker import TERMINAL_STATUSES
+from .bodies import parse, read_json_object, read_optional_json
 from .params import query_bool, query_int
-from .speech_request import (
-    SpeechRequest,
-    _validation_error,
-    plan_speech,
-    read_json_object,
-)
 
 LONG_TEXT = web.AppKey("long_text", LongTextManager)
 routes = web.RouteTableDef()
 PREFIXES = ("", "/v1")
-QUALITY_CHUNK_SIZES = {"fast": 200, "balanced": 280, "high": 350}
 
 
 def route(method: str, path: str):
@@ -60,18 +55,6 @@ def route(method: str, path: str):
 
 
 # -- bodies ---------------------------------------------------------------------
-
-
-class LongTextRequest(SpeechRequest):
-    """The speech fields plus chatterbox-tts-api's long-text ones."""
-
-    response_format: str = "mp3"
-    session_id: Annotated[str, Field(max_length=200)] | None = None
-    chunking_strategy: Literal[STRATEGIES] | None = None
-    quality_preset: Literal["fast", "balanced", "high"] | None = None
-    chunk_size: Annotated[int, Field(ge=20, le=1000)] | None = None
-    silence_padding_ms: Annotated[int, Field(ge=0, le=10_000)] | None = None
-    display_name: Annotated[str, Field(max_length=200)] | None = None
 
 
 class UpdateRequest(BaseModel):
@@ -93,19 +76,6 @@ class BulkRequest(BaseModel):
     confirm: bool
 
 
-def _parse(model: type[BaseModel], raw: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
-
-
-async def _optional_json(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    return await read_json_object(request)
-
-
 # -- views ----------------------------------------------------------------------
 
 
@@ -118,10 +88,7 @@ def _manager(request: web.Request) -> LongTextManager:
 
 
 async def _job(request: web.Request) -> JobRecord:
-    try:
-        return await _manager(request).get(request.match_info["job_id"])
-    except JobNotFound as exc:
-        raise not_found(str(exc), param="job_id") from None
+    return await _manager(request).get(request.match_info["job_id"])
 
 
 def _live(request: web.Request, job: JobRecord) -> tuple[float, int | None]:
@@ -304,7 +271,7 @@ async def history_stats(request: web.Request) -> web.Response:
 async def _job_list(request: web.Request, default_limit: int) -> web.Response:
     status = request.query.get("status") or None
     if status is not None and status not in JOB_STATUSES:
-        raise bad_request(f"status must be one of {', '.join(JOB_STATUSES)}, got {status!r}", param="status")
+        raise InvalidInput(f"status must be one of {', '.join(JOB_STATUSES)}, got {status!r}", param="status")
     limit = query_int(request, "limit", default_limit, 1, 100)
     offset = query_int(request, "offset", 0, 0, 1_000_000_000)
     manager = _manager(request)
@@ -331,23 +298,23 @@ async def history(request: web.Request) -> web.Response:
 @route("DELETE", "/audio/speech/long/history")
 async def clear_history(request: web.Request) -> web.Response:
     if not query_bool(request, "confirm"):
-        raise bad_request("History clearing requires confirmation (confirm=true)", param="confirm")
+        raise InvalidInput("History clearing requires confirmation (confirm=true)", param="confirm")
     cleared = await _manager(request).clear_history()
     return web.json_response({"message": f"Cleared {cleared} jobs from history", "cleared_count": cleared, "failed_count": 0})
 
 
 @route("POST", "/audio/speech/long/bulk")
 async def bulk(request: web.Request) -> web.Response:
-    body = _parse(BulkRequest, await read_json_object(request))
+    body = parse(BulkRequest, await read_json_object(request))
     if not body.confirm:
-        raise bad_request("Bulk operations require confirmation (confirm: true)", param="confirm")
+        raise InvalidInput("Bulk operations require confirmation (confirm: true)", param="confirm")
     manager = _manager(request)
     action = {"delete": manager.delete, "retry": manager.retry, "cancel": manager.cancel, "pause": manager.pause, "resume": manager.resume}[body.action]
     failed: list[str] = []
     for job_id in body.job_ids:
         try:
             await action(job_id)
-        except (JobNotFound, JobConflict):
+        except (NotFound, Conflict):
             failed.append(job_id)
     total = len(body.job_ids)
     done = total - len(failed)
@@ -366,45 +333,11 @@ async def bulk(request: web.Request) -> web.Response:
 async def create_job(request: web.Request) -> web.Response:
     core = request.app[CORE]
     manager = _manager(request)
-    body = _parse(LongTextRequest, await read_json_object(request))
-    if body.stream_format is not None:
-        raise bad_request("stream_format does not apply to long-text jobs", param="stream_format")
-    if not normalize(body.input):
-        raise bad_request("input must contain text to speak", param="input")
-    limit = manager.config.max_length
-    if len(body.input) > limit:
-        raise bad_request(
-            f"input is {len(body.input)} characters; the limit is {limit} (LONG_TEXT_MAX_LENGTH)",
-            param="input",
-            code="input_too_long",
-        )
-    # The speech checks (format, language, voice, parameters), with the long-text length limit.
-    speech = plan_speech(body, _WithSettings(core, dataclasses.replace(core.settings, max_total_length=max(limit, 1))))
-    if core.worker.load_error is not None:
-        raise ApiError(503, core.worker.load_error, code="engine_unavailable")
-    size = body.chunk_size or (QUALITY_CHUNK_SIZES[body.quality_preset] if body.quality_preset else core.settings.max_chunk_length)
-    chunks = Chunking(size, body.chunking_strategy or "sentence").plan(normalize(body.input))
-    padding = manager.config.silence_padding_ms if body.silence_padding_ms is None else body.silence_padding_ms
-    parameters = {**speech.parameters_view, "chunk_size": size, "chunking_strategy": body.chunking_strategy or "sentence", "silence_padding_ms": padding}
-    try:
-        job = await manager.create(
-            body.input, chunks, body.voice, parameters, speech.params, body.response_format, padding,
-            session_id=body.session_id, display_name=body.display_name,
-        )
-    except QuotaExceeded as exc:
-        raise ApiError(507, str(exc), code="disk_quota_exceeded") from None
+    body = parse(LongTextRequest, await read_json_object(request))
+    config = manager.config
+    plan = await asyncio.to_thread(core.planner.long_text, body, config.max_length, config.silence_padding_ms)
+    job = await manager.create(plan, session_id=body.session_id, display_name=body.display_name)
     return web.json_response(_created(request, job, "Job submitted for processing"), status=200)
-
-
-class _WithSettings:
-    """The core as plan_speech sees it, with other settings."""
-
-    def __init__(self, core: Any, settings: Any) -> None:
-        self._core = core
-        self.settings = settings
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._core, name)
 
 
 @route("GET", "/audio/speech/long")
@@ -443,7 +376,7 @@ async def job_details(request: web.Request) -> web.Response:
 async def download(request: web.Request) -> web.StreamResponse:
     job = await _job(request)
     if job.status != COMPLETED:
-        raise ApiError(409, f"Job is not completed (status: {job.status})", code="job_not_completed")
+        raise Conflict(f"Job is not completed (status: {job.status})", code="job_not_completed")
     manager = _manager(request)
     path = manager.root / "jobs" / job.job_id / (job.output_path or "")
     if not job.output_path or not path.is_file():
@@ -459,14 +392,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def _act(request: web.Request, verb: str) -> JobRecord:
-    manager = _manager(request)
-    job_id = request.match_info["job_id"]
-    try:
-        return await getattr(manager, verb)(job_id)
-    except JobNotFound as exc:
-        raise not_found(str(exc), param="job_id") from None
-    except JobConflict as exc:
-        raise ApiError(409, str(exc), code="invalid_job_state") from None
+    return await getattr(_manager(request), verb)(request.match_info["job_id"])
 
 
 @route("PUT", "/audio/speech/long/{job_id}/pause")
@@ -483,9 +409,9 @@ async def resume(request: web.Request) -> web.Response:
 
 @route("POST", "/audio/speech/long/{job_id}/retry")
 async def retry(request: web.Request) -> web.Response:
-    body = _parse(RetryRequest, await _optional_json(request))
+    body = parse(RetryRequest, await read_optional_json(request))
     if not body.preserve_chunks:
-        raise bad_request("preserve_chunks=false is not supported: a retry continues from the last finished chunk", param="preserve_chunks")
+        raise InvalidInput("preserve_chunks=false is not supported: a retry continues from the last finished chunk", param="preserve_chunks")
     job = await _act(request, "retry")
     return web.json_response(_created(request, job, f"Job resumed from chunk {job.completed_chunks + 1} (retry #{job.retry_count})"))
 
@@ -502,12 +428,12 @@ async def cancel_or_delete(request: web.Request) -> web.Response:
         job = await _job(request)
         await _manager(request).delete(job.job_id)
         return web.json_response({"success": True, "message": f"Job {job.job_id} deleted successfully", "job_id": job.job_id})
-    raise bad_request(f"action must be cancel or delete, got {action!r}", param="action")
+    raise InvalidInput(f"action must be cancel or delete, got {action!r}", param="action")
 
 
 @route("PATCH", "/audio/speech/long/{job_id}")
 async def update(request: web.Request) -> web.Response:
-    body = _parse(UpdateRequest, await read_json_object(request))
+    body = parse(UpdateRequest, await read_json_object(request))
     await _job(request)
     tags = None if body.tags is None else [t.strip() for t in body.tags]
     job = await _manager(request).update_metadata(request.match_info["job_id"], display_name=body.display_name, tags=tags)

@@ -9,7 +9,7 @@ import time
 from aiohttp import web
 
 from .. import __version__, memory, metrics
-from ..errors import bad_request
+from ..exceptions import InvalidInput
 from ..state import CORE, METRICS
 from .params import aliased, query_bool
 from .status import engine_view
@@ -26,22 +26,22 @@ async def health(request: web.Request) -> web.Response:
     reads ``status`` and ``initialization_error`` rather than the code); /ping is liveness."""
     core = request.app[CORE]
     engine = engine_view(core)
-    if core.worker.load_error is not None:
+    if engine["state"] == "error":
         status, initialization_state = "error", "error"
-    elif core.worker.ready:
+    elif engine["state"] == "ready":
         status, initialization_state = "healthy", "ready"
     else:
         status, initialization_state = "initializing", "initializing"
     settings = core.settings
     body = {
         "status": status,
-        "model_loaded": core.worker.ready,
+        "model_loaded": engine["state"] == "ready",
         "device": core.engine.device,
         "initialization_state": initialization_state,
         "initialization_progress": f"{engine['load_progress']:.0f}%",
-        "initialization_error": core.worker.load_error,
+        "initialization_error": engine["error"],
         "engine": engine,
-        "queue_length": len(core.worker.queue),
+        "queue_length": len(core.tracker.queued()),
         "version": __version__,
         "config": {
             "max_chunk_length": settings.max_chunk_length,
@@ -116,7 +116,7 @@ async def memory_status(request: web.Request) -> web.Response:
 async def memory_reset(request: web.Request) -> web.Response:
     """Collect garbage and empty torch's CUDA cache (resetting its peak), on confirm=true."""
     if not query_bool(request, "confirm"):
-        raise bad_request("Releasing memory needs confirm=true", param="confirm", code="confirmation_required")
+        raise InvalidInput("Releasing memory needs confirm=true", param="confirm", code="confirmation_required")
     before = memory.snapshot()
     await asyncio.to_thread(memory.release, True)
     return web.json_response({"success": True, "memory_before": before, "memory_after": memory.snapshot()})

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from ..errors import bad_request
+from ..exceptions import InvalidInput
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -32,7 +32,7 @@ def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise bad_request(f"Query parameter {name} must be true or false, got {raw!r}", param=name)
+    raise InvalidInput(f"Query parameter {name} must be true or false, got {raw!r}", param=name)
 
 
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -42,7 +42,7 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
     try:
         value = int(raw)
     except ValueError:
-        raise bad_request(f"Query parameter {name} must be an integer, got {raw!r}", param=name) from None
+        raise InvalidInput(f"Query parameter {name} must be an integer, got {raw!r}", param=name) from None
     if not low <= value <= high:
-        raise bad_request(f"Query parameter {name} must be between {low} and {high}, got {value}", param=name)
+        raise InvalidInput(f"Query parameter {name} must be between {low} and {high}, got {value}", param=name)
     return value

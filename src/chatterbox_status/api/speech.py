@@ -19,22 +19,17 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from .. import audio, voices
-from ..core import Core, SpeechJob
-from ..engines.base import Cancelled, EngineError, Voice
-from ..errors import ApiError, bad_request, error_body, not_found
+from ..core import Core
+from ..engines.base import Voice
+from ..errors import error_body, from_refusal
+from ..exceptions import Conflict, InvalidInput, NotFound, Refusal
+from ..planning import SpeechJob
+from ..schemas.speech import SpeechRequest
 from ..state import CORE
-from ..worker import EngineUnavailable, Job, QueueFull, ShuttingDown
+from ..worker import Job
+from .bodies import parse, parse_form, read_json_object, request_id_from
 from .forms import read_form
 from .params import aliased
-from .speech_request import (
-    SPEECH_FORM_FIELDS,
-    parse_speech,
-    parse_speech_form,
-    plan_speech,
-    read_json_object,
-    request_id_from,
-    retry_after,
-)
 
 routes = web.RouteTableDef()
 
@@ -66,12 +61,12 @@ async def create_speech_stream_upload(request: web.Request) -> web.StreamRespons
 async def speak_form(request: web.Request, default_stream_format: str | None) -> web.StreamResponse:
     """A form request; its voice clip lives in a temporary file exactly as long as the request."""
     core = request.app[CORE]
-    form = await read_form(request, SPEECH_FORM_FIELDS, "voice_file", voices.MAX_UPLOAD_BYTES)
-    speech = plan_speech(parse_speech_form(form.fields), core, default_stream_format)
+    form = await read_form(request, frozenset(SpeechRequest.model_fields), "voice_file", voices.MAX_UPLOAD_BYTES)
+    speech = _plan(core, parse_form(SpeechRequest, form.fields), default_stream_format)
     if form.data is None:
         return await run_speech(request, core, speech)
     if not core.engine.supports_cloning:
-        raise bad_request(
+        raise InvalidInput(
             f"Engine {core.engine.name} cannot clone voices, so it cannot use voice_file",
             param="voice_file",
             code="cloning_unsupported",
@@ -79,7 +74,7 @@ async def speak_form(request: web.Request, default_stream_format: str | None) ->
     try:
         clip = await asyncio.to_thread(voices.inspect_clip, form.data, form.filename)
     except voices.InvalidAudio as exc:
-        raise bad_request(str(exc), param="voice_file", code=exc.code) from None
+        raise InvalidInput(str(exc), param="voice_file", code=exc.code) from None
     handle, name = tempfile.mkstemp(prefix="chatterbox-status-voice-", suffix=f".{clip.extension}")
     with os.fdopen(handle, "wb") as out:
         out.write(form.data)
@@ -89,8 +84,12 @@ async def speak_form(request: web.Request, default_stream_format: str | None) ->
 
 async def speak(request: web.Request, default_stream_format: str | None) -> web.StreamResponse:
     core = request.app[CORE]
-    speech = plan_speech(parse_speech(await read_json_object(request)), core, default_stream_format)
+    speech = _plan(core, parse(SpeechRequest, await read_json_object(request)), default_stream_format)
     return await run_speech(request, core, speech)
+
+
+def _plan(core: Core, body: SpeechRequest, default_stream_format: str | None) -> SpeechJob:
+    return core.planner.speech(body, core.settings.max_total_length, default_stream_format)
 
 
 async def run_speech(
@@ -114,34 +113,17 @@ async def run_speech(
 
 
 def queue_job(request: web.Request, core: Core, speech: SpeechJob, temporary_files: Sequence[Path]) -> Job:
-    if core.worker.load_error is not None:
-        raise ApiError(503, core.worker.load_error, code="engine_unavailable")
-    try:
-        return core.submit(request_id_from(request, core), speech, list(temporary_files))
-    except QueueFull:
-        raise ApiError(
-            429,
-            f"The queue is full ({core.worker.queue.maxsize} requests waiting); try again later",
-            code="queue_full",
-            headers={"Retry-After": retry_after(core)},
-        ) from None
-    except ShuttingDown:
-        raise ApiError(503, "The server is shutting down", code="shutting_down") from None
+    return core.submit(request_id_from(request, core), speech, list(temporary_files))
 
 
-def _job_error(job: Job, exc: BaseException) -> ApiError:
-    headers = {"X-Request-ID": job.request_id}
-    if isinstance(exc, Cancelled):
-        return ApiError(409, f"Request {job.request_id} was cancelled", code="cancelled", headers=headers)
-    if isinstance(exc, EngineUnavailable):
-        return ApiError(503, str(exc), code="engine_unavailable", headers=headers)
-    return ApiError(500, str(exc), code="generation_failed", headers=headers)
+def _job_error(job: Job, exc: Refusal):
+    return from_refusal(exc, headers={"X-Request-ID": job.request_id})
 
 
 async def send_file(request: web.Request, job: Job) -> web.Response:
     try:
         data = await job.result
-    except (Cancelled, EngineUnavailable, EngineError) as exc:
+    except Refusal as exc:
         raise _job_error(job, exc) from None
     return web.Response(
         body=data,
@@ -169,7 +151,7 @@ async def send_audio_stream(request: web.Request, job: Job) -> web.StreamRespons
         await response.write(data)
     try:
         await job.result
-    except (Cancelled, EngineUnavailable, EngineError):
+    except Refusal:
         if request.transport is not None:
             request.transport.abort()
         return response
@@ -188,9 +170,8 @@ async def send_sse_stream(request: web.Request, job: Job) -> web.StreamResponse:
             await sse.send(json.dumps(delta), event="speech.audio.delta")
         try:
             await job.result
-        except (Cancelled, EngineUnavailable, EngineError) as exc:
-            error = _job_error(job, exc)
-            body = error_body(error.status, error.message, code=error.code)
+        except Refusal as exc:
+            body = error_body(_job_error(job, exc))
             await sse.send(json.dumps({"type": "error", **body}), event="error")
         else:
             characters = len(job.text)
@@ -206,6 +187,6 @@ async def cancel_speech(request: web.Request) -> web.Response:
     if not core.cancel(request_id):
         record = core.tracker.find(request_id)
         if record is None:
-            raise not_found(f"Request {request_id!r} not found", param="request_id")
-        raise ApiError(409, f"Request {request_id} already ended as {record.status}", code="already_finished")
+            raise NotFound(f"Request {request_id!r} not found", param="request_id")
+        raise Conflict(f"Request {request_id} already ended as {record.status}", code="already_finished")
     return web.json_response({"request_id": request_id, "cancelled": True, "status": core.tracker.find(request_id).status})

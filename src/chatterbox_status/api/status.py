@@ -12,7 +12,7 @@ from aiohttp import web
 
 from .. import __version__, memory
 from ..core import Core
-from ..errors import bad_request, not_found
+from ..exceptions import InvalidInput, NotFound
 from ..state import CORE
 from .params import aliased, query_bool, query_int
 
@@ -68,7 +68,7 @@ async def history(request: web.Request) -> web.Response:
 @aliased(routes, "POST", "/status/history/clear", "/v1/status/history/clear", "/history/clear")
 async def clear_history(request: web.Request) -> web.Response:
     if not query_bool(request, "confirm"):
-        raise bad_request("Clearing the history needs confirm=true", param="confirm", code="confirmation_required")
+        raise InvalidInput("Clearing the history needs confirm=true", param="confirm", code="confirmation_required")
     core = request.app[CORE]
     cleared = core.tracker.history(core.settings.history_size)
     core.bus.publish("history_cleared", {})
@@ -83,7 +83,7 @@ async def one_request(request: web.Request) -> web.Response:
     request_id = request.match_info["request_id"]
     record = core.tracker.find(request_id)
     if record is None:
-        raise not_found(f"Request {request_id!r} not found (it may have left the history)", param="request_id")
+        raise NotFound(f"Request {request_id!r} not found (it may have left the history)", param="request_id")
     body = record.view(time.time())
     entry = next((e for e in core.tracker.queue_view()["requests"] if e["request_id"] == request_id), None)
     body["queue_position"] = None if entry is None else entry["position"]
@@ -98,10 +98,8 @@ async def info(request: web.Request) -> web.Response:
     core = request.app[CORE]
     tracker = core.tracker
     stats = tracker.statistics()
-    if core.worker.load_error is not None:
-        state = "error"
-    else:
-        state = "operational" if core.worker.ready else "initializing"
+    engine = engine_view(core)
+    state = {"error": "error", "ready": "operational"}.get(engine["state"], "initializing")
     return web.json_response(
         {
             "api_name": API_NAME,
@@ -109,7 +107,7 @@ async def info(request: web.Request) -> web.Response:
             "version": __version__,
             "api_version": API_VERSION,
             "status": state,
-            "engine": engine_view(core),
+            "engine": engine,
             "tts_status": tracker.status(),
             "statistics": stats,
             "memory_info": memory_info(core),

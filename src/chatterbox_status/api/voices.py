@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ..errors import ApiError, bad_request, not_found
+from ..errors import ApiError
+from ..exceptions import InvalidInput, NotFound
 from ..state import VOICE_LIBRARY
 from ..voices import (
     DEFAULT_LANGUAGE,
@@ -64,11 +65,11 @@ def _refusals(name_param: str = "voice_name") -> Iterator[None]:
     try:
         yield
     except UnknownVoice as exc:
-        raise not_found(str(exc), param="voice_name") from None
+        raise NotFound(str(exc), param="voice_name") from None
     except NameTaken as exc:
         raise ApiError(409, str(exc), param=name_param, code=exc.code) from None
     except VoiceError as exc:
-        raise bad_request(str(exc), param=_PARAMS.get(type(exc), name_param), code=exc.code) from None
+        raise InvalidInput(str(exc), param=_PARAMS.get(type(exc), name_param), code=exc.code) from None
 
 
 def _library(request: web.Request) -> VoiceLibrary:
@@ -79,7 +80,7 @@ def _voice(request: web.Request) -> VoiceEntry:
     name = request.match_info["voice_name"]
     entry = _library(request).get(name)
     if entry is None:
-        raise not_found(f"Voice {name!r} not found", param="voice_name")
+        raise NotFound(f"Voice {name!r} not found", param="voice_name")
     return entry
 
 
@@ -88,7 +89,7 @@ async def _field(request: web.Request, name: str) -> str:
     form = await posted_form(request)
     value = form.get(name, request.query.get(name))
     if not isinstance(value, str):
-        raise bad_request(f"Field {name} is required", param=name)
+        raise InvalidInput(f"Field {name} is required", param=name)
     return value
 
 
@@ -112,9 +113,9 @@ async def upload_voice(request: web.Request) -> web.Response:
     upload = await read_form(request, _TEXT_FIELDS, "voice_file", MAX_UPLOAD_BYTES)
     name = upload.fields.get("voice_name")
     if name is None:
-        raise bad_request("Field voice_name is required", param="voice_name")
+        raise InvalidInput("Field voice_name is required", param="voice_name")
     if upload.data is None:
-        raise bad_request("Field voice_file is required: send the audio as a file part", param="voice_file")
+        raise InvalidInput("Field voice_file is required: send the audio as a file part", param="voice_file")
     language = upload.fields.get("language", DEFAULT_LANGUAGE)
     with _refusals():
         entry = await _library(request).add(name, upload.data, upload.filename, language)
@@ -207,7 +208,7 @@ async def download_voice(request: web.Request) -> web.StreamResponse:
     entry = _voice(request)
     path = _library(request).path(entry)
     if not path.is_file():
-        raise not_found(f"The audio file of voice {entry.name!r} is missing", param="voice_name")
+        raise NotFound(f"The audio file of voice {entry.name!r} is missing", param="voice_name")
     headers = {
         "Content-Type": entry.content_type,
         "Content-Disposition": _attachment(f"{entry.name}.{entry.extension}"),

@@ -15,15 +15,11 @@ from typing import Protocol
 
 import numpy as np
 
+from ..exceptions import Cancelled, EngineError
+
+__all__ = ["Cancelled", "EngineError", "Engine", "SynthesisParams", "Voice", "ProgressFn"]
+
 ProgressFn = Callable[[float], None]
-
-
-class Cancelled(Exception):
-    """Raised inside an engine call when its request was cancelled."""
-
-
-class EngineError(Exception):
-    """An engine failed in a way the client should hear about."""
 
 
 @dataclass(frozen=True)

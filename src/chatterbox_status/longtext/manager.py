@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from .. import audio
-from ..engines.base import Cancelled, EngineError, SynthesisParams
+from ..engines.base import SynthesisParams
+from ..exceptions import Cancelled, Conflict, EngineError, EngineUnavailable, NotFound, OutOfSpace
+from ..planning import LongTextPlan
 from ..pipeline import Progress, preview
 from . import files
 from .config import LongTextConfig
@@ -48,16 +50,20 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 
 
-class JobNotFound(Exception):
-    pass
+class JobNotFound(NotFound):
+    """No long-text job has the id asked for."""
 
 
-class JobConflict(Exception):
+class JobConflict(Conflict):
     """The job's state does not allow the action."""
 
+    code = "invalid_job_state"
 
-class QuotaExceeded(Exception):
+
+class QuotaExceeded(OutOfSpace):
     """The long-text storage holds as much as LONG_TEXT_MAX_DISK_MB allows."""
+
+    code = "disk_quota_exceeded"
 
 
 @dataclass
@@ -135,44 +141,37 @@ class LongTextManager:
                 f"{self.config.max_disk_mb:g}; delete finished jobs to make room"
             )
 
-    async def create(
-        self,
-        text: str,
-        chunks: list[str],
-        voice: str,
-        parameters: dict[str, Any],
-        synthesis: SynthesisParams,
-        output_format: str,
-        silence_padding_ms: int,
-        session_id: str | None = None,
-        display_name: str | None = None,
-    ) -> JobRecord:
+    async def create(self, plan: LongTextPlan, session_id: str | None = None, display_name: str | None = None) -> JobRecord:
+        engine = self.core.tracker.engine
+        if engine.get("state") == "error":
+            raise EngineUnavailable(engine.get("error") or "the engine failed to load")
         await self.check_quota()
+        speech = plan.speech
         now = time.time()
         job = JobRecord(
             job_id=uuid.uuid4().hex,
             status=PENDING,
             created_at=now,
             updated_at=now,
-            text=text,
-            text_length=len(text),
-            voice=voice,
-            parameters=parameters,
-            synthesis=dataclasses.asdict(synthesis),
-            output_format=output_format,
-            silence_padding_ms=silence_padding_ms,
-            total_chunks=len(chunks),
+            text=speech.text,
+            text_length=len(speech.text),
+            voice=speech.parameters_view["voice"],
+            parameters=speech.parameters_view,
+            synthesis=dataclasses.asdict(speech.params),
+            output_format=speech.response_format,
+            silence_padding_ms=plan.silence_padding_ms,
+            total_chunks=len(plan.chunks),
             session_id=session_id,
             display_name=display_name,
         )
-        await self._db("create", job, chunks)
+        await self._db("create", job, plan.chunks)
         self._launch(job)
         return job
 
     async def get(self, job_id: str) -> JobRecord:
         job = await self._db("get", job_id)
         if job is None:
-            raise JobNotFound(f"Job {job_id} not found")
+            raise JobNotFound(f"Job {job_id} not found", param="job_id")
         return job
 
     async def chunks(self, job_id: str) -> list[ChunkRecord]:
@@ -362,7 +361,7 @@ class LongTextManager:
         progress.stage("initializing", "Starting long-text job")
         progress.plan([c.text for c in chunks])
         progress.done_chars = sum(len(c.text) for c in chunks if c.done)
-        voice = core.resolve_voice(job.voice)
+        voice = core.planner.resolve_voice(job.voice)
         if voice is None:
             raise EngineError(f"voice {job.voice!r} is not available any more")
         params = SynthesisParams(**job.synthesis)

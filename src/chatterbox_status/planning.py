@@ -1,0 +1,165 @@
+"""Request planning: a validated speech body becomes the job the pipeline runs.
+
+Everything is checked here, before the queue, so bad input never reaches the engine and
+never shows up in the statistics. Planning knows requests, voices and the engine's
+abilities, not HTTP: the API, the ``say`` command and any other front door call it with
+the limits that apply to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import voices
+from .config import Settings
+from .engines.base import Engine, SynthesisParams, Voice
+from .exceptions import InvalidInput, NotFound
+from .schemas.speech import LongTextRequest, SpeechRequest
+from .text import Chunking, normalize
+from .voices import VoiceLibrary
+
+# A streamed response's first chunk is at most this long, so its first audio comes early.
+FIRST_STREAMED_CHUNK_LENGTH = 100
+# chatterbox-tts-api's streaming_quality without streaming_chunk_size: shorter chunks
+# start sooner, longer ones give the model more context.
+STREAMING_QUALITY_CHUNK_SIZES = {"fast": 100, "balanced": 200, "high": 300}
+# chatterbox-tts-api's long-text quality_preset without chunk_size.
+LONG_TEXT_QUALITY_CHUNK_SIZES = {"fast": 200, "balanced": 280, "high": 350}
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    """What a caller asks for, validated: the pipeline's input."""
+
+    text: str  # as the client sent it: previews and lengths in the status API
+    spoken: str  # normalised, what the engine speaks
+    voice: Voice
+    params: SynthesisParams
+    response_format: str
+    parameters_view: dict[str, Any]
+    chunking: Chunking
+    # None for a whole file; "audio" or "sse" for a response streamed as chunks are made.
+    stream_format: str | None = None
+
+
+@dataclass(frozen=True)
+class LongTextPlan:
+    """A long-text job before it is stored: its speech plan and its chunks."""
+
+    speech: SpeechJob
+    chunks: list[str]
+    silence_padding_ms: int
+
+
+class Planner:
+    """Plans requests with the server's defaults, its voice library and its engine."""
+
+    def __init__(self, settings: Settings, engine: Engine, library: VoiceLibrary) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.library = library
+
+    def resolve_voice(self, name: str) -> Voice | None:
+        """The voice a request names, or None. Engines that cannot clone speak with their
+        own voice: VOICE_SAMPLE_PATH and a library default do not apply to them."""
+        if not self.engine.supports_cloning:
+            return voices.resolve(name, None)
+        return voices.resolve(name, self.settings.voice_sample_path, self.library)
+
+    def voice(self, name: str) -> Voice:
+        voice = self.resolve_voice(name)
+        if voice is not None:
+            return voice
+        if self.library.get(name) is not None:
+            raise InvalidInput(
+                f"Voice {name!r} is a cloned voice, and engine {self.engine.name} cannot clone voices",
+                param="voice",
+                code="cloning_unsupported",
+            )
+        raise NotFound(f"Voice {name!r} not found", param="voice")
+
+    def speech(self, body: SpeechRequest, max_length: int, default_stream_format: str | None = None) -> SpeechJob:
+        """Check ``body`` against the limits and the engine; ``max_length`` counts the
+        normalised text, which is what the engine speaks."""
+        spoken = spoken_text(body.input, max_length)
+        settings = self.settings
+        response_format = body.response_format or settings.default_response_format
+        if body.language is not None and body.language.lower() not in self.engine.languages:
+            raise InvalidInput(
+                f"language {body.language!r} is not one engine {self.engine.name} speaks; see /languages",
+                param="language",
+            )
+        voice = self.voice(body.voice)
+        params = SynthesisParams(
+            exaggeration=settings.exaggeration if body.exaggeration is None else body.exaggeration,
+            cfg_weight=settings.cfg_weight if body.cfg_weight is None else body.cfg_weight,
+            temperature=settings.temperature if body.temperature is None else body.temperature,
+            speed=body.speed,
+            seed=body.seed,
+            repetition_penalty=body.repetition_penalty,
+            min_p=body.min_p,
+            top_p=body.top_p,
+            language=body.language.lower() if body.language else None,
+        )
+        view = {
+            "exaggeration": params.exaggeration,
+            "cfg_weight": params.cfg_weight,
+            "temperature": params.temperature,
+            "speed": params.speed,
+            "seed": params.seed,
+            **{name: value for name in ("repetition_penalty", "min_p", "top_p", "language") if (value := getattr(params, name))},
+            "voice": body.voice,
+            "response_format": response_format,
+        }
+        stream_format = body.stream_format or default_stream_format
+        chunking = streaming_chunking(body) if stream_format else Chunking(settings.max_chunk_length)
+        return SpeechJob(body.input, spoken, voice, params, response_format, view, chunking, stream_format)
+
+    def long_text(self, body: LongTextRequest, max_length: int, default_padding_ms: int) -> LongTextPlan:
+        """A long-text job's plan, chunks included (its store keeps them); blocking work
+        for long inputs, so callers on the event loop run it in a thread."""
+        if body.stream_format is not None:
+            raise InvalidInput("stream_format does not apply to long-text jobs", param="stream_format")
+        speech = self.speech(body, max_length)
+        strategy = body.chunking_strategy or "sentence"
+        size = body.chunk_size or (
+            LONG_TEXT_QUALITY_CHUNK_SIZES[body.quality_preset] if body.quality_preset else self.settings.max_chunk_length
+        )
+        padding = default_padding_ms if body.silence_padding_ms is None else body.silence_padding_ms
+        chunking = Chunking(size, strategy)
+        speech = SpeechJob(
+            speech.text,
+            speech.spoken,
+            speech.voice,
+            speech.params,
+            speech.response_format,
+            {**speech.parameters_view, "chunk_size": size, "chunking_strategy": strategy, "silence_padding_ms": padding},
+            chunking,
+        )
+        return LongTextPlan(speech, chunking.plan(speech.spoken), padding)
+
+
+def spoken_text(text: str, max_length: int) -> str:
+    """The normalised text, refused when it is empty, too long, or not text at all."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("input is not valid Unicode text (it holds a lone surrogate)", param="input") from None
+    spoken = normalize(text)
+    if not spoken:
+        raise InvalidInput("input must contain text to speak", param="input")
+    if len(spoken) > max_length:
+        raise InvalidInput(
+            f"input is {len(spoken)} characters once normalised; the limit is {max_length}",
+            param="input",
+            code="input_too_long",
+        )
+    return spoken
+
+
+def streaming_chunking(body: SpeechRequest) -> Chunking:
+    """Streams follow the streaming knobs and keep their first chunk short, so the first
+    audio comes early."""
+    size = body.streaming_chunk_size or STREAMING_QUALITY_CHUNK_SIZES[body.streaming_quality or "balanced"]
+    return Chunking(size, body.streaming_strategy or "sentence", first_length=min(size, FIRST_STREAMED_CHUNK_LENGTH))

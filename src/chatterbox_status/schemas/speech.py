@@ -1,0 +1,56 @@
+"""The speech bodies: OpenAI's fields, Chatterbox's parameters and chatterbox-tts-api's
+streaming and long-text knobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..audio import FORMATS
+from ..text import STRATEGIES
+
+ResponseFormat = Literal[FORMATS]  # type: ignore[valid-type]
+ChunkingStrategy = Literal[STRATEGIES]  # type: ignore[valid-type]
+Quality = Literal["fast", "balanced", "high"]
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's speech body plus Chatterbox's parameters; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    input: str = Field(description="The text to speak")
+    model: Annotated[str, Field(max_length=200)] | None = None
+    voice: Annotated[str, Field(min_length=1, max_length=200)] = "alloy"
+    response_format: ResponseFormat | None = Field(
+        None, description="Audio format; DEFAULT_RESPONSE_FORMAT when absent"
+    )
+    speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
+    instructions: Annotated[str, Field(max_length=4096)] | None = None
+    stream_format: Literal["audio", "sse"] | None = None
+    exaggeration: Annotated[float, Field(ge=0.25, le=2.0)] | None = None
+    cfg_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    temperature: Annotated[float, Field(ge=0.05, le=5.0)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    repetition_penalty: Annotated[float, Field(ge=1.0, le=3.0)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    # The multilingual engine's language_id, as /languages lists them.
+    language: Annotated[str, Field(min_length=2, max_length=8)] | None = None
+    # chatterbox-tts-api's streaming knobs; they shape the chunks of streamed responses.
+    streaming_chunk_size: Annotated[int, Field(ge=50, le=500)] | None = None
+    streaming_strategy: ChunkingStrategy | None = None
+    streaming_quality: Quality | None = None
+
+
+class LongTextRequest(SpeechRequest):
+    """The speech fields plus chatterbox-tts-api's long-text ones."""
+
+    response_format: ResponseFormat = "mp3"
+    session_id: Annotated[str, Field(max_length=200)] | None = None
+    chunking_strategy: ChunkingStrategy | None = None
+    quality_preset: Quality | None = None
+    chunk_size: Annotated[int, Field(ge=20, le=1000)] | None = None
+    silence_padding_ms: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    display_name: Annotated[str, Field(max_length=200)] | None = None
