@@ -400,13 +400,14 @@ async def test_an_interactive_request_runs_before_the_jobs_next_chunk(make_long)
     core.bus.add_listener(lambda e: events.append(e) if e.type == "status" else None)
     # A spy on the seam: tells the test when the job asks for the engine again.
     asks = asyncio.Queue()
-    run_background = core.worker.run_background
+    turn = core.worker.turn
+    asked = iter(range(100))
 
     def spy(*args):
-        asks.put_nowait(args[2])  # the chunk index (args: _announced_call, announce, index, ...)
-        return run_background(*args)
+        asks.put_nowait(next(asked))  # the job asks for its turn once before each chunk
+        return turn(*args)
 
-    core.worker.run_background = spy
+    core.worker.turn = spy
     job_id = (await submit(client))["job_id"]
     assert await asyncio.wait_for(asks.get(), 10) == 0
     assert await in_thread(engine.wait_started) == SENTENCES[0]

@@ -26,7 +26,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     setup_cors(app, OriginPolicy(settings.cors_origins))
     app[SETTINGS] = settings
     core = app[CORE] = Core(settings, engine)
-    app[METRICS] = Metrics(core.bus, core.worker, core.engine.name)
+    app[METRICS] = Metrics(core.bus, core.tracker, core.engine.name)
     app[VOICE_LIBRARY] = core.voices
     for module in (speech, status, stream, voices, meta, docs, dashboard):
         app.router.add_routes(module.routes)

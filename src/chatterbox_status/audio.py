@@ -6,6 +6,7 @@ import io
 import struct
 import wave
 from dataclasses import dataclass, field
+from typing import BinaryIO
 from fractions import Fraction
 
 import av
@@ -149,12 +150,14 @@ class _Sink(io.BytesIO):
 class _Muxer:
     """One PyAV output container encoding mono audio into a compressed format, in memory."""
 
-    def __init__(self, response_format: str, sample_rate: int, live: bool) -> None:
+    def __init__(self, response_format: str, sample_rate: int, live: bool, target: BinaryIO | None = None) -> None:
         codec = _CODECS[response_format]
         self.sink = _Sink(seekable=not live)
         # Live: hand each packet over as soon as it is muxed rather than when PyAV's I/O buffer fills.
         options = {"flush_packets": "1", **codec.live_options} if live else {}
-        self._container = av.open(self.sink, mode="w", format=codec.container, container_options=options)
+        self._container = av.open(
+            self.sink if target is None else target, mode="w", format=codec.container, container_options=options
+        )
         # Frames at the source rate are resampled to the stream's rate by PyAV's encoder.
         self._stream = self._container.add_stream(codec.encoder, rate=codec.sample_rate or sample_rate, layout="mono")
         if codec.bit_rate:
@@ -267,3 +270,39 @@ class StreamEncoder:
             return head
         self._muxer.close()
         return head + self._muxer.sink.take()
+
+
+class FileEncoder:
+    """Encode audio piece by piece into an open binary file, whole and seekable, so the
+    result is a finished file (WAV sizes, FLAC checksum, MP3 gapless info) while no more
+    than one piece is ever in memory."""
+
+    def __init__(self, target: BinaryIO, response_format: str, sample_rate: int) -> None:
+        if response_format not in CONTENT_TYPES:
+            raise ValueError(f"unsupported response_format {response_format!r}")
+        self._target = target
+        self._wave: wave.Wave_write | None = None
+        self._muxer: _Muxer | None = None
+        if response_format == "wav":
+            self._wave = wave.open(target, "wb")
+            self._wave.setnchannels(1)
+            self._wave.setsampwidth(2)
+            self._wave.setframerate(sample_rate)
+        elif response_format in _CODECS:
+            self._muxer = _Muxer(response_format, sample_rate, live=False, target=target)
+            self._muxer.start()
+
+    def write(self, samples: np.ndarray) -> None:
+        if self._wave is not None:
+            self._wave.writeframes(to_pcm16(samples))
+        elif self._muxer is not None:
+            self._muxer.write(samples)
+        else:
+            self._target.write(to_pcm16(samples))
+
+    def close(self) -> None:
+        """Finish the file's headers and trailer (the file itself stays open)."""
+        if self._wave is not None:
+            self._wave.close()
+        elif self._muxer is not None:
+            self._muxer.close()

@@ -20,7 +20,8 @@ from .exceptions import Cancelled, EngineUnavailable, QueueFull
 from .planning import Planner, SpeechJob
 from .tracker import StatusTracker
 from .voices import VoiceLibrary
-from .worker import Job, Worker
+from .pipeline import Job, ProgressBook
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class Core:
         self.bus = EventBus(settings.event_replay_size, settings.sse_queue_size, settings.max_sse_subscribers)
         self.tracker = StatusTracker(settings.history_size)
         self.bus.add_listener(self.tracker.apply)
-        self.worker = Worker(engine, self.bus, settings.max_queue_size)
+        self.progress = ProgressBook(self.bus, self.tracker)
+        self.worker: Worker[Job] = Worker(engine, self.bus, settings.max_queue_size)
         self.voices = VoiceLibrary(Path(settings.voice_library_dir))
         self.planner = Planner(settings, engine, self.voices)
         self.started_at = time.time()
@@ -73,39 +75,58 @@ class Core:
         self.bus.close()
 
     async def _process(self, job: Job) -> None:
-        await pipeline.process(job, self.worker, self.tracker, self.settings.chunk_timeout)
+        await self.run_job(job)
+
+    async def run_job(self, job: Job) -> None:
+        """Through the pipeline; every MEMORY_CLEANUP_INTERVAL jobs, release memory."""
+        await pipeline.process(job, self.worker, self.settings.chunk_timeout)
         self._processed += 1
         interval = self.settings.memory_cleanup_interval
         if interval and self._processed % interval == 0:
             await self.worker.run(memory.release)
+
+    def check_engine(self) -> None:
+        """Refuse new work when the engine failed to load (the tracker knows)."""
+        if self.tracker.engine.get("state") == "error":
+            raise EngineUnavailable(self.tracker.engine.get("error") or "the engine failed to load")
 
     def submit(self, request_id: str, speech: SpeechJob, temporary_files: list[Path] | None = None) -> Job:
         """Queue a job (raises QueueFull, ShuttingDown or EngineUnavailable) and announce it.
 
         Await ``job.result`` for the audio; a streamed job's audio comes through ``job.stream``.
         """
-        if self.tracker.engine.get("state") == "error":
-            raise EngineUnavailable(self.tracker.engine.get("error") or "the engine failed to load")
+        self.check_engine()
+        stream: asyncio.Queue[bytes | None] | None = asyncio.Queue() if speech.stream_format else None
+        output = (
+            pipeline.StreamedOutput(speech.response_format, stream)
+            if stream is not None
+            else pipeline.BufferedOutput(speech.response_format)
+        )
         job = Job(
             request_id=request_id,
             text=speech.text,
             spoken=speech.spoken,
             voice=speech.voice,
             params=speech.params,
-            response_format=speech.response_format,
             chunking=speech.chunking,
+            output=output,
+            progress=self.progress.open(request_id, speech.text),
             result=asyncio.get_running_loop().create_future(),
-            stream=asyncio.Queue() if speech.stream_format else None,
+            stream=stream,
             temporary_files=temporary_files or [],
         )
         try:
             self.worker.submit(job)
         except QueueFull:
+            self.progress.forget(request_id)
             raise QueueFull(
                 f"The queue is full ({self.settings.max_queue_size} requests waiting); try again later",
                 retry_after=self._queue_wait(),
             ) from None
-        pipeline.Progress(job, self.bus, self.tracker).stage(
+        except BaseException:
+            self.progress.forget(request_id)
+            raise
+        job.progress.stage(
             "queued",
             "Waiting in queue",
             text_length=len(speech.text),
@@ -127,9 +148,8 @@ class Core:
         job = self.worker.cancel(request_id)
         if job is None:
             return False
-        record = self.tracker.find(request_id)
-        if record is not None and record.status == "queued":
-            pipeline.Progress(job, self.bus, self.tracker).finish("cancelled", "Cancelled")
+        if job.progress.status == "queued":
+            job.progress.finish("cancelled", "Cancelled")
             if not job.result.done():
                 job.result.set_exception(Cancelled(f"Request {request_id} was cancelled"))
             job.end()

@@ -1,11 +1,18 @@
-"""One request end to end: text -> chunks -> audio -> encoded bytes, announced on the bus.
+"""One request end to end: text -> chunks -> audio -> output, announced on the bus.
+
+There is one pipeline. Interactive requests, streamed requests and long-text jobs all run
+through :func:`process`; they differ only in their output (a whole file, a stream, chunk
+files on disk), their priority (interactive chunks go first; background chunks wait
+until no interactive request is queued or running) and where their state is stored.
 
 Every stage change is a ``status`` event and progress inside a stage a ``progress``
 event; each carries the full progress fields, so any subscriber can render a request
-from its latest event alone. The percentage is the honest share of generation work done
-(characters of finished chunks plus the engine's fraction of the current one), never
-goes backwards and reaches 100 only on completion; the estimated completion comes from
-measured seconds per character and never moves earlier.
+from its latest event alone. A request's figures are kept by one :class:`Progress` per
+request id (see :class:`ProgressBook`), across queueing, pause, resume and cancel: the
+percentage is the honest share of generation work done (characters of finished chunks
+plus the engine's fraction of the current one), never goes backwards and reaches 100
+only on completion; the estimated completion comes from measured seconds per character
+and never moves earlier.
 """
 
 from __future__ import annotations
@@ -14,17 +21,22 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import threading
 import time
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from . import audio, memory
-from .engines.base import Cancelled, EngineError
+from .engines.base import SynthesisParams, Voice
 from .events import EventBus
+from .exceptions import Cancelled, EngineError, EngineUnavailable
+from .text import Chunking
 from .tracker import PAUSED, TERMINAL_STATUSES, StatusTracker
-from .exceptions import EngineUnavailable
-from .worker import Job, Worker
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +52,11 @@ PROGRESS_EVENT_INTERVAL = 0.05
 # request's own measured pace, once it has finished a chunk.
 PRIOR_WEIGHT_CHARS = 200
 
+Priority = Literal["interactive", "background"]
+# Why a job was stopped: "cancel" ends it cancelled, "pause" leaves it paused, and
+# "shutdown" leaves it as it stands, to resume when the server starts again.
+StopReason = Literal["cancel", "pause", "shutdown"]
+
 
 def preview(text: str) -> str:
     return text if len(text) <= PREVIEW_LENGTH else text[:PREVIEW_LENGTH] + "..."
@@ -48,10 +65,11 @@ def preview(text: str) -> str:
 class Progress:
     """Publishes one request's status and progress events, keeping them monotonic."""
 
-    def __init__(self, job: Job, bus: EventBus, tracker: StatusTracker) -> None:
-        self.job = job
-        self.bus = bus
-        self.tracker = tracker
+    def __init__(self, book: ProgressBook, request_id: str, text: str) -> None:
+        self.book = book
+        self.request_id = request_id
+        self.text = text
+        self.created = time.time()
         self.status = "queued"
         self.step = "Waiting in queue"
         self.chunk_lengths: list[int] = []
@@ -65,15 +83,15 @@ class Progress:
 
     @property
     def total_chars(self) -> int:
-        return sum(self.chunk_lengths) or len(self.job.text)
+        return sum(self.chunk_lengths) or len(self.text)
 
     def _fields(self) -> dict[str, Any]:
         return {
-            "request_id": self.job.request_id,
+            "request_id": self.request_id,
             "status": self.status,
             "is_processing": self.status not in TERMINAL_STATUSES and self.status != PAUSED,
-            "duration_seconds": round(time.time() - self.job.created, 3),
-            "text_preview": preview(self.job.text),
+            "duration_seconds": round(time.time() - self.created, 3),
+            "text_preview": preview(self.text),
             "current_step": self.step,
             "current_chunk": self.current_chunk,
             "total_chunks": len(self.chunk_lengths),
@@ -83,8 +101,8 @@ class Progress:
 
     def _advance(self, percentage: float) -> None:
         self.percentage = max(self.percentage, round(min(percentage, 99.9), 1))
-        spc = self.tracker.seconds_per_char
-        if spc is None or self.status == "queued":
+        spc = self.book.tracker.seconds_per_char
+        if spc is None or self.status in ("queued", PAUSED):
             return
         if self.done_chars and self.generation_started is not None:
             own_pace = (time.perf_counter() - self.generation_started) / self.done_chars
@@ -93,13 +111,24 @@ class Progress:
         estimate = round(time.time() + remaining, 3)
         self.estimate = estimate if self.estimate is None else max(self.estimate, estimate)
 
+    def _generated_share(self) -> float:
+        return GENERATION_SHARE * self.done_chars / self.total_chars
+
     def stage(self, status: str, step: str, percentage: float | None = None, **extra: Any) -> None:
         self.status, self.step = status, step
         self._advance(self.percentage if percentage is None else percentage)
-        self.bus.publish("status", {**self._fields(), **extra})
+        self.book.bus.publish("status", {**self._fields(), **extra})
 
-    def plan(self, chunks: list[str]) -> None:
+    def plan(self, chunks: Sequence[str], done: Sequence[int] = ()) -> None:
+        """The request's chunks, and those already generated (a resumed long-text job)."""
         self.chunk_lengths = [len(c) for c in chunks]
+        self.done_chars = sum(self.chunk_lengths[i] for i in done)
+        self._advance(self._generated_share())
+
+    def redo(self, index: int) -> None:
+        """A finished chunk must be generated again (its file was lost); the percentage
+        already shown stays, the work still to do grows."""
+        self.done_chars -= self.chunk_lengths[index]
 
     def chunk_started(self, index: int) -> None:
         if self.generation_started is None:
@@ -112,7 +141,7 @@ class Progress:
         engine began before this request's events caught up are left out."""
         if self.status != "generating_audio" or index != self.current_chunk - 1:
             return
-        current = self.chunk_lengths[self.current_chunk - 1]
+        current = self.chunk_lengths[index]
         before = self.percentage
         self._advance(GENERATION_SHARE * (self.done_chars + fraction * current) / self.total_chars)
         now = time.monotonic()
@@ -123,61 +152,173 @@ class Progress:
         )
         if self.percentage != before and due:
             self.last_progress_event, self.reported_chunk = now, self.current_chunk
-            self.bus.publish("progress", self._fields())
+            self.book.bus.publish("progress", self._fields())
 
     def chunk_done(self) -> None:
         self.within_chunk(self.current_chunk - 1, 1.0)
         self.done_chars += self.chunk_lengths[self.current_chunk - 1]
 
+    def pause(self) -> None:
+        """Stopped, to go on later: the figures stay as they are, and so does this object."""
+        self.status, self.step = PAUSED, "Paused"
+        self.book.bus.publish("status", self._fields())
+
     def finish(self, status: str, step: str, **extra: Any) -> None:
+        """The terminal event, with the request's final figures."""
         self.status, self.step = status, step
         if status == "completed":
             self.percentage = 100.0
             self.estimate = round(time.time(), 3)
-        self.bus.publish("status", {**self._fields(), **extra})
+        self.book.forget(self.request_id)
+        self.book.bus.publish("status", {**self._fields(), **extra})
+
+
+class ProgressBook:
+    """The one Progress of each unfinished request id: whoever hands a request over
+    (queue, pause, resume, retry) takes its Progress from here, so its figures carry on."""
+
+    def __init__(self, bus: EventBus, tracker: StatusTracker) -> None:
+        self.bus = bus
+        self.tracker = tracker
+        self._open: dict[str, Progress] = {}
+
+    def open(self, request_id: str, text: str) -> Progress:
+        progress = self._open.get(request_id)
+        if progress is None:
+            progress = self._open[request_id] = Progress(self, request_id, text)
+        return progress
+
+    def forget(self, request_id: str) -> None:
+        self._open.pop(request_id, None)
+
+
+class Output(Protocol):
+    """Where a job's audio goes; the store's state changes are committed here, before the
+    pipeline announces them."""
+
+    samples: int
+
+    async def start(self, sample_rate: int, chunks: Sequence[str]) -> list[int]:
+        """Get ready; the indices of the chunks still to generate."""
+
+    async def chunk_started(self, index: int) -> None: ...
+
+    async def add(self, index: int, samples: np.ndarray) -> None: ...
+
+    async def check(self) -> list[int]:
+        """After the last chunk: the indices of chunks whose audio was lost and must be redone."""
+
+    async def finish(self, progress: Progress) -> bytes:
+        """The encoded result (b"" when the audio went elsewhere)."""
+
+    async def failed(self, message: str) -> None: ...
+
+    async def stopped(self, reason: StopReason) -> None: ...
+
+
+@dataclass(eq=False)
+class Job:
+    """One request on its way through the queue and the pipeline."""
+
+    request_id: str
+    text: str  # as the client sent it
+    voice: Voice
+    params: SynthesisParams
+    output: Output
+    progress: Progress
+    result: asyncio.Future[bytes]
+    priority: Priority = "interactive"
+    # Either the chunks, planned already (a long-text job's, kept in its store), or the
+    # normalised text and how to chunk it, planned here off the loop.
+    chunks: Sequence[str] | None = None
+    spoken: str = ""
+    chunking: Chunking | None = None
+    # For streamed responses: encoded audio pieces as they are ready, then None.
+    stream: asyncio.Queue[bytes | None] | None = None
+    # Set by request_cancel(): checked by the engine thread, and awaitable on the loop.
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_reason: StopReason = "cancel"
+    # Files that live exactly as long as the job (a one-off reference voice).
+    temporary_files: list[Path] = field(default_factory=list)
+
+    def request_cancel(self, reason: StopReason = "cancel") -> None:
+        if not self.cancel.is_set():
+            self.stop_reason = reason
+        self.cancel.set()
+        self.cancel_requested.set()
+
+    def end(self) -> None:
+        """Once the job reached its terminal status: close its stream, delete its files."""
+        if self.stream is not None:
+            self.stream.put_nowait(None)
+        for path in self.temporary_files:
+            path.unlink(missing_ok=True)
 
 
 class BufferedOutput:
     """Collects every chunk, then joins and encodes the whole file."""
 
-    def __init__(self, job: Job, sample_rate: int) -> None:
-        self.job = job
-        self.sample_rate = sample_rate
+    def __init__(self, response_format: str) -> None:
+        self.response_format = response_format
         self.pieces: list[np.ndarray] = []
         self.samples = 0
+        self.sample_rate = 0
 
-    async def add(self, samples: np.ndarray) -> None:
+    async def start(self, sample_rate: int, chunks: Sequence[str]) -> list[int]:
+        self.sample_rate = sample_rate
+        return list(range(len(chunks)))
+
+    async def chunk_started(self, index: int) -> None:
+        pass
+
+    async def add(self, index: int, samples: np.ndarray) -> None:
         self.pieces.append(samples)
+
+    async def check(self) -> list[int]:
+        return []
 
     async def finish(self, progress: Progress) -> bytes:
         progress.stage("concatenating", f"Combining {len(self.pieces)} audio chunks", CONCATENATING_AT)
         joined = await asyncio.to_thread(audio.join_chunks, self.pieces, self.sample_rate)
         self.samples = len(joined)
-        progress.stage("finalizing", f"Converting to {self.job.response_format}", FINALIZING_AT)
-        return await asyncio.to_thread(audio.encode, joined, self.sample_rate, self.job.response_format)
+        progress.stage("finalizing", f"Converting to {self.response_format}", FINALIZING_AT)
+        return await asyncio.to_thread(audio.encode, joined, self.sample_rate, self.response_format)
+
+    async def failed(self, message: str) -> None:
+        pass
+
+    async def stopped(self, reason: StopReason) -> None:
+        pass
 
 
-class StreamedOutput:
+class StreamedOutput(BufferedOutput):
     """Encodes each chunk as it arrives and hands the bytes to the response at once."""
 
-    def __init__(self, job: Job, sample_rate: int) -> None:
-        assert job.stream is not None
-        self.queue = job.stream
-        self.encoder = audio.StreamEncoder(job.response_format, sample_rate)
-        self.gap = np.zeros(int(round(audio.PAUSE_SECONDS * sample_rate)), dtype=np.float32)
-        self.samples = 0
-        self._send(self.encoder.header())
+    def __init__(self, response_format: str, queue: asyncio.Queue[bytes | None]) -> None:
+        super().__init__(response_format)
+        self.queue = queue
+        self.encoder: audio.StreamEncoder | None = None
+        self.gap = np.zeros(0, dtype=np.float32)
 
     def _send(self, data: bytes) -> None:
         if data:
             self.queue.put_nowait(data)
 
-    async def add(self, samples: np.ndarray) -> None:
+    async def start(self, sample_rate: int, chunks: Sequence[str]) -> list[int]:
+        self.gap = np.zeros(int(round(audio.PAUSE_SECONDS * sample_rate)), dtype=np.float32)
+        self.encoder = await asyncio.to_thread(audio.StreamEncoder, self.response_format, sample_rate)
+        self._send(await asyncio.to_thread(self.encoder.header))
+        return await super().start(sample_rate, chunks)
+
+    async def add(self, index: int, samples: np.ndarray) -> None:
+        assert self.encoder is not None
         piece = np.concatenate([self.gap, samples]) if self.samples else samples
         self.samples += len(piece)
         self._send(await asyncio.to_thread(self.encoder.feed, piece))
 
     async def finish(self, progress: Progress) -> bytes:
+        assert self.encoder is not None
         progress.stage("finalizing", "Finishing the audio stream", FINALIZING_AT)
         self._send(await asyncio.to_thread(self.encoder.finish))
         return b""
@@ -203,61 +344,51 @@ def _discard(call: asyncio.Future) -> None:
     call.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
-async def process(job: Job, worker: Worker, tracker: StatusTracker, chunk_timeout: float) -> None:
-    """Run one job to a terminal status; its future gets the encoded audio or the error.
+async def process(job: Job, worker: Worker, chunk_timeout: float) -> None:
+    """Run one job until it ends (completed, error, cancelled) or stops (paused, shut down).
 
-    A streamed job's audio goes out through ``job.stream`` chunk by chunk instead.
+    The job's future gets the encoded audio or the error; a streamed job's audio goes out
+    through ``job.stream`` chunk by chunk instead.
     """
-    progress = Progress(job, worker.bus, tracker)
+    progress, output = job.progress, job.output
     engine = worker.engine
     try:
         waiting = "Waiting for the model to load" if not worker.ready else "Starting request processing"
         progress.stage("initializing", waiting)
-        await worker.wait_loaded(job)
-        output = (StreamedOutput if job.stream is not None else BufferedOutput)(job, engine.sample_rate)
+        await worker.wait_loaded(job.cancel_requested)
         started = time.perf_counter()
-        progress.stage("processing_text", "Validating and preparing text")
-        text = job.spoken
-        progress.stage("chunking", "Splitting text into chunks")
-        chunks = job.chunking.plan(text)
-        progress.plan(chunks)
-        speed = job.params.speed
-        low, high = engine.speed_range or (1.0, 1.0)
-        native = low <= speed <= high
-        engine_params = job.params if native else dataclasses.replace(job.params, speed=1.0)
-
-        def submit(index: int) -> asyncio.Future[np.ndarray]:
-            report = worker.on_loop(functools.partial(progress.within_chunk, index))
-            return worker.run(engine.synthesize, chunks[index], job.voice, engine_params, report, job.cancel)
-
-        upcoming: asyncio.Future[np.ndarray] | None = submit(0)
-        try:
-            for index in range(len(chunks)):
-                if job.cancel.is_set():
-                    raise Cancelled()
-                progress.chunk_started(index)
-                call = upcoming
-                # The engine gets its next chunk now, and goes straight on to it when this
-                # one ends, however long the loop takes to hear of it.
-                upcoming = submit(index + 1) if index + 1 < len(chunks) else None
-                samples = await await_chunk(call, job, chunk_timeout)
-                if not native:
-                    samples = await asyncio.to_thread(audio.change_speed, samples, engine.sample_rate, speed)
-                await output.add(samples)
-                progress.chunk_done()
-        finally:
-            if upcoming is not None:  # the request ended early: its next chunk must not run
-                job.cancel.set()
-                _discard(upcoming)
+        if job.chunks is None:
+            assert job.chunking is not None
+            progress.stage("processing_text", "Validating and preparing text")
+            progress.stage("chunking", "Splitting text into chunks")
+            chunks: Sequence[str] = await asyncio.to_thread(job.chunking.plan, job.spoken)
+        else:
+            chunks = job.chunks
+        todo = await output.start(engine.sample_rate, chunks)
+        progress.plan(chunks, done=sorted(set(range(len(chunks))) - set(todo)))
+        generated = 0
+        while todo:
+            await _generate(job, worker, chunks, todo, chunk_timeout)
+            generated += sum(len(chunks[i]) for i in todo)
+            todo = await output.check()
+            for index in todo:
+                progress.redo(index)
         if job.cancel.is_set():  # cancelled while the last chunk was finishing
             raise Cancelled()
         data = await output.finish(progress)
     except Cancelled:
-        progress.finish("cancelled", "Cancelled")
-        _fail(job, Cancelled(f"Request {job.request_id} was cancelled"))
+        if job.stop_reason == "shutdown":
+            _fail(job, Cancelled("The server shut down"))
+        elif job.stop_reason == "pause":
+            await output.stopped("pause")
+            progress.pause()
+            _fail(job, Cancelled(f"Request {job.request_id} was paused"))
+        else:
+            await output.stopped("cancel")
+            progress.finish("cancelled", "Cancelled")
+            _fail(job, Cancelled(f"Request {job.request_id} was cancelled"))
     except EngineUnavailable as exc:
-        progress.finish("error", "Failed", error_message=str(exc))
-        _fail(job, exc)
+        await _failed(job, str(exc), exc)
     except Exception as exc:
         if memory.is_out_of_memory(exc):
             await worker.run(memory.release)
@@ -266,20 +397,67 @@ async def process(job: Job, worker: Worker, tracker: StatusTracker, chunk_timeou
             if not isinstance(exc, EngineError):
                 log.exception("request %s failed", job.request_id)
             message = f"Generation failed: {exc}"
-        progress.finish("error", "Failed", error_message=message)
-        _fail(job, EngineError(message))
+        await _failed(job, message, EngineError(message))
     else:
-        progress.finish(
-            "completed",
-            "Completed",
-            audio_duration_seconds=round(output.samples / engine.sample_rate, 3),
-            generation_seconds=time.perf_counter() - started,
-            generated_characters=len(text),
-        )
+        extra: dict[str, Any] = {"audio_duration_seconds": round(output.samples / engine.sample_rate, 3)}
+        if generated:
+            extra.update(generation_seconds=time.perf_counter() - started, generated_characters=generated)
+        progress.finish("completed", "Completed", **extra)
         if not job.result.done():
             job.result.set_result(data)
     finally:
         job.end()
+
+
+async def _generate(job: Job, worker: Worker, chunks: Sequence[str], todo: list[int], chunk_timeout: float) -> None:
+    """Speak the chunks ``todo`` into the job's output, in order.
+
+    An interactive job hands the engine its next chunk while it speaks the current one, so
+    the engine never idles between chunks waiting on a busy loop. A background job asks
+    for its turn before each chunk, so interactive requests wait at most one of its chunks.
+    """
+    progress, output, engine = job.progress, job.output, worker.engine
+    low, high = engine.speed_range or (1.0, 1.0)
+    speed = job.params.speed
+    native = low <= speed <= high
+    params = job.params if native else dataclasses.replace(job.params, speed=1.0)
+    ahead = job.priority == "interactive"
+
+    def submit(index: int) -> asyncio.Future[np.ndarray]:
+        report = worker.on_loop(functools.partial(progress.within_chunk, index))
+        return worker.run(engine.synthesize, chunks[index], job.voice, params, report, job.cancel)
+
+    upcoming = submit(todo[0]) if ahead else None
+    try:
+        for position, index in enumerate(todo):
+            if job.cancel.is_set():
+                raise Cancelled()
+            await output.chunk_started(index)
+            if not ahead:
+                await worker.turn(job.cancel_requested)
+                upcoming = submit(index)  # no await since the turn came: the engine is ours
+            progress.chunk_started(index)
+            call = upcoming
+            assert call is not None
+            upcoming = submit(todo[position + 1]) if ahead and position + 1 < len(todo) else None
+            samples = await await_chunk(call, job, chunk_timeout)
+            if not native:
+                samples = await asyncio.to_thread(audio.change_speed, samples, engine.sample_rate, speed)
+            await output.add(index, np.asarray(samples, dtype=np.float32).reshape(-1))
+            progress.chunk_done()
+    finally:
+        if upcoming is not None:  # the request ended early: its next chunk must not run
+            job.cancel.set()
+            _discard(upcoming)
+
+
+async def _failed(job: Job, message: str, exc: Exception) -> None:
+    try:
+        await job.output.failed(message)
+    except Exception:
+        log.exception("request %s: its failure could not be stored", job.request_id)
+    job.progress.finish("error", "Failed", error_message=message)
+    _fail(job, exc)
 
 
 def _fail(job: Job, exc: Exception) -> None:

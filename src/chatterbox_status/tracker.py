@@ -194,6 +194,11 @@ class StatusTracker:
     def is_processing(self) -> bool:
         return bool(self._active)
 
+    @property
+    def active_count(self) -> int:
+        """Requests queued or running (a paused job is neither)."""
+        return len(self._active)
+
     def current(self) -> RequestRecord | None:
         """The request the engine is on: the oldest one past the queue, else the head of the queue."""
         running = next((r for r in self._active.values() if r.status != QUEUED), None)

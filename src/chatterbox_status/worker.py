@@ -12,16 +12,13 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .engines.base import Engine, SynthesisParams, Voice
-from .exceptions import Cancelled, EngineUnavailable, QueueFull, ShuttingDown
 from .events import EventBus
-from .text import Chunking
+from .exceptions import Cancelled, EngineUnavailable, QueueFull, ShuttingDown
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,81 +27,59 @@ T = TypeVar("T")
 WARM_UP_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away."
 
 
-@dataclass(eq=False)
-class Job:
-    """One speech request on its way through the queue and the pipeline."""
+class Queued(Protocol):
+    """What the queue needs of a job."""
 
     request_id: str
-    text: str  # as the client sent it
-    spoken: str  # normalised: what the engine speaks
-    voice: Voice
-    params: SynthesisParams
-    response_format: str
-    chunking: Chunking
-    result: asyncio.Future[bytes]
-    # For streamed responses: encoded audio pieces as they are ready, then None.
-    stream: asyncio.Queue[bytes | None] | None = None
-    # Set by request_cancel(): checked by the engine thread, and awaitable on the loop.
-    cancel: threading.Event = field(default_factory=threading.Event)
-    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
-    created: float = field(default_factory=time.time)
-    # Files that live exactly as long as the job (a one-off reference voice).
-    temporary_files: list[Path] = field(default_factory=list)
 
-    def request_cancel(self) -> None:
-        self.cancel.set()
-        self.cancel_requested.set()
-
-    def end(self) -> None:
-        """Once the job reached its terminal status: close its stream, delete its files."""
-        if self.stream is not None:
-            self.stream.put_nowait(None)
-        for path in self.temporary_files:
-            path.unlink(missing_ok=True)
+    def request_cancel(self) -> None: ...
 
 
-class JobQueue:
+Q = TypeVar("Q", bound=Queued)
+
+
+class JobQueue(Generic[Q]):
     """A bounded FIFO; submit, cancel, ids and next are all a shared queue must offer
     (positions are the tracker's, folded from the events)."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._jobs: collections.OrderedDict[str, Q] = collections.OrderedDict()
         self._nonempty = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Q) -> None:
         if len(self._jobs) >= self.maxsize:
             raise QueueFull()
         self._jobs[job.request_id] = job
         self._nonempty.set()
 
-    def cancel(self, request_id: str) -> Job | None:
+    def cancel(self, request_id: str) -> Q | None:
         return self._jobs.pop(request_id, None)
 
     def ids(self) -> list[str]:
         return list(self._jobs)
 
-    def get(self, request_id: str) -> Job | None:
+    def get(self, request_id: str) -> Q | None:
         return self._jobs.get(request_id)
 
-    async def next(self) -> Job:
+    async def next(self) -> Q:
         while not self._jobs:
             self._nonempty.clear()
             await self._nonempty.wait()
         return self._jobs.popitem(last=False)[1]
 
 
-class Worker:
+class Worker(Generic[Q]):
     """Loads the engine in the background, then runs queued jobs one at a time."""
 
     def __init__(self, engine: Engine, bus: EventBus, max_queue_size: int) -> None:
         self.engine = engine
         self.bus = bus
-        self.queue = JobQueue(max_queue_size)
-        self.current: Job | None = None
+        self.queue: JobQueue[Q] = JobQueue(max_queue_size)
+        self.current: Q | None = None
         self.load_error: str | None = None
         self.accepting = True
         self._idle = asyncio.Event()
@@ -118,7 +93,7 @@ class Worker:
     def ready(self) -> bool:
         return self._loaded.is_set() and self.load_error is None
 
-    def start(self, process: Callable[[Job], Any]) -> None:
+    def start(self, process: Callable[[Q], Awaitable[None]]) -> None:
         """Start loading the model and consuming jobs with ``process`` (the pipeline)."""
         self._loop = asyncio.get_running_loop()
         self._tasks = [
@@ -138,16 +113,18 @@ class Worker:
         assert self._loop is not None
         return self._loop.run_in_executor(self._executor, fn, *args)
 
-    async def run_background(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the engine thread once no interactive job is queued or running.
+    async def turn(self, cancel_requested: asyncio.Event) -> None:
+        """Return once no interactive job is queued or running (raises Cancelled if
+        ``cancel_requested`` is set first).
 
-        Background work (long-text chunks) yields to interactive requests: it starts only
-        while the worker is idle, so a waiting request is delayed by at most one such call.
-        The idle check and the hand-off to the executor happen with no await in between.
+        Background work (long-text chunks) yields to interactive requests: a caller hands
+        its chunk to :meth:`run` right after this returns, with no await in between, so a
+        waiting request is delayed by at most one such chunk.
         """
         while not self._idle.is_set():
-            await self._idle.wait()
-        return await self.run(fn, *args)
+            await _first_of(self._idle, cancel_requested)
+            if cancel_requested.is_set():
+                raise Cancelled()
 
     def on_loop(self, fn: Callable[..., None]) -> Callable[..., None]:
         """Wrap ``fn`` so that calling it from the engine thread runs it on the loop."""
@@ -159,21 +136,17 @@ class Worker:
 
         return hop
 
-    async def wait_loaded(self, job: Job | None = None) -> None:
-        """Wait for the model (raises EngineUnavailable if it failed to load), unless ``job``
-        is cancelled first (raises Cancelled)."""
-        waits = {asyncio.ensure_future(self._loaded.wait())}
-        if job is not None:
-            waits.add(asyncio.ensure_future(job.cancel_requested.wait()))
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
-        if job is not None and job.cancel.is_set():
+    async def wait_loaded(self, cancel_requested: asyncio.Event | None = None) -> None:
+        """Wait for the model (raises EngineUnavailable if it failed to load), unless
+        ``cancel_requested`` is set first (raises Cancelled)."""
+        await _first_of(self._loaded, *([cancel_requested] if cancel_requested is not None else []))
+        if cancel_requested is not None and cancel_requested.is_set():
             raise Cancelled()
         if self.load_error is not None:
             raise EngineUnavailable(self.load_error)
 
-    def submit(self, job: Job) -> None:
+
+    def submit(self, job: Q) -> None:
         if not self.accepting:
             raise ShuttingDown()
         self.queue.submit(job)
@@ -183,7 +156,7 @@ class Worker:
         """Wait until no job is queued or running."""
         await self._idle.wait()
 
-    def cancel(self, request_id: str) -> Job | None:
+    def cancel(self, request_id: str) -> Q | None:
         """Cancel a queued or running job; returns it, or None when it is neither."""
         job = self.queue.cancel(request_id)
         if job is None and self.current is not None and self.current.request_id == request_id:
@@ -235,7 +208,7 @@ class Worker:
             threading.Event(),
         )
 
-    async def _consume(self, process: Callable[[Job], Any]) -> None:
+    async def _consume(self, process: Callable[[Q], Awaitable[None]]) -> None:
         while True:
             job = await self.queue.next()
             self.current = job
@@ -247,3 +220,13 @@ class Worker:
                 self.current = None
                 if not self.queue:
                     self._idle.set()
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Until the first of ``events`` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -239,33 +239,7 @@ def _created(request: web.Request, job: JobRecord, message: str) -> dict[str, An
 
 @route("GET", "/audio/speech/long-history/stats")
 async def history_stats(request: web.Request) -> web.Response:
-    jobs = await _manager(request).all_jobs()
-    completed = [j for j in jobs if j.status == COMPLETED]
-    failed = [j for j in jobs if j.status == FAILED]
-    voices: dict[str, int] = {}
-    months: dict[str, int] = {}
-    for job in jobs:
-        voices[job.voice] = voices.get(job.voice, 0) + 1
-        month = datetime.fromtimestamp(job.created_at, timezone.utc).strftime("%Y-%m")
-        months[month] = months.get(month, 0) + 1
-    ended = len(completed) + len(failed)
-    return web.json_response(
-        {
-            "total_jobs": len(jobs),
-            "completed_jobs": len(completed),
-            "failed_jobs": len(failed),
-            "total_audio_duration_seconds": round(sum(j.output_duration_seconds or 0.0 for j in completed), 3),
-            "total_storage_bytes": sum(j.output_size_bytes or 0 for j in completed),
-            "average_processing_time_seconds": round(
-                sum(j.total_processing_time_ms for j in completed) / 1000 / len(completed), 3
-            )
-            if completed
-            else 0.0,
-            "success_rate_percentage": round(100.0 * len(completed) / ended, 1) if ended else 0.0,
-            "most_used_voice": max(voices, key=voices.get) if voices else None,
-            "jobs_by_month": months,
-        }
-    )
+    return web.json_response(await _manager(request).stats())
 
 
 async def _job_list(request: web.Request, default_limit: int) -> web.Response:

@@ -26,7 +26,7 @@ from ..exceptions import Conflict, InvalidInput, NotFound, Refusal
 from ..planning import SpeechJob
 from ..schemas.speech import SpeechRequest
 from ..state import CORE
-from ..worker import Job
+from ..pipeline import Job
 from .bodies import parse, parse_form, read_json_object, request_id_from
 from .forms import read_form
 from .params import aliased
@@ -104,7 +104,7 @@ async def run_speech(
         raise
     send = {None: send_file, "audio": send_audio_stream, "sse": send_sse_stream}[speech.stream_format]
     try:
-        return await send(request, job)
+        return await send(request, job, speech.response_format)
     except (asyncio.CancelledError, ConnectionResetError):
         # The client went away: its request stops too, and frees the engine.
         job.result.cancel()
@@ -120,29 +120,29 @@ def _job_error(job: Job, exc: Refusal):
     return from_refusal(exc, headers={"X-Request-ID": job.request_id})
 
 
-async def send_file(request: web.Request, job: Job) -> web.Response:
+async def send_file(request: web.Request, job: Job, response_format: str) -> web.Response:
     try:
         data = await job.result
     except Refusal as exc:
         raise _job_error(job, exc) from None
     return web.Response(
         body=data,
-        content_type=audio.CONTENT_TYPES[job.response_format],
+        content_type=audio.CONTENT_TYPES[response_format],
         headers={
             "X-Request-ID": job.request_id,
-            "Content-Disposition": f'attachment; filename="speech.{job.response_format}"',
+            "Content-Disposition": f'attachment; filename="speech.{response_format}"',
         },
     )
 
 
-async def send_audio_stream(request: web.Request, job: Job) -> web.StreamResponse:
+async def send_audio_stream(request: web.Request, job: Job, response_format: str) -> web.StreamResponse:
     """Chunked audio as it is encoded; a failure aborts the transfer, so it cannot pass for whole."""
     assert job.stream is not None
     response = web.StreamResponse(
         headers={
-            "Content-Type": audio.CONTENT_TYPES[job.response_format],
+            "Content-Type": audio.CONTENT_TYPES[response_format],
             "X-Request-ID": job.request_id,
-            "Content-Disposition": f'attachment; filename="speech.{job.response_format}"',
+            "Content-Disposition": f'attachment; filename="speech.{response_format}"',
         }
     )
     response.enable_chunked_encoding()
@@ -159,7 +159,7 @@ async def send_audio_stream(request: web.Request, job: Job) -> web.StreamRespons
     return response
 
 
-async def send_sse_stream(request: web.Request, job: Job) -> web.StreamResponse:
+async def send_sse_stream(request: web.Request, job: Job, response_format: str) -> web.StreamResponse:
     """OpenAI's speech events: ``speech.audio.delta`` per piece, then ``speech.audio.done``."""
     assert job.stream is not None
     async with sse_response(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import Settings
 
@@ -10,16 +12,21 @@ from ..config import Settings
 CLEANUP_INTERVAL = 3600.0
 
 
+def _default(name: str) -> Any:
+    """The Settings field's own default: one place for every default."""
+    return next(f.default for f in dataclasses.fields(Settings) if f.name == name)
+
+
 @dataclass(frozen=True)
 class LongTextConfig:
-    data_dir: str = "./data"
-    max_length: int = 100_000
-    max_concurrent_jobs: int = 1
+    data_dir: str = _default("data_dir")
+    max_length: int = _default("long_text_max_length")
+    max_concurrent_jobs: int = _default("long_text_max_concurrent_jobs")
     # 0: no quota.
-    max_disk_mb: float = 2048.0
+    max_disk_mb: float = _default("long_text_max_disk_mb")
     # 0: keep finished jobs for ever.
-    retention_days: float = 7.0
-    silence_padding_ms: int = 200
+    retention_days: float = _default("long_text_job_retention_days")
+    silence_padding_ms: int = _default("long_text_silence_padding_ms")
     cleanup_interval: float = CLEANUP_INTERVAL
 
     @classmethod

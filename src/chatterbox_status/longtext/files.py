@@ -30,14 +30,17 @@ def write_atomic(path: Path, data: bytes | None = None, samples: np.ndarray | No
     """Write bytes or a float32 array to ``path`` so that a crash leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
-        if samples is not None:
-            np.save(out, np.asarray(samples, dtype=np.float32).reshape(-1), allow_pickle=False)
-        else:
-            out.write(data or b"")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as out:
+            if samples is not None:
+                np.save(out, np.asarray(samples, dtype=np.float32).reshape(-1), allow_pickle=False)
+            else:
+                out.write(data or b"")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:  # a failed write (a full disk) leaves nothing behind
+        tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     return path.stat().st_size
 

@@ -8,13 +8,19 @@ under a lock, so calls from several threads are serialised.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..exceptions import OutOfSpace
+
+log = logging.getLogger(__name__)
 
 PENDING = "pending"
 CHUNKING = "chunking"
@@ -133,12 +139,21 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = _connect(path)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_full(exc):
+                raise OutOfSpace(f"The long-text database cannot be opened: {exc}") from exc
+            # Not a database any more: keep it for whoever wants to look, and start afresh,
+            # as a corrupt voice index is. Jobs in it are lost to this server.
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                source = path.with_name(path.name + suffix)
+                if source.exists():
+                    source.replace(aside.with_name(aside.name + suffix))
+            log.error("long-text database %s is corrupt (%s): set aside as %s, starting a new one", path, exc, aside)
+            self._db = _connect(path)
+
 
     def close(self) -> None:
         with self._lock:
@@ -219,10 +234,36 @@ class JobStore:
             rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
         return {r[0]: r[1] for r in rows}
 
-    def all_jobs(self) -> list[JobRecord]:
+    def stats(self) -> dict[str, Any]:
+        """Totals over every job, by SQL aggregates (never loading a job's text)."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at").fetchall()
-        return [_job(r) for r in rows]
+            totals = self._db.execute(
+                "SELECT COUNT(*), SUM(status = ?), SUM(status = ?), "
+                "SUM(CASE WHEN status = ? THEN COALESCE(output_duration_seconds, 0) END), "
+                "SUM(CASE WHEN status = ? THEN COALESCE(output_size_bytes, 0) END), "
+                "AVG(CASE WHEN status = ? THEN total_processing_time_ms END) FROM jobs",
+                (COMPLETED, FAILED, COMPLETED, COMPLETED, COMPLETED),
+            ).fetchone()
+            voice = self._db.execute(
+                "SELECT voice FROM jobs GROUP BY voice ORDER BY COUNT(*) DESC, MIN(created_at) LIMIT 1"
+            ).fetchone()
+            months = self._db.execute(
+                "SELECT strftime('%Y-%m', created_at, 'unixepoch') AS month, COUNT(*) FROM jobs GROUP BY month ORDER BY month"
+            ).fetchall()
+        total, completed, failed, duration, size, average_ms = totals
+        completed, failed = completed or 0, failed or 0
+        ended = completed + failed
+        return {
+            "total_jobs": total,
+            "completed_jobs": completed,
+            "failed_jobs": failed,
+            "total_audio_duration_seconds": round(duration or 0.0, 3),
+            "total_storage_bytes": size or 0,
+            "average_processing_time_seconds": round(average_ms / 1000, 3) if average_ms is not None else 0.0,
+            "success_rate_percentage": round(100.0 * completed / ended, 1) if ended else 0.0,
+            "most_used_voice": voice[0] if voice else None,
+            "jobs_by_month": {month: count for month, count in months},
+        }
 
     # -- chunks ------------------------------------------------------------------
 
@@ -268,6 +309,33 @@ class JobStore:
                 "UPDATE jobs SET completed_chunks = (SELECT COUNT(*) FROM chunks WHERE job_id = ? AND done = 1), updated_at = ? WHERE job_id = ?",
                 (job_id, now, job_id),
             )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    try:
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+
+
+def storage_errors(exc: BaseException) -> BaseException:
+    """A full disk, however it shows (sqlite or the OS), as the OutOfSpace refusal."""
+    if isinstance(exc, sqlite3.OperationalError) and _is_full(exc):
+        return OutOfSpace(f"The long-text storage is out of space: {exc}")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfSpace(f"The long-text storage is out of space: {exc.strerror}")
+    return exc
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
