@@ -5,8 +5,9 @@ debootstrap when missing, makes a local Debian base image (ensure_podman.sh) and
 in CHATTERBOX_STATUS_BASE_IMAGE; any other run (the `tests` env, a plain `pytest`) does
 not collect this folder. No registry is reachable and `podman run` cannot set rlimits
 here, so the image is built FROM that base and run with `buildah run --isolation=chroot`,
-which shares the host's network: the server binds 0.0.0.0 as the image says, on a free
-port, and the tests speak to it on 127.0.0.1 only.
+which shares the host's network. So that a test server is never reachable from outside
+this machine, it runs the image's own command with HOST=127.0.0.1 and a free PORT; the
+image's 0.0.0.0 default is checked in its config instead.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def server(image, container, tmp_path_factory) -> Iterator[tuple[str, int]]:
     log_path = tmp_path_factory.mktemp("container") / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            run_in(container, command, {"PORT": str(port)}),
+            run_in(container, command, {"HOST": "127.0.0.1", "PORT": str(port)}),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"

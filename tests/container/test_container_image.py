@@ -72,7 +72,7 @@ def test_the_server_from_the_image_speaks_and_the_status_api_counts_it(server):
     health = json.loads(raw)
     assert (status, health["status"], health["engine"]["name"]) == (200, "healthy", "hibari"), health
     _, _, raw = http("GET", f"{base}/config")
-    assert json.loads(raw)["server"] == {"host": "0.0.0.0", "port": port, "version": health["version"]}
+    assert json.loads(raw)["server"] == {"host": "127.0.0.1", "port": port, "version": health["version"]}
 
     _, _, raw = http("GET", f"{base}/status/statistics")
     before = json.loads(raw)
