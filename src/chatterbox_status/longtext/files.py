@@ -3,6 +3,7 @@ atomically (temporary name, fsync, rename, fsync of the folder)."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -31,11 +32,13 @@ def write_atomic(path: Path, data: bytes | None = None, samples: np.ndarray | No
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        if samples is not None:
+            # Through memory, so a full disk fails as the OS says it (ENOSPC), not as numpy's short write.
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(samples, dtype=np.float32).reshape(-1), allow_pickle=False)
+            data = buffer.getvalue()
         with open(tmp, "wb") as out:
-            if samples is not None:
-                np.save(out, np.asarray(samples, dtype=np.float32).reshape(-1), allow_pickle=False)
-            else:
-                out.write(data or b"")
+            out.write(data or b"")
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

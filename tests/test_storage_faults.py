@@ -1,0 +1,110 @@
+"""Storage that fails: a full disk and a corrupt jobs database, on the real filesystem.
+
+The full disk is a tiny tmpfs mounted in a mount namespace of the server's own
+(``unshare -m``), so nothing outside the test sees it; the test reads the server's view
+of it through /proc/PID/root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import clean_environ, free_port, http, stop, wait_healthy
+
+TEXT = " ".join(f"Sentence number {n} of a story that will not fit on this very small disk." for n in range(1, 40))
+
+
+def can_mount() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.fixture
+def full_disk_server(tmp_path):
+    if not can_mount():
+        pytest.skip("needs root and unshare to mount a tiny filesystem in a private namespace")
+    data = tmp_path / "data"
+    data.mkdir()
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    env = {k: v for k, v in clean_environ().items() if not k.startswith("LONG_TEXT_")}
+    env.update(DATA_DIR=str(data), MAX_CHUNK_LENGTH="90", ENGINE="hibari", LONG_TEXT_MAX_DISK_MB="0")
+    serve = f"exec {sys.executable} -m chatterbox_status serve --host 127.0.0.1 --port {port}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=900k tmpfs '{data}' && {serve}"],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, process, log_path, deadline_s=90)
+        yield base, process, data
+    finally:
+        stop(process)
+
+
+def get(base: str, path: str) -> dict:
+    status, _, raw = http("GET", base + path)
+    assert status == 200, raw[:300]
+    return json.loads(raw)
+
+
+def test_a_full_disk_fails_the_job_once_and_leaves_no_phantom(full_disk_server):
+    base, process, data = full_disk_server
+    status, _, raw = http("POST", base + "/audio/speech/long", {"input": TEXT, "response_format": "wav"})
+    assert status == 200, raw
+    job_id = json.loads(raw)["job_id"]
+    deadline = time.monotonic() + 120
+    while (view := get(base, f"/audio/speech/long/{job_id}"))["status"] not in ("failed", "completed"):
+        assert process.poll() is None, "the server died"
+        assert time.monotonic() < deadline, view
+        time.sleep(0.05)  # poll interval; the deadline decides
+    assert view["status"] == "failed"
+    assert "space" in (view["progress"]["error"] or ""), view
+    record = get(base, f"/status/requests/{job_id}")
+    assert record["status"] == "error" and "space" in record["error_message"]
+    assert get(base, "/status/progress")["status"] == "idle"
+    stats = get(base, "/status/statistics")
+    assert (stats["total_requests"], stats["error_requests"], stats["is_processing"]) == (1, 1, False)
+    _, _, metrics = http("GET", base + "/metrics")
+    active = next(line for line in metrics.decode().splitlines() if line.startswith("chatterbox_requests_active"))
+    assert float(active.rsplit(" ", 1)[1]) == 0
+    status, _, raw = http("DELETE", base + f"/audio/speech/long/{job_id}")
+    assert status == 409, raw  # it really ended: nothing left to cancel
+    # The server's own view of its disk: no temporary file was left behind.
+    seen = Path(f"/proc/{process.pid}/root") / str(data).lstrip("/")
+    leftovers = [p.name for p in seen.rglob("*.tmp")]
+    assert leftovers == []
+    # A new job on the full disk is refused as out of space, and speech still works.
+    status, _, raw = http("POST", base + "/audio/speech/long", {"input": TEXT, "response_format": "wav"})
+    assert status in (200, 507), raw
+    status, _, audio = http("POST", base + "/v1/audio/speech", {"input": "Still speaking."})
+    assert status == 200 and audio[:4] == b"RIFF"
+
+
+async def test_a_corrupt_jobs_database_is_set_aside_and_speech_goes_on(aiohttp_client, tmp_path, caplog):
+    from doubles import ScriptedEngine
+    from test_long_text import build_app
+
+    db = tmp_path / "data" / "long_text" / "jobs.sqlite3"
+    db.parent.mkdir(parents=True)
+    db.write_bytes(os.urandom(8192))
+    client = await aiohttp_client(build_app(ScriptedEngine(), tmp_path / "data", tmp_path / "voices"))
+    resp = await client.post("/audio/speech/long", json={"input": "A job on a fresh database.", "response_format": "wav"})
+    assert resp.status == 200, await resp.text()
+    job_id = (await resp.json())["job_id"]
+    assert (await client.get(f"/audio/speech/long/{job_id}")).status == 200
+    aside = [p.name for p in db.parent.iterdir() if ".corrupt-" in p.name]
+    assert aside and aside[0].startswith("jobs.sqlite3.corrupt-")
+    assert any("corrupt" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    resp = await client.post("/v1/audio/speech", json={"input": "Interactive speech works too."})
+    assert resp.status == 200
