@@ -460,13 +460,16 @@ async def test_jobs_beyond_the_concurrency_limit_wait_pending(make_long):
 
 
 async def test_disk_quota_stops_a_job_and_refuses_new_ones_with_507(make_long):
-    # One chunk of scripted audio is about 57 kB of float32: over a 50 kB quota.
-    client = await make_long(ScriptedEngine(), max_disk_mb=0.05)
+    # Text that speaks far slower than prose (numbers do): its estimate (about 1.1 MB)
+    # fits a 1.5 MB quota, its audio (about 0.9 MB of float32 a chunk) does not.
+    engine = ScriptedEngine()
+    engine.seconds_per_char = 0.3
+    client = await make_long(engine, max_disk_mb=1.5)
     job_id = (await submit(client))["job_id"]
     view = await finished(client, job_id)
     assert view["status"] == "failed"
     assert "LONG_TEXT_MAX_DISK_MB" in view["progress"]["error"]
-    assert view["progress"]["completed_chunks"] == 1
+    assert view["progress"]["completed_chunks"] == 2
     resp = await client.post("/audio/speech/long", json={"input": TEXT})
     assert resp.status == 507
     error = error_of(await resp.json())
@@ -596,3 +599,43 @@ async def test_pausing_and_resuming_a_job_counts_it_once_in_the_statistics(make_
     assert (await (await client.get(f"/audio/speech/long/{job_id}")).json())["status"] == "completed"
     stats = await (await client.get("/status/statistics")).json()
     assert (stats["total_requests"], stats["completed_requests"], stats["cancelled_requests"]) == (1, 1, 0)
+
+
+async def test_pending_jobs_are_bounded_by_max_queue_size(make_long):
+    """Jobs accepted and not finished count against MAX_QUEUE_SIZE: one more is a 429
+    with Retry-After, and room comes back when one of them ends."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, max_pending_jobs=2)
+    first = (await submit(client))["job_id"]
+    await submit(client)
+    resp = await client.post("/audio/speech/long", json={"input": TEXT, "chunk_size": CHUNK})
+    assert resp.status == 429
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert error_of(await resp.json())["type"] == "queue_full"
+    assert (await client.get("/audio/speech/long")).status == 200  # still serving
+    resp = await client.delete(f"/audio/speech/long/{first}")
+    assert resp.status == 200
+    await submit(client)  # the cancelled job made room
+
+
+async def test_a_job_of_mostly_silence_is_refused_before_it_is_accepted(make_long, tmp_path):
+    """'Hi. ' x 300 in 20-character chunks with 10 s between them asked for 830 s of audio,
+    nearly all silence: a clear 400 naming silence_padding_ms, and nothing stored."""
+    client = await make_long(ScriptedEngine())
+    body = {"input": "Hi. " * 300, "chunk_size": 20, "silence_padding_ms": 10_000, "response_format": "wav"}
+    resp = await client.post("/audio/speech/long", json=body)
+    assert resp.status == 400
+    error = error_of(await resp.json())
+    assert (error["param"], error["code"]) == ("silence_padding_ms", "output_too_long")
+    listing = await (await client.get("/audio/speech/long")).json()
+    assert listing["total_jobs"] == 0
+    body["silence_padding_ms"] = 200  # the same text with ordinary pauses is fine
+    assert (await client.post("/audio/speech/long", json=body)).status == 200
+
+
+async def test_a_job_that_would_not_fit_the_disk_quota_is_refused_with_507(make_long):
+    client = await make_long(ScriptedEngine(), max_disk_mb=1)
+    resp = await client.post("/audio/speech/long", json={"input": TEXT * 20, "response_format": "wav"})
+    assert resp.status == 507
+    assert "would need" in error_of(await resp.json())["message"]
+    assert (await client.post("/audio/speech/long", json={"input": SENTENCES[0], "response_format": "wav"})).status == 200

@@ -57,6 +57,15 @@ _CODECS = {
 }
 
 
+def bytes_per_second(response_format: str, sample_rate: int) -> float:
+    """About how many bytes a second of audio takes in ``response_format`` (at most, for
+    lossless formats), for estimates of the disk a job needs."""
+    codec = _CODECS.get(response_format)
+    if codec is None or codec.bit_rate is None:
+        return 2.0 * sample_rate  # 16-bit PCM (wav, pcm; FLAC is no larger)
+    return codec.bit_rate / 8
+
+
 def join_chunks(pieces: list[np.ndarray], sample_rate: int, pause_seconds: float = PAUSE_SECONDS) -> np.ndarray:
     """Concatenate chunk audio with a short pause between chunks."""
     if not pieces:

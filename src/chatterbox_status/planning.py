@@ -26,6 +26,10 @@ FIRST_STREAMED_CHUNK_LENGTH = 100
 STREAMING_QUALITY_CHUNK_SIZES = {"fast": 100, "balanced": 200, "high": 300}
 # chatterbox-tts-api's long-text quality_preset without chunk_size.
 LONG_TEXT_QUALITY_CHUNK_SIZES = {"fast": 200, "balanced": 280, "high": 350}
+# Seconds of speech a character of ordinary prose takes, for estimates (hibari: 0.06).
+SPEECH_SECONDS_PER_CHAR = 0.06
+# A job's silence between chunks may be as long as its speech, or this many seconds.
+SILENCE_ALLOWANCE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,19 @@ class LongTextPlan:
     speech: SpeechJob
     chunks: list[str]
     silence_padding_ms: int
+
+    @property
+    def speech_seconds(self) -> float:
+        """About how long its speech will be."""
+        return len(self.speech.spoken) * SPEECH_SECONDS_PER_CHAR / self.speech.params.speed
+
+    @property
+    def silence_seconds(self) -> float:
+        return max(len(self.chunks) - 1, 0) * self.silence_padding_ms / 1000.0
+
+    @property
+    def output_seconds(self) -> float:
+        return self.speech_seconds + self.silence_seconds
 
 
 class Planner:
@@ -137,7 +154,17 @@ class Planner:
             {**speech.parameters_view, "chunk_size": size, "chunking_strategy": strategy, "silence_padding_ms": padding},
             chunking,
         )
-        return LongTextPlan(speech, chunking.plan(speech.spoken), padding)
+        plan = LongTextPlan(speech, chunking.plan(speech.spoken), padding)
+        allowed = max(plan.speech_seconds, SILENCE_ALLOWANCE_SECONDS)
+        if plan.silence_seconds > allowed:
+            raise InvalidInput(
+                f"{len(plan.chunks)} chunks with {padding} ms of silence between them would make {plan.silence_seconds:.0f} s "
+                f"of silence around about {plan.speech_seconds:.0f} s of speech (at most {allowed:.0f} s); "
+                "use a larger chunk_size or less silence_padding_ms",
+                param="silence_padding_ms",
+                code="output_too_long",
+            )
+        return plan
 
 
 def spoken_text(text: str, max_length: int) -> str:

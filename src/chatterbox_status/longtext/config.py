@@ -22,6 +22,9 @@ class LongTextConfig:
     data_dir: str = _default("data_dir")
     max_length: int = _default("long_text_max_length")
     max_concurrent_jobs: int = _default("long_text_max_concurrent_jobs")
+    # Jobs accepted and not finished (generating or pending) before a new one is a 429:
+    # MAX_QUEUE_SIZE, the same bound as interactive requests waiting for the engine.
+    max_pending_jobs: int = _default("max_queue_size")
     # 0: no quota.
     max_disk_mb: float = _default("long_text_max_disk_mb")
     # 0: keep finished jobs for ever.
@@ -35,6 +38,7 @@ class LongTextConfig:
             data_dir=settings.data_dir,
             max_length=settings.long_text_max_length,
             max_concurrent_jobs=settings.long_text_max_concurrent_jobs,
+            max_pending_jobs=settings.max_queue_size,
             max_disk_mb=settings.long_text_max_disk_mb,
             retention_days=settings.long_text_job_retention_days,
             silence_padding_ms=settings.long_text_silence_padding_ms,

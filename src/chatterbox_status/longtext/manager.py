@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import audio
 from ..engines.base import SynthesisParams
-from ..exceptions import Conflict, NotFound, OutOfSpace
+from ..exceptions import Conflict, NotFound, OutOfSpace, QueueFull
 from ..pipeline import Job, Progress, StopReason, preview
 from ..planning import LongTextPlan
 from . import files
@@ -127,20 +128,32 @@ class LongTextManager:
 
     # -- actions -----------------------------------------------------------------
 
-    async def check_quota(self) -> None:
+    async def check_quota(self, needed: int = 0) -> None:
+        """Refuse when what the long-text storage holds (jobs' files and the database),
+        plus ``needed`` bytes more, passes LONG_TEXT_MAX_DISK_MB."""
         if not self.config.max_disk_mb:
             return
-        used = await asyncio.to_thread(files.disk_usage, self.root / "jobs")
-        if used >= self.config.max_disk_mb * MB:
+        used = await asyncio.to_thread(files.disk_usage, self.root)
+        quota = self.config.max_disk_mb * MB
+        if used >= quota:
             raise QuotaExceeded(
                 f"Long-text storage is full: {used / MB:.1f} MB used, LONG_TEXT_MAX_DISK_MB is "
                 f"{self.config.max_disk_mb:g}; delete finished jobs to make room"
             )
+        if used + needed > quota:
+            raise QuotaExceeded(
+                f"This job would need about {needed / MB:.1f} MB and {(quota - used) / MB:.1f} MB is left of "
+                f"LONG_TEXT_MAX_DISK_MB ({self.config.max_disk_mb:g}); delete finished jobs or send less text"
+            )
 
     async def create(self, plan: LongTextPlan, session_id: str | None = None, display_name: str | None = None) -> JobRecord:
         self.core.check_engine()
-        await self.check_quota()
+        self._check_room()
         speech = plan.speech
+        rate = self.core.engine.sample_rate
+        # Chunk files are float32; the final file is the format's size for speech and silence.
+        needed = plan.speech_seconds * rate * 4 + plan.output_seconds * audio.bytes_per_second(speech.response_format, rate)
+        await self.check_quota(int(needed))
         now = time.time()
         job = JobRecord(
             job_id=uuid.uuid4().hex,
@@ -162,6 +175,21 @@ class LongTextManager:
         await self._launch(job)
         return job
 
+    def _check_room(self) -> None:
+        if len(self._runs) < self.config.max_pending_jobs:
+            return
+        now = time.time()
+        records = (self.core.tracker.find(job_id) for job_id in self._runs)
+        etas = [
+            eta
+            for record in records
+            if record is not None and (eta := record.progress_view(now)["estimated_completion"]) is not None
+        ]
+        raise QueueFull(
+            f"{len(self._runs)} long-text jobs are waiting or running (MAX_QUEUE_SIZE); try again later",
+            retry_after=max(1.0, min(etas) - now) if etas else 1.0,
+        )
+
     async def get(self, job_id: str) -> JobRecord:
         job = await self._db("get", job_id)
         if job is None:
@@ -182,6 +210,7 @@ class LongTextManager:
         job = await self.get(job_id)
         if job.status != PAUSED or job_id in self._runs:
             raise JobConflict(f"Cannot resume job in {job.status} state")
+        self._check_room()
         job = await self._db("update", job_id, status=PENDING, processing_paused_at=None)
         await self._launch(job)
         return job
@@ -198,6 +227,7 @@ class LongTextManager:
         job = await self.get(job_id)
         if job.status not in (FAILED, CANCELLED) or job_id in self._runs:
             raise JobConflict(f"Cannot retry job in {job.status} state; only failed or cancelled jobs can be retried")
+        self._check_room()
         job = await self._db("update", job_id, status=PENDING, error=None, retry_count=job.retry_count + 1)
         await self._launch(job)
         return job
