@@ -11,6 +11,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from av.audio.stream import AudioStream
 from av.filter import Graph
 
 # Silence between chunks: a sentence-sized breath, so joins sound like speech, not splices.
@@ -168,7 +169,9 @@ class _Muxer:
             self.sink if target is None else target, mode="w", format=codec.container, container_options=options
         )
         # Frames at the source rate are resampled to the stream's rate by PyAV's encoder.
-        self._stream = self._container.add_stream(codec.encoder, rate=codec.sample_rate or sample_rate, layout="mono")
+        stream = self._container.add_stream(codec.encoder, rate=codec.sample_rate or sample_rate, layout="mono")
+        assert isinstance(stream, AudioStream)
+        self._stream = stream
         if codec.bit_rate:
             self._stream.bit_rate = codec.bit_rate
         self._sample_rate = sample_rate

@@ -191,5 +191,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if kind == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=env_help)
         else:
-            convert = {"int": int, "float": float}.get(kind, str)
+            convert = {"int": int, "float": float}.get(str(kind), str)
             parser.add_argument(flag, dest=f.name, type=convert, default=None, help=env_help)

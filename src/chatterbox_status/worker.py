@@ -170,7 +170,10 @@ class Worker(Generic[Q]):
     async def _load(self) -> None:
         name = self.engine.name
         self.bus.publish("engine", {"name": name, "state": "loading", "load_progress": 0.0})
-        report = self.on_loop(lambda fraction: self.bus.publish("engine", {"load_progress": round(100 * fraction, 1)}))
+        def load_progress(fraction: float) -> None:
+            self.bus.publish("engine", {"load_progress": round(100 * fraction, 1)})
+
+        report = self.on_loop(load_progress)
         try:
             started = time.perf_counter()
             await self.run(self.engine.load, report)

@@ -249,7 +249,7 @@ async def _job_list(request: web.Request, default_limit: int) -> web.Response:
     limit = query_int(request, "limit", default_limit, 1, 100)
     offset = query_int(request, "offset", 0, 0, 1_000_000_000)
     manager = _manager(request)
-    jobs, matching = await manager.list(status, limit, offset)
+    jobs, matching = await manager.page(status, limit, offset)
     counts = await manager.counts()
     return web.json_response(
         {

@@ -49,8 +49,11 @@ class Engine(Protocol):
     sample_rate: int
     device: str
     supports_cloning: bool
-    speed_range: tuple[float, float] | None
     languages: dict[str, str]
+
+    @property
+    def speed_range(self) -> tuple[float, float] | None:
+        """The speeds the engine speaks natively; None when it has no tempo control."""
 
     def load(self, progress: ProgressFn) -> None:
         """Load the model (blocking, in the executor), reporting progress as a fraction."""

@@ -7,10 +7,14 @@ cannot clone voices and changes tempo natively between 0.5x and 2x.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .base import Cancelled, EngineError, ProgressFn, SynthesisParams, Voice
+
+if TYPE_CHECKING:
+    from hibari import Hibari
 
 VOICE = "heart"  # the one voice inside the wheel; the others are downloads
 
@@ -24,15 +28,15 @@ class HibariEngine:
 
     def __init__(self, threads: int = 1) -> None:
         self._threads = threads
-        self._tts = None
+        self._tts: Hibari | None = None
         self.sample_rate = 24_000
 
     def load(self, progress: ProgressFn) -> None:
         from hibari import Hibari
 
         progress(0.0)
-        self._tts = Hibari(voice=VOICE, threads=self._threads)
-        self.sample_rate = self._tts.sample_rate
+        tts = self._tts = Hibari(voice=VOICE, threads=self._threads)
+        self.sample_rate = tts.sample_rate
         progress(1.0)
 
     def synthesize(

@@ -238,7 +238,7 @@ class LongTextManager:
         run = self._runs.get(job_id)
         if run is not None:
             self._signal(run, "cancel")
-            await asyncio.gather(run.task, return_exceptions=True)
+            await asyncio.gather(*([run.task] if run.task else []), return_exceptions=True)
         await self._db("delete", job_id)
         await asyncio.to_thread(files.remove_job, self.root, job_id)
 
@@ -250,8 +250,9 @@ class LongTextManager:
     async def touch(self, job_id: str) -> None:
         await self._db("update", job_id, last_accessed=time.time())
 
-    async def list(self, status: str | None, limit: int, offset: int) -> tuple[list[JobRecord], int]:
-        return await self._db("list", status, limit, offset)
+    async def page(self, status: str | None, limit: int, offset: int) -> tuple[list[JobRecord], int]:
+        """Jobs newest first, and how many match in all."""
+        return await self._db("page", status, limit, offset)
 
     async def counts(self) -> dict[str, int]:
         return await self._db("counts")
@@ -342,7 +343,7 @@ class LongTextManager:
                 self._end_paused(job)
             return
         self._signal(run, reason)
-        await asyncio.gather(run.task, return_exceptions=True)
+        await asyncio.gather(*([run.task] if run.task else []), return_exceptions=True)
 
     async def _run(self, run: _Run, record: JobRecord, chunks: list[ChunkRecord], progress: Progress) -> None:
         assert self._slots is not None

@@ -201,7 +201,7 @@ class JobStore:
             self._db.execute("DELETE FROM chunks WHERE job_id = ?", (job_id,))
             return self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,)).rowcount > 0
 
-    def list(self, status: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[JobRecord], int]:
+    def page(self, status: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[JobRecord], int]:
         """Jobs newest first, and how many match in all."""
         where, args = ("WHERE status = ?", [status]) if status else ("", [])
         with self._lock:
