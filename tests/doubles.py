@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 
 import numpy as np
 
@@ -16,7 +17,13 @@ from chatterbox_status.engines.base import Cancelled, SynthesisParams, Voice
 
 
 class ScriptedEngine:
-    """Speaks a tone per chunk; while held, each chunk waits for ``release()``."""
+    """Speaks a tone per chunk; while held, each chunk waits for ``release()``.
+
+    ``cancel_within_chunk=False`` stands for an engine that looks at the cancel flag only before
+    a chunk (as a model without a per-token hook does): a held chunk then runs to its end even
+    when cancelled. ``work_seconds_per_char`` makes each chunk take that long per character, as
+    a real model's compute does, so measured throughput and estimates are realistic.
+    """
 
     name = "scripted"
     device = "cpu"
@@ -26,8 +33,17 @@ class ScriptedEngine:
     sample_rate = 16_000
     seconds_per_char = 0.02
 
-    def __init__(self, fail_on: str | None = None, load_error: str | None = None, cloning: bool = False) -> None:
+    def __init__(
+        self,
+        fail_on: str | None = None,
+        load_error: str | None = None,
+        cloning: bool = False,
+        cancel_within_chunk: bool = True,
+        work_seconds_per_char: float = 0.0,
+    ) -> None:
         self.supports_cloning = cloning
+        self.cancel_within_chunk = cancel_within_chunk
+        self.work_seconds_per_char = work_seconds_per_char
         self.fail_on = fail_on
         self.load_error = load_error
         self.load_gate = threading.Event()
@@ -66,12 +82,18 @@ class ScriptedEngine:
         if self._held:
             self.started.put(text)
             while not self._releases.acquire(timeout=0.05):
-                if cancel.is_set():
+                if self.cancel_within_chunk and cancel.is_set():
                     raise Cancelled()
+        if self.work_seconds_per_char:
+            time.sleep(len(text) * self.work_seconds_per_char)  # the model's compute, not a wait for anything
         progress(0.5)
         if self.fail_on is not None and self.fail_on in text:
             raise RuntimeError(f"scripted failure on {self.fail_on!r}")
         progress(1.0)
-        n = int(len(text) * self.seconds_per_char * self.sample_rate / params.speed)
+        return self.tone(text, params.speed)
+
+    def tone(self, text: str, speed: float = 1.0) -> np.ndarray:
+        """The exact samples spoken for ``text``: tests compare what reaches the wire with them."""
+        n = int(len(text) * self.seconds_per_char * self.sample_rate / speed)
         t = np.arange(n, dtype=np.float32) / self.sample_rate
         return (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import struct
 import subprocess
 import time
 import urllib.error
@@ -62,6 +63,37 @@ def wav_tone(seconds: float = 2.0, rate: int = 24_000, frequency: float = 220.0)
         out.setframerate(rate)
         out.writeframes(samples.tobytes())
     return buffer.getvalue()
+
+
+def pcm16_reference(samples: np.ndarray) -> bytes:
+    """16-bit little-endian PCM from its definition, independent of the server's audio module:
+    each float32 sample clipped to [-1, 1], times 32767 in float32, rounded half to even,
+    packed with struct as a little-endian signed short."""
+    clipped = np.minimum(np.maximum(np.asarray(samples, dtype=np.float32).reshape(-1), np.float32(-1)), np.float32(1))
+    values = [round(float(x)) for x in clipped * np.float32(32767)]
+    return struct.pack(f"<{len(values)}h", *values)
+
+
+def wav_fields(data: bytes) -> tuple[dict[str, int], bytes]:
+    """A WAV file's RIFF sizes and fmt fields, and its data chunk, read by hand from the bytes
+    (``wave`` and PyAV ignore byte rate and block align; players do not)."""
+    riff, riff_size, wave_id = struct.unpack_from("<4sI4s", data, 0)
+    assert (riff, wave_id) == (b"RIFF", b"WAVE"), data[:12]
+    fields = {"riff_size": riff_size}
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk_id, size = struct.unpack_from("<4sI", data, offset)
+        body = offset + 8
+        if chunk_id == b"fmt ":
+            names = ("format", "channels", "sample_rate", "byte_rate", "block_align", "bits_per_sample")
+            fields.update(zip(names, struct.unpack_from("<HHIIHH", data, body)))
+            fields["fmt_size"] = size
+        elif chunk_id == b"data":
+            fields["data_size"] = size
+            fields["data_offset"] = body
+            return fields, data[body:] if size == 0xFFFFFFFF else data[body : body + size]
+        offset = body + size + (size & 1)
+    raise AssertionError("no data chunk in the WAV")
 
 
 SETTING_ENV_NAMES = {f.metadata["env"] for f in dataclasses.fields(Settings)}

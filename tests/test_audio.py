@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import struct
 import wave
 
 import av
 import numpy as np
 import pytest
+
+from helpers import pcm16_reference, wav_fields
 
 from chatterbox_status import audio
 
@@ -37,7 +40,8 @@ def sine(seconds: float = SECONDS, rate: int = RATE, frequency: float = 440.0) -
 
 
 def quantised(samples: np.ndarray) -> np.ndarray:
-    return np.frombuffer(audio.to_pcm16(samples), dtype="<i2")
+    """The expected 16-bit samples, from a reference that does not call the audio module."""
+    return np.frombuffer(pcm16_reference(samples), dtype="<i2")
 
 
 def decode(data: bytes, response_format: str) -> tuple[np.ndarray, int]:
@@ -130,7 +134,7 @@ def test_uncompressed_stream_returns_each_chunk_at_once(response_format):
     encoder = audio.StreamEncoder(response_format, RATE)
     header = encoder.header()
     assert len(header) == (44 if response_format == "wav" else 0)
-    assert encoder.feed(samples) == audio.to_pcm16(samples)
+    assert encoder.feed(samples) == pcm16_reference(samples)
     assert encoder.finish() == b""
 
 
@@ -140,7 +144,32 @@ def test_streamed_wav_has_unknown_sizes_and_wave_reads_it_to_the_end():
     assert data[4:8] == data[40:44] == b"\xff\xff\xff\xff"
     with wave.open(io.BytesIO(data)) as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, RATE)
-        assert wav.readframes(10 * len(samples)) == audio.to_pcm16(samples)
+        assert wav.readframes(10 * len(samples)) == pcm16_reference(samples)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["file", "stream"])
+def test_wav_header_fields_read_by_hand(streamed):
+    """Byte rate and block align are what players use to seek and time the audio."""
+    samples = sine()
+    data = b"".join(stream("wav", samples)) if streamed else audio.encode(samples, RATE, "wav")
+    fields, pcm = wav_fields(data)
+    assert (fields["fmt_size"], fields["format"], fields["channels"]) == (16, 1, 1)
+    assert (fields["sample_rate"], fields["byte_rate"]) == (RATE, 2 * RATE)
+    assert (fields["block_align"], fields["bits_per_sample"]) == (2, 16)
+    assert fields["data_offset"] == 44
+    if streamed:
+        assert fields["riff_size"] == fields["data_size"] == 0xFFFFFFFF
+    else:
+        assert (fields["riff_size"], fields["data_size"]) == (len(data) - 8, 2 * len(samples))
+    assert pcm == pcm16_reference(samples)
+
+
+def test_pcm16_clips_overs_and_rounds_to_nearest_little_endian():
+    samples = np.array([0.0, 1.0, -1.0, 1.5, -7.0, 0.5, -0.25, 1 / 32767], dtype=np.float32)
+    expected = struct.pack("<8h", 0, 32767, -32767, 32767, -32767, 16384, -8192, 1)
+    assert audio.encode(samples, RATE, "pcm") == expected
+    encoder = audio.StreamEncoder("pcm", RATE)
+    assert encoder.feed(samples) == expected
 
 
 def test_header_comes_with_the_first_feed_when_not_asked_for():
