@@ -167,10 +167,10 @@ async def memory_reset(request: web.Request) -> web.Response:
     """Collect garbage and empty torch's CUDA cache (resetting its peak), on confirm=true."""
     if not query_bool(request, "confirm"):
         raise InvalidInput("Releasing memory needs confirm=true", param="confirm", code="confirmation_required")
-    before = memory.snapshot()
+    before = MemorySnapshot.model_validate(memory.snapshot())
     await asyncio.to_thread(memory.release, True)
-    after = memory.snapshot()
-    return json_model(MemoryReset.model_validate({"success": True, "memory_before": before, "memory_after": after}))
+    after = MemorySnapshot.model_validate(memory.snapshot())
+    return json_model(MemoryReset(success=True, memory_before=before, memory_after=after))
 
 
 @api_route(

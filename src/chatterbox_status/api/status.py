@@ -21,6 +21,7 @@ from ..schemas.status import (
     MemoryInfo,
     Progress,
     RequestDetail,
+    RequestRecord,
     Statistics,
     StatisticsResponse,
     Status,
@@ -129,8 +130,8 @@ async def statistics(request: web.Request) -> web.Response:
 )
 async def history(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 10, 1, 50)
-    records = request.app[CORE].tracker.history(limit)
-    return json_model(History.model_validate({"request_history": records, "total_records": len(records), "limit": limit}))
+    records = [RequestRecord.model_validate(r) for r in request.app[CORE].tracker.history(limit)]
+    return json_model(History(request_history=records, total_records=len(records), limit=limit))
 
 
 @api_route(
@@ -210,7 +211,7 @@ async def info(request: web.Request) -> web.Response:
             tts_status=Status.model_validate(tracker.status()),
             statistics=stats,
             memory_info=memory_info(core),
-            recent_requests=tracker.history(3),  # type: ignore[arg-type]
+            recent_requests=[RequestRecord.model_validate(r) for r in tracker.history(3)],
             uptime_info=UptimeInfo(
                 uptime_seconds=round(time.time() - core.started_at, 1),
                 total_requests=stats.total_requests,

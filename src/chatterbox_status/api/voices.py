@@ -23,7 +23,9 @@ from ..schemas.voices import (
     DefaultVoice,
     DefaultVoiceCleared,
     DefaultVoiceSet,
+    LibraryDefault,
     NewNameForm,
+    OwnDefault,
     Voice,
     VoiceAliases,
     VoiceCreated,
@@ -175,9 +177,10 @@ async def upload_voice(request: web.Request) -> web.Response:
 async def get_default_voice(request: web.Request) -> web.Response:
     entry = _library(request).default()
     if entry is None:
-        return json_model(DefaultVoice.model_validate({"default_voice": None, "source": "file_system"}))
-    view = {"default_voice": entry.name, "source": "voice_library", "voice_info": voice_view(entry)}
-    return json_model(DefaultVoice.model_validate(view))
+        return json_model(DefaultVoice(OwnDefault(default_voice=None, source="file_system")))
+    return json_model(
+        DefaultVoice(LibraryDefault(default_voice=entry.name, source="voice_library", voice_info=voice_view(entry)))
+    )
 
 
 @api_route(
