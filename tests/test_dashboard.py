@@ -144,6 +144,15 @@ async def test_files_are_revalidated_with_etags(client):
         assert changed.status == 200
 
 
+async def test_files_answer_range_requests(client):
+    """A byte range of a file is a 206 with just those bytes (aiohttp's file handling)."""
+    whole = (WEB_DIR / "app.js").read_bytes()
+    response = await client.get("/web/app.js", headers={"Range": "bytes=0-9"})
+    assert response.status == 206
+    assert await response.read() == whole[:10]
+    assert response.headers["Content-Range"] == f"bytes 0-9/{len(whole)}"
+
+
 async def test_the_page_carries_a_content_security_policy(client):
     policy = (await client.get("/")).headers["Content-Security-Policy"]
     directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))

@@ -64,8 +64,9 @@ HTTP_ERROR_TYPES = {
 }
 
 
-def kind_of(exc: Refusal) -> ErrorKind:
-    for cls in type(exc).__mro__:
+def kind_of(refusal: Refusal | type[Refusal]) -> ErrorKind:
+    """The row of a refusal, or of a refusal class (as the OpenAPI document asks)."""
+    for cls in (refusal if isinstance(refusal, type) else type(refusal)).__mro__:
         if cls in ERROR_TABLE:
             return ERROR_TABLE[cls]  # type: ignore[index]
     return DEFAULT_KIND

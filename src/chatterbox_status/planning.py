@@ -168,7 +168,12 @@ class Planner:
 
 
 def spoken_text(text: str, max_length: int) -> str:
-    """The normalised text, refused when it is empty, too long, or not text at all."""
+    """The normalised text, refused when it is empty, too long (as sent, or once
+    normalised: NFKC may lengthen it), or not text at all."""
+    if len(text) > max_length:
+        raise InvalidInput(
+            f"input is {len(text)} characters; the limit is {max_length}", param="input", code="input_too_long"
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

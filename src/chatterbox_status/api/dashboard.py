@@ -4,19 +4,20 @@ The page is plain HTML, CSS and ES modules in ``chatterbox_status/web/`` (no bui
 nothing from elsewhere). Every URL it uses is relative, so it works at the root and
 behind a proxy that serves the app under a path prefix. Files carry no content hash in
 their names, so browsers revalidate them (``no-cache`` with an ETag: a 304 when nothing
-changed) and never run a stale script after an upgrade.
+changed) and never run a stale script after an upgrade. aiohttp's FileResponse sends
+them: ETags, 304s and Range requests, with the file read off the event loop.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from ..exceptions import NotFound
+from .routing import Param, Reply, api_route
 
 routes = web.RouteTableDef()
 
@@ -53,68 +54,64 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
-@dataclass(frozen=True)
-class StaticFile:
-    body: bytes
-    content_type: str
-    etag: str
+IF_NONE_MATCH = Param("If-None-Match", {"type": "string"}, "ETags the client has", where="header")
+NOT_MODIFIED = Reply("Unchanged since the ETag sent in If-None-Match")
+PARTIAL = Reply("The byte range the Range header asked for")
 
 
-_cache: dict[str, tuple[tuple[int, int], StaticFile]] = {}
-
-
-def load(name: str) -> StaticFile | None:
-    """A file of the dashboard, read once and again only when it changes on disk."""
+async def respond(name: str) -> web.FileResponse | None:
+    """The file, sent by aiohttp (ETag, 304, Range, read off the loop) with the headers a
+    page needs; None when there is no such dashboard file."""
     suffix = Path(name).suffix
     if not SAFE_NAME.match(name) or suffix not in CONTENT_TYPES:
         return None
     path = WEB_DIR / name
-    try:
-        stat = path.stat()
-    except OSError:
+    if not await asyncio.to_thread(path.is_file):
         return None
-    if not path.is_file():
-        return None
-    key = (stat.st_mtime_ns, stat.st_size)
-    cached = _cache.get(name)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    body = path.read_bytes()
-    entry = StaticFile(body, CONTENT_TYPES[suffix], '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
-    _cache[name] = (key, entry)
-    return entry
-
-
-def respond(request: web.Request, file: StaticFile) -> web.Response:
     headers = {
-        "ETag": file.etag,
+        "Content-Type": CONTENT_TYPES[suffix],
         "Cache-Control": "no-cache",
         "X-Content-Type-Options": "nosniff",
     }
-    if file.content_type.startswith("text/html"):
+    if suffix == ".html":
         headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         headers["Referrer-Policy"] = "no-referrer"
-    if file.etag in _etags(request.headers.get("If-None-Match", "")):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=file.body, headers={**headers, "Content-Type": file.content_type})
+    return web.FileResponse(path, headers=headers)
 
 
-def _etags(header: str) -> set[str]:
-    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
-
-
-@routes.get("/")
-async def index(request: web.Request) -> web.Response:
-    file = load(INDEX)
-    if file is None:
+@api_route(
+    routes, "GET", "/",
+    operation_id="getDashboard",
+    summary="The browser dashboard",
+    tag="dashboard",
+    responses={200: Reply("The page", media=("text/html",)), 206: PARTIAL, 304: NOT_MODIFIED},
+    errors=(NotFound,),
+    params=(IF_NONE_MATCH,),
+)
+async def index(request: web.Request) -> web.StreamResponse:
+    response = await respond(INDEX)
+    if response is None:
         raise NotFound("The dashboard is not installed (chatterbox_status/web/index.html is missing)")
-    return respond(request, file)
+    return response
 
 
-@routes.get("/web/{name}")
-async def static_file(request: web.Request) -> web.Response:
+@api_route(
+    routes, "GET", "/web/{name}",
+    operation_id="getDashboardFile",
+    summary="A script, style sheet or image of the dashboard",
+    tag="dashboard",
+    responses={
+        200: Reply("The file", media=tuple(dict.fromkeys(t.split(";")[0] for t in CONTENT_TYPES.values()))),
+        206: PARTIAL,
+        304: NOT_MODIFIED,
+    },
+    errors=(NotFound,),
+    params=(IF_NONE_MATCH,),
+    path_params={"name": "The file's name"},
+)
+async def static_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    file = load(name)
-    if file is None:
+    response = await respond(name)
+    if response is None:
         raise NotFound(f"No dashboard file {name!r}")
-    return respond(request, file)
+    return response

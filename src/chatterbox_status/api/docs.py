@@ -11,8 +11,9 @@ import weakref
 
 from aiohttp import web
 
-from ..openapi import document
-from .params import aliased
+from ..schemas.meta import OpenApiDocument
+from .openapi import document
+from .routing import Reply, api_route
 
 routes = web.RouteTableDef()
 
@@ -20,7 +21,10 @@ routes = web.RouteTableDef()
 _documents: weakref.WeakKeyDictionary[web.Application, bytes] = weakref.WeakKeyDictionary()
 
 
-@aliased(routes, "GET", "/openapi.json", "/v1/openapi.json")
+@api_route(
+    routes, "GET", "/openapi.json", "/v1/openapi.json",
+    operation_id="getOpenApi", summary="This document", tag="service", responses={200: Reply("OpenAPI 3.1", OpenApiDocument)},
+)
 async def openapi_json(request: web.Request) -> web.Response:
     app = request.app
     body = _documents.get(app)

@@ -8,24 +8,21 @@ cancelled, retried, renamed, downloaded (with Range) and deleted through the rou
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from aiohttp import web
 from aiohttp_sse import sse_response
-from pydantic import BaseModel, ConfigDict, Field
 
 from .. import audio
 from ..errors import ApiError
-from ..exceptions import Conflict, InvalidInput, NotFound
+from ..exceptions import Conflict, InvalidInput, NotFound, OutOfSpace, QueueFull, TooManyStreams, Unavailable
 from ..longtext.config import LongTextConfig
 from ..longtext.manager import LongTextManager
 from ..longtext.store import (
     COMPLETED,
-    FAILED,
     FINISHED,
     JOB_STATUSES,
     PAUSED,
@@ -34,46 +31,53 @@ from ..longtext.store import (
     JobRecord,
 )
 from ..pipeline import preview
+from ..schemas.long_text import (
+    BulkRequest,
+    BulkResult,
+    ChunkView,
+    HistoryStats,
+    JobAction,
+    JobCancelledOrDeleted,
+    JobCreated,
+    JobDeleted,
+    JobDetails,
+    JobEnded,
+    JobHistoryCleared,
+    JobList,
+    JobListItem,
+    JobMetadata,
+    JobProgress,
+    JobProgressEvent,
+    JobSnapshotEvent,
+    JobView,
+    PerformanceMetrics,
+    RetryRequest,
+    UpdateRequest,
+)
 from ..schemas.speech import LongTextRequest
 from ..state import CORE
 from ..tracker import TERMINAL_STATUSES
 from .bodies import parse, read_json_object, read_optional_json
-from .params import query_bool, query_int
+from .params import bool_param, int_param, query_bool, query_int
+from .routing import Events, Json, Param, Reply, api_route, event_data, json_model, with_v1
 
 LONG_TEXT = web.AppKey("long_text", LongTextManager)
 routes = web.RouteTableDef()
-PREFIXES = ("", "/v1")
+TAG = "long-text"
+JOB_ID = {"job_id": "A long-text job id, as POST /audio/speech/long returned it"}
 
 
-def route(method: str, path: str):
-    def register(handler):
-        for prefix in PREFIXES:
-            routes.route(method, prefix + path)(handler)
-        return handler
-
-    return register
-
-
-# -- bodies ---------------------------------------------------------------------
+def _listing(default_limit: int) -> tuple[Param, ...]:
+    """The query of a job list, as _job_list reads it."""
+    return (
+        Param("status", {"enum": list(JOB_STATUSES)}, "Only jobs in this status"),
+        int_param("limit", default_limit, 1, 100, "Jobs per page"),
+        int_param("offset", 0, 0, 1_000_000_000, "Jobs to skip"),
+    )
 
 
-class UpdateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    display_name: Annotated[str, Field(max_length=200)] | None = None
-    tags: Annotated[list[Annotated[str, Field(max_length=50)]], Field(max_length=20)] | None = None
-    is_archived: bool | None = None
-
-
-class RetryRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    preserve_chunks: bool = True
-
-
-class BulkRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    job_ids: Annotated[list[str], Field(min_length=1, max_length=100)]
-    action: Literal["delete", "retry", "cancel", "pause", "resume"]
-    confirm: bool
+def _max_length(app: web.Application) -> int:
+    return app[LONG_TEXT].config.max_length
 
 
 # -- views ----------------------------------------------------------------------
@@ -105,141 +109,139 @@ def _live(request: web.Request, job: JobRecord) -> tuple[float, int | None]:
     return max(stored, float(progress.get("progress_percentage") or 0.0)), remaining
 
 
-def _chunk_view(chunk: ChunkRecord) -> dict[str, Any]:
-    return {
-        "index": chunk.index,
-        "text": chunk.text,
-        "text_preview": chunk.text[:50],
-        "character_count": len(chunk.text),
-        "status": "completed" if chunk.done else ("processing" if chunk.started_at and not chunk.error else "pending"),
-        "audio_file": f"chunks/{chunk.index:05d}.npy" if chunk.done else None,
-        "duration_ms": chunk.duration_ms,
-        "processing_started_at": _iso(chunk.started_at),
-        "processing_completed_at": _iso(chunk.completed_at),
-        "error": chunk.error,
-    }
+def _chunk_view(chunk: ChunkRecord) -> ChunkView:
+    return ChunkView(
+        index=chunk.index,
+        text=chunk.text,
+        text_preview=chunk.text[:50],
+        character_count=len(chunk.text),
+        status="completed" if chunk.done else ("processing" if chunk.started_at and not chunk.error else "pending"),
+        audio_file=f"chunks/{chunk.index:05d}.npy" if chunk.done else None,
+        duration_ms=chunk.duration_ms,
+        processing_started_at=_iso(chunk.started_at),
+        processing_completed_at=_iso(chunk.completed_at),
+        error=chunk.error,
+    )
 
 
 def _download_url(job: JobRecord) -> str | None:
     return f"/audio/speech/long/{job.job_id}/download" if job.status == COMPLETED else None
 
 
-def _metadata(job: JobRecord) -> dict[str, Any]:
-    return {
-        "job_id": job.job_id,
-        "created_at": _iso(job.created_at),
-        "updated_at": _iso(job.updated_at),
-        "status": job.status,
-        "text_length": job.text_length,
-        "total_chunks": job.total_chunks,
-        "completed_chunks": job.completed_chunks,
-        "current_chunk": job.current_chunk,
-        "voice": job.voice,
-        "parameters": job.parameters,
-        "processing_started_at": _iso(job.processing_started_at),
-        "processing_paused_at": _iso(job.processing_paused_at),
-        "processing_completed_at": _iso(job.processing_completed_at),
-        "total_processing_time_ms": job.total_processing_time_ms,
-        "output_format": job.output_format,
-        "output_path": job.output_path,
-        "output_size_bytes": job.output_size_bytes,
-        "output_duration_seconds": job.output_duration_seconds,
-        "error": job.error,
-        "user_session_id": job.session_id,
-        "completion_timestamp": _iso(job.processing_completed_at) if job.status == COMPLETED else None,
-        "audio_file_size": job.output_size_bytes,
-        "total_duration_seconds": job.output_duration_seconds,
-        "retry_count": job.retry_count,
-        "silence_padding_ms": job.silence_padding_ms,
-        "display_name": job.display_name,
-        "tags": job.tags,
-        "last_accessed": _iso(job.last_accessed),
-    }
+def _metadata(job: JobRecord) -> JobMetadata:
+    return JobMetadata(
+        job_id=job.job_id,
+        created_at=_iso(job.created_at),
+        updated_at=_iso(job.updated_at),
+        status=job.status,
+        text_length=job.text_length,
+        total_chunks=job.total_chunks,
+        completed_chunks=job.completed_chunks,
+        current_chunk=job.current_chunk,
+        voice=job.voice,
+        parameters=job.parameters,
+        processing_started_at=_iso(job.processing_started_at),
+        processing_paused_at=_iso(job.processing_paused_at),
+        processing_completed_at=_iso(job.processing_completed_at),
+        total_processing_time_ms=job.total_processing_time_ms,
+        output_format=job.output_format,
+        output_path=job.output_path,
+        output_size_bytes=job.output_size_bytes,
+        output_duration_seconds=job.output_duration_seconds,
+        error=job.error,
+        user_session_id=job.session_id,
+        completion_timestamp=_iso(job.processing_completed_at) if job.status == COMPLETED else None,
+        audio_file_size=job.output_size_bytes,
+        total_duration_seconds=job.output_duration_seconds,
+        retry_count=job.retry_count,
+        silence_padding_ms=job.silence_padding_ms,
+        display_name=job.display_name,
+        tags=job.tags,
+        last_accessed=_iso(job.last_accessed),
+    )
 
 
-def _capabilities(job: JobRecord) -> dict[str, bool]:
-    return {
-        "can_pause": job.status in RUNNABLE,
-        "can_resume": job.status == PAUSED,
-        "can_cancel": job.status not in FINISHED,
-    }
-
-
-def _job_view(request: web.Request, job: JobRecord) -> dict[str, Any]:
+def _job_view(request: web.Request, job: JobRecord) -> JobView:
     overall, remaining = _live(request, job)
-    return {
-        "job_id": job.job_id,
-        "status": job.status,
-        "progress": {
-            "job_id": job.job_id,
-            "overall_progress": overall,
-            "current_chunk": job.current_chunk,
-            "completed_chunks": job.completed_chunks,
-            "total_chunks": job.total_chunks,
-            "estimated_remaining_seconds": remaining,
-            "status": job.status,
-            "error": job.error,
-        },
-        "metadata": _metadata(job),
-        "created_at": _iso(job.created_at),
-        "updated_at": _iso(job.updated_at),
-        "download_url": _download_url(job),
-        **_capabilities(job),
-    }
+    return JobView(
+        job_id=job.job_id,
+        status=job.status,
+        progress=JobProgress(
+            job_id=job.job_id,
+            overall_progress=overall,
+            current_chunk=job.current_chunk,
+            completed_chunks=job.completed_chunks,
+            total_chunks=job.total_chunks,
+            estimated_remaining_seconds=remaining,
+            status=job.status,
+            error=job.error,
+        ),
+        metadata=_metadata(job),
+        created_at=_iso(job.created_at),
+        updated_at=_iso(job.updated_at),
+        download_url=_download_url(job),
+        can_pause=job.status in RUNNABLE,
+        can_resume=job.status == PAUSED,
+        can_cancel=job.status not in FINISHED,
+    )
 
 
-def _list_item(request: web.Request, job: JobRecord) -> dict[str, Any]:
+def _list_item(request: web.Request, job: JobRecord) -> JobListItem:
     overall, remaining = _live(request, job)
-    return {
-        "job_id": job.job_id,
-        "status": job.status,
-        "text_preview": preview(job.text),
-        "text_length": job.text_length,
-        "progress_percentage": overall,
-        "created_at": _iso(job.created_at),
-        "completed_at": _iso(job.processing_completed_at) if job.status == COMPLETED else None,
-        "download_url": _download_url(job),
-        "can_resume": job.status == PAUSED,
-        "voice": job.voice,
-        "estimated_remaining_seconds": remaining,
-        "total_duration_seconds": job.output_duration_seconds,
-        "audio_file_size": job.output_size_bytes,
-        "retry_count": job.retry_count,
-        "is_archived": False,
-        "display_name": job.display_name,
-        "tags": job.tags,
-        "last_accessed": _iso(job.last_accessed),
-        "parameters": job.parameters,
-        "total_chunks": job.total_chunks,
-        "completed_chunks": job.completed_chunks,
-    }
+    return JobListItem(
+        job_id=job.job_id,
+        status=job.status,
+        text_preview=preview(job.text),
+        text_length=job.text_length,
+        progress_percentage=overall,
+        created_at=_iso(job.created_at),
+        completed_at=_iso(job.processing_completed_at) if job.status == COMPLETED else None,
+        download_url=_download_url(job),
+        can_resume=job.status == PAUSED,
+        voice=job.voice,
+        estimated_remaining_seconds=remaining,
+        total_duration_seconds=job.output_duration_seconds,
+        audio_file_size=job.output_size_bytes,
+        retry_count=job.retry_count,
+        is_archived=False,
+        display_name=job.display_name,
+        tags=job.tags,
+        last_accessed=_iso(job.last_accessed),
+        parameters=job.parameters,
+        total_chunks=job.total_chunks,
+        completed_chunks=job.completed_chunks,
+    )
 
 
-def _action(job: JobRecord, message: str) -> web.Response:
-    return web.json_response({"success": True, "message": message, "status": job.status, "job_id": job.job_id})
+def _action(job: JobRecord, message: str) -> JobAction:
+    return JobAction(success=True, message=message, status=job.status, job_id=job.job_id)
 
 
-def _created(request: web.Request, job: JobRecord, message: str) -> dict[str, Any]:
+def _created(request: web.Request, job: JobRecord, message: str) -> JobCreated:
     spc = request.app[CORE].tracker.seconds_per_char
     remaining = job.text_length * (1 - job.completed_chunks / max(job.total_chunks, 1))
-    return {
-        "job_id": job.job_id,
-        "status": job.status,
-        "message": message,
-        "estimated_processing_time_seconds": None if spc is None else int(round(remaining * spc)),
-        "total_chunks": job.total_chunks,
-        "status_url": f"/audio/speech/long/{job.job_id}",
-        "sse_url": f"/audio/speech/long/{job.job_id}/sse",
-    }
+    return JobCreated(
+        job_id=job.job_id,
+        status=job.status,
+        message=message,
+        estimated_processing_time_seconds=None if spc is None else int(round(remaining * spc)),
+        total_chunks=job.total_chunks,
+        status_url=f"/audio/speech/long/{job.job_id}",
+        sse_url=f"/audio/speech/long/{job.job_id}/sse",
+    )
 
 
 # -- routes ---------------------------------------------------------------------
 # Fixed paths go before /{job_id}, so "history" and "bulk" are never taken for job ids.
 
 
-@route("GET", "/audio/speech/long-history/stats")
+@api_route(
+    routes, "GET", *with_v1("/audio/speech/long-history/stats"),
+    operation_id="longTextHistoryStats", summary="Statistics over all long-text jobs", tag=TAG,
+    responses={200: HistoryStats},
+)
 async def history_stats(request: web.Request) -> web.Response:
-    return web.json_response(await _manager(request).stats())
+    return json_model(HistoryStats.model_validate(await _manager(request).stats()))
 
 
 async def _job_list(request: web.Request, default_limit: int) -> web.Response:
@@ -251,33 +253,45 @@ async def _job_list(request: web.Request, default_limit: int) -> web.Response:
     manager = _manager(request)
     jobs, matching = await manager.page(status, limit, offset)
     counts = await manager.counts()
-    return web.json_response(
-        {
-            "jobs": [_list_item(request, j) for j in jobs],
-            "total_jobs": sum(counts.values()),
-            "matching_jobs": matching,
-            "active_jobs": sum(counts.get(s, 0) for s in RUNNABLE),
-            "completed_jobs": counts.get(COMPLETED, 0),
-            "limit": limit,
-            "offset": offset,
-        }
+    return json_model(
+        JobList(
+            jobs=[_list_item(request, j) for j in jobs],
+            total_jobs=sum(counts.values()),
+            matching_jobs=matching,
+            active_jobs=sum(counts.get(s, 0) for s in RUNNABLE),
+            completed_jobs=counts.get(COMPLETED, 0),
+            limit=limit,
+            offset=offset,
+        )
     )
 
 
-@route("GET", "/audio/speech/long-history")
+@api_route(
+    routes, "GET", *with_v1("/audio/speech/long-history"),
+    operation_id="listLongTextHistory", summary="Long-text job history, newest first", tag=TAG,
+    responses={200: JobList}, errors=(InvalidInput,), params=_listing(50),
+)
 async def history(request: web.Request) -> web.Response:
     return await _job_list(request, 50)
 
 
-@route("DELETE", "/audio/speech/long/history")
+@api_route(
+    routes, "DELETE", *with_v1("/audio/speech/long/history"),
+    operation_id="clearLongTextHistory", summary="Delete every finished long-text job and its audio", tag=TAG,
+    responses={200: JobHistoryCleared}, errors=(InvalidInput,), params=(bool_param("confirm", "Must be true"),),
+)
 async def clear_history(request: web.Request) -> web.Response:
     if not query_bool(request, "confirm"):
         raise InvalidInput("History clearing requires confirmation (confirm=true)", param="confirm")
     cleared = await _manager(request).clear_history()
-    return web.json_response({"message": f"Cleared {cleared} jobs from history", "cleared_count": cleared, "failed_count": 0})
+    return json_model(JobHistoryCleared(message=f"Cleared {cleared} jobs from history", cleared_count=cleared, failed_count=0))
 
 
-@route("POST", "/audio/speech/long/bulk")
+@api_route(
+    routes, "POST", *with_v1("/audio/speech/long/bulk"),
+    operation_id="bulkLongTextAction", summary="Apply one action to several long-text jobs", tag=TAG,
+    body=BulkRequest, responses={200: BulkResult}, errors=(InvalidInput,),
+)
 async def bulk(request: web.Request) -> web.Response:
     body = parse(BulkRequest, await read_json_object(request))
     if not body.confirm:
@@ -292,18 +306,24 @@ async def bulk(request: web.Request) -> web.Response:
             failed.append(job_id)
     total = len(body.job_ids)
     done = total - len(failed)
-    return web.json_response(
-        {
-            "success_count": done,
-            "failed_count": len(failed),
-            "total_count": total,
-            "failed_jobs": failed,
-            "message": f"Bulk {body.action}: {done}/{total} successful",
-        }
+    return json_model(
+        BulkResult(
+            success_count=done,
+            failed_count=len(failed),
+            total_count=total,
+            failed_jobs=failed,
+            message=f"Bulk {body.action}: {done}/{total} successful",
+        )
     )
 
 
-@route("POST", "/audio/speech/long")
+@api_route(
+    routes, "POST", *with_v1("/audio/speech/long"),
+    operation_id="createLongTextJob", summary="Submit a long text to be spoken in the background", tag=TAG,
+    body=Json(LongTextRequest, input_limit=_max_length),
+    responses={200: JobCreated},
+    errors=(InvalidInput, NotFound, QueueFull, Unavailable, OutOfSpace),
+)
 async def create_job(request: web.Request) -> web.Response:
     core = request.app[CORE]
     manager = _manager(request)
@@ -311,42 +331,63 @@ async def create_job(request: web.Request) -> web.Response:
     config = manager.config
     plan = await asyncio.to_thread(core.planner.long_text, body, config.max_length, config.silence_padding_ms)
     job = await manager.create(plan, session_id=body.session_id, display_name=body.display_name)
-    return web.json_response(_created(request, job, "Job submitted for processing"), status=200)
+    return json_model(_created(request, job, "Job submitted for processing"))
 
 
-@route("GET", "/audio/speech/long")
+@api_route(
+    routes, "GET", *with_v1("/audio/speech/long"),
+    operation_id="listLongTextJobs", summary="List long-text jobs, newest first", tag=TAG,
+    responses={200: JobList}, errors=(InvalidInput,), params=_listing(20),
+)
 async def list_jobs(request: web.Request) -> web.Response:
     return await _job_list(request, 20)
 
 
-@route("GET", "/audio/speech/long/{job_id}")
+@api_route(
+    routes, "GET", *with_v1("/audio/speech/long/{job_id}"),
+    operation_id="getLongTextJob", summary="A long-text job's status and progress", tag=TAG,
+    responses={200: JobView}, errors=(NotFound,), path_params=JOB_ID,
+)
 async def job_status(request: web.Request) -> web.Response:
-    return web.json_response(_job_view(request, await _job(request)))
+    return json_model(_job_view(request, await _job(request)))
 
 
-@route("GET", "/audio/speech/long/{job_id}/details")
+@api_route(
+    routes, "GET", *with_v1("/audio/speech/long/{job_id}/details"),
+    operation_id="getLongTextJobDetails", summary="A long-text job with every chunk's state", tag=TAG,
+    responses={200: JobDetails}, errors=(NotFound,), path_params=JOB_ID,
+)
 async def job_details(request: web.Request) -> web.Response:
     job = await _job(request)
     manager = _manager(request)
     chunks = await manager.chunks(job.job_id)
     await manager.touch(job.job_id)
     done = [c for c in chunks if c.done]
-    return web.json_response(
-        {
-            "metadata": _metadata(job),
-            "chunks": [_chunk_view(c) for c in chunks],
-            "input_text": job.text,
-            "error_log": [job.error] if job.error else [],
-            "performance_metrics": {
-                "total_processing_time_ms": job.total_processing_time_ms,
-                "avg_chunk_time_ms": job.total_processing_time_ms / len(done) if done else 0,
-                "success_rate": len(done) / len(chunks) if chunks else 0,
-            },
-        }
+    return json_model(
+        JobDetails(
+            metadata=_metadata(job),
+            chunks=[_chunk_view(c) for c in chunks],
+            input_text=job.text,
+            error_log=[job.error] if job.error else [],
+            performance_metrics=PerformanceMetrics(
+                total_processing_time_ms=job.total_processing_time_ms,
+                avg_chunk_time_ms=job.total_processing_time_ms / len(done) if done else 0,
+                success_rate=len(done) / len(chunks) if chunks else 0,
+            ),
+        )
     )
 
 
-@route("GET", "/audio/speech/long/{job_id}/download")
+@api_route(
+    routes, "GET", *with_v1("/audio/speech/long/{job_id}/download"),
+    operation_id="downloadLongTextJob", summary="The finished audio (Range requests supported)", tag=TAG,
+    responses={
+        200: Reply("The audio in the job's response_format", media=tuple(sorted(set(audio.CONTENT_TYPES.values())))),
+        206: Reply("The requested byte range"),
+    },
+    errors=(NotFound, Conflict, 500),
+    path_params=JOB_ID,
+)
 async def download(request: web.Request) -> web.StreamResponse:
     job = await _job(request)
     if job.status != COMPLETED:
@@ -369,66 +410,112 @@ async def _act(request: web.Request, verb: str) -> JobRecord:
     return await getattr(_manager(request), verb)(request.match_info["job_id"])
 
 
-@route("PUT", "/audio/speech/long/{job_id}/pause")
+@api_route(
+    routes, "PUT", *with_v1("/audio/speech/long/{job_id}/pause"),
+    operation_id="pauseLongTextJob", summary="Pause a pending or running job", tag=TAG,
+    responses={200: Reply("The job, paused", JobAction)}, errors=(NotFound, Conflict), path_params=JOB_ID,
+)
 async def pause(request: web.Request) -> web.Response:
     job = await _act(request, "pause")
-    return _action(job, f"Job {job.job_id} paused successfully")
+    return json_model(_action(job, f"Job {job.job_id} paused successfully"))
 
 
-@route("PUT", "/audio/speech/long/{job_id}/resume")
+@api_route(
+    routes, "PUT", *with_v1("/audio/speech/long/{job_id}/resume"),
+    operation_id="resumeLongTextJob", summary="Resume a paused job", tag=TAG,
+    responses={200: Reply("The job, pending again", JobAction)}, errors=(NotFound, Conflict, QueueFull), path_params=JOB_ID,
+)
 async def resume(request: web.Request) -> web.Response:
     job = await _act(request, "resume")
-    return _action(job, f"Job {job.job_id} resumed successfully")
+    return json_model(_action(job, f"Job {job.job_id} resumed successfully"))
 
 
-@route("POST", "/audio/speech/long/{job_id}/retry")
+@api_route(
+    routes, "POST", *with_v1("/audio/speech/long/{job_id}/retry"),
+    operation_id="retryLongTextJob",
+    summary="Continue a failed or cancelled job from its last finished chunk",
+    tag=TAG,
+    body=Json(RetryRequest, required=False),
+    responses={200: JobCreated},
+    errors=(InvalidInput, NotFound, Conflict, QueueFull),
+    path_params=JOB_ID,
+)
 async def retry(request: web.Request) -> web.Response:
     body = parse(RetryRequest, await read_optional_json(request))
     if not body.preserve_chunks:
         raise InvalidInput("preserve_chunks=false is not supported: a retry continues from the last finished chunk", param="preserve_chunks")
     job = await _act(request, "retry")
-    return web.json_response(_created(request, job, f"Job resumed from chunk {job.completed_chunks + 1} (retry #{job.retry_count})"))
+    return json_model(_created(request, job, f"Job resumed from chunk {job.completed_chunks + 1} (retry #{job.retry_count})"))
 
 
-@route("DELETE", "/audio/speech/long/{job_id}")
+@api_route(
+    routes, "DELETE", *with_v1("/audio/speech/long/{job_id}"),
+    operation_id="cancelLongTextJob",
+    summary="Cancel a job (action=cancel) or remove it and its files (action=delete)",
+    tag=TAG,
+    responses={200: JobCancelledOrDeleted},
+    errors=(InvalidInput, NotFound, Conflict),
+    params=(Param("action", {"enum": ["cancel", "delete"], "default": "cancel"}, "cancel or delete"),),
+    path_params=JOB_ID,
+)
 async def cancel_or_delete(request: web.Request) -> web.Response:
     """action=cancel (default): stop the job and keep it (retry can continue it);
     action=delete: stop it if it runs, then remove its record and files."""
     action = request.query.get("action", "cancel")
     if action == "cancel":
         job = await _act(request, "cancel")
-        return _action(job, f"Job {job.job_id} cancelled successfully")
+        return json_model(_action(job, f"Job {job.job_id} cancelled successfully"))
     if action == "delete":
         job = await _job(request)
         await _manager(request).delete(job.job_id)
-        return web.json_response({"success": True, "message": f"Job {job.job_id} deleted successfully", "job_id": job.job_id})
+        return json_model(JobDeleted(success=True, message=f"Job {job.job_id} deleted successfully", job_id=job.job_id))
     raise InvalidInput(f"action must be cancel or delete, got {action!r}", param="action")
 
 
-@route("PATCH", "/audio/speech/long/{job_id}")
+@api_route(
+    routes, "PATCH", *with_v1("/audio/speech/long/{job_id}"),
+    operation_id="updateLongTextJob", summary="Rename or tag a job", tag=TAG,
+    body=UpdateRequest, responses={200: Reply("The job's status", JobAction)}, errors=(NotFound,), path_params=JOB_ID,
+)
 async def update(request: web.Request) -> web.Response:
     body = parse(UpdateRequest, await read_json_object(request))
     await _job(request)
     tags = None if body.tags is None else [t.strip() for t in body.tags]
     job = await _manager(request).update_metadata(request.match_info["job_id"], display_name=body.display_name, tags=tags)
-    return _action(job, "Job metadata updated successfully")
+    return json_model(_action(job, "Job metadata updated successfully"))
 
 
-def _sse_data(job_id: str, data: dict[str, Any]) -> dict[str, Any]:
+def _sse_data(job_id: str, data: dict[str, Any]) -> JobProgressEvent:
     stage = data.get("status")
-    return {
-        "job_id": job_id,
-        "status": "pending" if stage == "queued" else "processing",
-        "stage": stage,
-        "current_step": data.get("current_step"),
-        "progress": data.get("progress_percentage"),
-        "current_chunk": data.get("current_chunk"),
-        "total_chunks": data.get("total_chunks"),
-        "estimated_completion": data.get("estimated_completion"),
-    }
+    return JobProgressEvent(
+        job_id=job_id,
+        status="pending" if stage == "queued" else "processing",
+        stage=stage,
+        current_step=data.get("current_step"),
+        progress=data.get("progress_percentage"),
+        current_chunk=data.get("current_chunk"),
+        total_chunks=data.get("total_chunks"),
+        estimated_completion=data.get("estimated_completion"),
+    )
 
 
-@route("GET", "/audio/speech/long/{job_id}/sse")
+@api_route(
+    routes, "GET", *with_v1("/audio/speech/long/{job_id}/sse"),
+    operation_id="streamLongTextJob", summary="A job's progress as Server-Sent Events", tag=TAG,
+    responses={
+        200: Reply(
+            "progress events, then completed, error, cancelled or paused",
+            events=Events(
+                {
+                    "progress": (JobSnapshotEvent, JobProgressEvent),
+                    **{name: JobEnded for name in ("completed", "error", "cancelled", "paused", "status")},
+                }
+            ),
+        )
+    },
+    errors=(NotFound, TooManyStreams),
+    path_params=JOB_ID,
+)
 async def job_sse(request: web.Request) -> web.StreamResponse:
     """``progress`` events while the job runs, then one ``completed``, ``error``, ``cancelled``
     or ``paused`` event when it stops; a job that is not running gets its final event at once."""
@@ -438,18 +525,25 @@ async def job_sse(request: web.Request) -> web.StreamResponse:
     try:
         async with sse_response(request, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}, ping_interval=core.settings.sse_ping_interval) as sse:
             view = _job_view(request, job)
-            await sse.send(json.dumps({"job_id": job.job_id, "status": job.status, "progress": view["progress"]["overall_progress"], "current_chunk": job.current_chunk, "total_chunks": job.total_chunks}), event="progress")
+            first = JobSnapshotEvent(
+                job_id=job.job_id,
+                status=job.status,
+                progress=view.progress.overall_progress,
+                current_chunk=job.current_chunk,
+                total_chunks=job.total_chunks,
+            )
+            await sse.send(event_data(first), event="progress")
             running = _manager(request).is_running(job.job_id)
             while running and (event := await subscription.get()) is not None:
                 if event.type not in ("status", "progress") or event.data.get("request_id") != job.job_id:
                     continue
                 if event.data.get("status") in TERMINAL_STATUSES:
                     break
-                await sse.send(json.dumps(_sse_data(job.job_id, event.data)), event="progress", id=str(event.id))
+                await sse.send(event_data(_sse_data(job.job_id, event.data)), event="progress", id=str(event.id))
             job = await _job(request)
-            final = {"job_id": job.job_id, "status": job.status, "message": job.error or f"Job {job.status}", "download_url": _download_url(job)}
+            final = JobEnded(job_id=job.job_id, status=job.status, message=job.error or f"Job {job.status}", download_url=_download_url(job))
             name = {"completed": "completed", "failed": "error", "cancelled": "cancelled", "paused": "paused"}.get(job.status, "status")
-            await sse.send(json.dumps(final), event=name)
+            await sse.send(event_data(final), event=name)
         return sse
     except ConnectionResetError:
         return web.Response()

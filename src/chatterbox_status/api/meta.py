@@ -1,18 +1,38 @@
-"""Service endpoints: /health, /ping, /v1/models and /config."""
+"""Service endpoints: /health, /ping, /v1/models, /config, /metrics, memory, languages and routes."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 
 from aiohttp import web
 
 from .. import __version__, memory, metrics
 from ..exceptions import InvalidInput
+from ..schemas.meta import (
+    Config,
+    DefaultsConfig,
+    Endpoint,
+    Endpoints,
+    Health,
+    HealthConfig,
+    Language,
+    Languages,
+    LimitsConfig,
+    MemoryManagementConfig,
+    MemoryReset,
+    MemoryStatus,
+    Model,
+    ModelConfig,
+    ModelList,
+    Ping,
+    ServerConfig,
+)
+from ..schemas.status import MemorySnapshot
 from ..state import CORE, METRICS
-from .params import aliased, query_bool
-from .status import engine_view
+from .params import bool_param, query_bool
+from .routing import Reply, api_route, json_model
+from .status import engine_view, memory_info
 
 routes = web.RouteTableDef()
 
@@ -20,124 +40,167 @@ routes = web.RouteTableDef()
 OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
 
-@aliased(routes, "GET", "/health", "/v1/health")
+@api_route(
+    routes, "GET", "/health", "/v1/health",
+    operation_id="getHealth", summary="Ready, loading, or failed", tag="service", responses={200: Health},
+)
 async def health(request: web.Request) -> web.Response:
     """Ready, initializing or failed, always 200 as chatterbox-tts-api answers (its frontend
     reads ``status`` and ``initialization_error`` rather than the code); /ping is liveness."""
     core = request.app[CORE]
     engine = engine_view(core)
-    if engine["state"] == "error":
+    if engine.state == "error":
         status, initialization_state = "error", "error"
-    elif engine["state"] == "ready":
+    elif engine.state == "ready":
         status, initialization_state = "healthy", "ready"
     else:
         status, initialization_state = "initializing", "initializing"
     settings = core.settings
-    body = {
-        "status": status,
-        "model_loaded": engine["state"] == "ready",
-        "device": core.engine.device,
-        "initialization_state": initialization_state,
-        "initialization_progress": f"{engine['load_progress']:.0f}%",
-        "initialization_error": engine["error"],
-        "engine": engine,
-        "queue_length": len(core.tracker.queued()),
-        "version": __version__,
-        "config": {
-            "max_chunk_length": settings.max_chunk_length,
-            "max_total_length": settings.max_total_length,
-            "voice_sample_path": settings.voice_sample_path,
-            "default_exaggeration": settings.exaggeration,
-            "default_cfg_weight": settings.cfg_weight,
-            "default_temperature": settings.temperature,
-        },
-        "memory_info": memory.report(settings.enable_memory_monitoring),
-    }
-    return web.json_response(body)
+    body = Health(
+        status=status,  # type: ignore[arg-type]
+        model_loaded=engine.state == "ready",
+        device=core.engine.device,
+        initialization_state=initialization_state,  # type: ignore[arg-type]
+        initialization_progress=f"{engine.load_progress:.0f}%",
+        initialization_error=engine.error,
+        engine=engine,
+        queue_length=len(core.tracker.queued()),
+        version=__version__,
+        config=HealthConfig(
+            max_chunk_length=settings.max_chunk_length,
+            max_total_length=settings.max_total_length,
+            voice_sample_path=settings.voice_sample_path,
+            default_exaggeration=settings.exaggeration,
+            default_cfg_weight=settings.cfg_weight,
+            default_temperature=settings.temperature,
+        ),
+        memory_info=memory_info(core),
+    )
+    return json_model(body)
 
 
-@aliased(routes, "GET", "/ping", "/v1/ping")
+@api_route(
+    routes, "GET", "/ping", "/v1/ping", summary="Liveness", tag="service", responses={200: Reply("Alive", Ping)}
+)
 async def ping(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "message": "pong", "timestamp": time.time()})
+    return json_model(Ping(status="ok", message="pong", timestamp=time.time()))
 
 
-@aliased(routes, "GET", "/v1/models", "/models")
+@api_route(
+    routes, "GET", "/v1/models", "/models",
+    operation_id="listModels", summary="OpenAI's model list", tag="service", responses={200: ModelList},
+)
 async def models(request: web.Request) -> web.Response:
     core = request.app[CORE]
     created = int(core.started_at)
     ids = (core.engine.name, *OPENAI_MODELS)
-    return web.json_response(
-        {
-            "object": "list",
-            "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "chatterbox-status"} for model_id in ids],
-        }
-    )
+    data = [Model(id=model_id, object="model", created=created, owned_by="chatterbox-status") for model_id in ids]
+    return json_model(ModelList(object="list", data=data))
 
 
-@aliased(routes, "GET", "/config", "/v1/config")
+@api_route(
+    routes, "GET", "/config", "/v1/config",
+    operation_id="getConfig", summary="The settings in force", tag="service", responses={200: Config},
+)
 async def config(request: web.Request) -> web.Response:
     core = request.app[CORE]
-    settings = dataclasses.asdict(core.settings)
-    return web.json_response(
-        {
-            "server": {"host": settings["host"], "port": settings["port"], "version": __version__},
-            "model": {
-                "engine": core.choice.name,
-                "requested_engine": settings["engine"],
-                "device": core.engine.device,
-                "voice_sample_path": settings["voice_sample_path"],
-                "model_cache_dir": settings["model_cache_dir"],
-            },
-            "defaults": {
-                name: settings[name]
-                for name in ("exaggeration", "cfg_weight", "temperature", "max_chunk_length", "max_total_length")
-            },
-            "memory_management": {"enable_memory_monitoring": settings["enable_memory_monitoring"]},
-            "limits": {
-                name: settings[name] for name in ("max_queue_size", "history_size", "max_body_size")
-            },
-            "cors_origins": settings["cors_origins"],
-        }
+    settings = core.settings
+    return json_model(
+        Config(
+            server=ServerConfig(host=settings.host, port=settings.port, version=__version__),
+            model=ModelConfig(
+                engine=core.choice.name,
+                requested_engine=settings.engine,
+                device=core.engine.device,
+                voice_sample_path=settings.voice_sample_path,
+                model_cache_dir=settings.model_cache_dir,
+            ),
+            defaults=DefaultsConfig(
+                exaggeration=settings.exaggeration,
+                cfg_weight=settings.cfg_weight,
+                temperature=settings.temperature,
+                max_chunk_length=settings.max_chunk_length,
+                max_total_length=settings.max_total_length,
+            ),
+            memory_management=MemoryManagementConfig(enable_memory_monitoring=settings.enable_memory_monitoring),
+            limits=LimitsConfig(
+                max_queue_size=settings.max_queue_size,
+                history_size=settings.history_size,
+                max_body_size=settings.max_body_size,
+            ),
+            cors_origins=settings.cors_origins,
+        )
     )
 
 
-@aliased(routes, "GET", "/metrics")
+@api_route(
+    routes, "GET", "/metrics",
+    operation_id="getMetrics", summary="Prometheus metrics", tag="service",
+    responses={200: Reply("The text exposition format", media=("text/plain",))},
+)
 async def prometheus_metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
-@aliased(routes, "GET", "/memory", "/v1/memory")
+@api_route(
+    routes, "GET", "/memory", "/v1/memory",
+    operation_id="getMemory",
+    summary="Memory in use now: process and system RAM, and CUDA's allocated, reserved and peak",
+    tag="service",
+    responses={200: MemoryStatus},
+)
 async def memory_status(request: web.Request) -> web.Response:
-    """Memory in use now: process and system RAM, and CUDA's allocated, reserved and peak."""
-    return web.json_response({"memory_info": memory.snapshot(), "engine": request.app[CORE].engine.name})
+    snapshot = MemorySnapshot.model_validate(memory.snapshot())
+    return json_model(MemoryStatus(memory_info=snapshot, engine=request.app[CORE].engine.name))
 
 
-@aliased(routes, "POST", "/memory/reset", "/v1/memory/reset")
+@api_route(
+    routes, "POST", "/memory/reset", "/v1/memory/reset",
+    operation_id="resetMemory",
+    summary="Collect garbage and empty torch's CUDA cache (resetting its peak)",
+    tag="service",
+    responses={200: Reply("Memory before and after", MemoryReset)},
+    errors=(InvalidInput,),
+    params=(bool_param("confirm", "Must be true, or the call is a 400"),),
+)
 async def memory_reset(request: web.Request) -> web.Response:
     """Collect garbage and empty torch's CUDA cache (resetting its peak), on confirm=true."""
     if not query_bool(request, "confirm"):
         raise InvalidInput("Releasing memory needs confirm=true", param="confirm", code="confirmation_required")
-    before = memory.snapshot()
+    before = MemorySnapshot.model_validate(memory.snapshot())
     await asyncio.to_thread(memory.release, True)
-    return web.json_response({"success": True, "memory_before": before, "memory_after": memory.snapshot()})
+    after = MemorySnapshot.model_validate(memory.snapshot())
+    return json_model(MemoryReset(success=True, memory_before=before, memory_after=after))
 
 
-@aliased(routes, "GET", "/languages", "/v1/languages")
+@api_route(
+    routes, "GET", "/languages", "/v1/languages",
+    operation_id="listLanguages",
+    summary="The languages the engine speaks (the speech request's language field)",
+    tag="service",
+    responses={200: Languages},
+)
 async def languages(request: web.Request) -> web.Response:
     """The languages the engine speaks (all of Chatterbox Multilingual's once it has loaded)."""
     engine = request.app[CORE].engine
     codes = engine.languages
-    return web.json_response(
-        {
-            "engine": engine.name,
-            "multilingual": len(codes) > 1,
-            "languages": [{"code": code, "name": name} for code, name in sorted(codes.items())],
-            "count": len(codes),
-        }
+    return json_model(
+        Languages(
+            engine=engine.name,
+            multilingual=len(codes) > 1,
+            languages=[Language(code=code, name=name) for code, name in sorted(codes.items())],
+            count=len(codes),
+        )
     )
 
 
-@aliased(routes, "GET", "/endpoints", "/v1/endpoints", "/routes")
+@api_route(
+    routes, "GET", "/endpoints", "/v1/endpoints", "/routes",
+    operation_id="listEndpoints",
+    summary="Every path the server answers, with its methods",
+    tag="service",
+    responses={200: Endpoints},
+)
 async def endpoints(request: web.Request) -> web.Response:
     """Every path the server answers, with its methods (aliases listed as paths of their own)."""
     methods: dict[str, set[str]] = {}
@@ -146,5 +209,5 @@ async def endpoints(request: web.Request) -> web.Response:
         path = info.get("path") or info.get("formatter")
         if path and route.method != "HEAD":
             methods.setdefault(path, set()).add(route.method)
-    listed = [{"path": path, "methods": sorted(found)} for path, found in sorted(methods.items())]
-    return web.json_response({"endpoints": listed, "count": len(listed)})
+    listed = [Endpoint(path=path, methods=sorted(found)) for path, found in sorted(methods.items())]
+    return json_model(Endpoints(endpoints=listed, count=len(listed)))

@@ -1,26 +1,24 @@
-"""Routing with aliases and strict query-parameter parsing shared by the resources."""
+"""Strict query-parameter parsing shared by the resources, and how the document states it."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from aiohttp import web
 
 from ..exceptions import InvalidInput
+from .routing import Param
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
 
-def aliased(routes: web.RouteTableDef, method: str, *paths: str) -> Callable:
-    """Register one handler under every path given (the spec's aliases)."""
+def bool_param(name: str, description: str) -> Param:
+    """The document's entry for a parameter read with :func:`query_bool`."""
+    return Param(name, {"type": "boolean", "default": False}, f"{description} (true, 1, yes or on; false, 0, no or off)")
 
-    def register(handler: Callable) -> Callable:
-        for path in paths:
-            routes.route(method, path)(handler)
-        return handler
 
-    return register
+def int_param(name: str, default: int, low: int, high: int, description: str) -> Param:
+    """The document's entry for a parameter read with :func:`query_int`."""
+    return Param(name, {"type": "integer", "minimum": low, "maximum": high, "default": default}, description)
 
 
 def query_bool(request: web.Request, name: str, default: bool = False) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,37 +21,107 @@ from .. import audio, voices
 from ..core import Core
 from ..engines.base import Voice
 from ..errors import error_body, from_refusal
-from ..exceptions import Conflict, InvalidInput, NotFound, Refusal
+from ..exceptions import Conflict, EngineError, InvalidInput, NotFound, QueueFull, Refusal, Unavailable
 from ..planning import SpeechJob
-from ..schemas.speech import SpeechRequest
-from ..state import CORE
 from ..pipeline import Job
-from .bodies import parse, parse_form, read_json_object, request_id_from
+from ..schemas.speech import AudioDelta, AudioDone, SpeechCancelled, SpeechFailed, SpeechRequest, Usage
+from ..state import CORE, SETTINGS
+from .bodies import REQUEST_ID_PATTERN, parse, parse_form, read_json_object, request_id_from
 from .forms import read_form
-from .params import aliased
+from .routing import Events, Form, Json, Param, Reply, api_route, event_data, json_model
 
 routes = web.RouteTableDef()
 
+SPEECH_DESCRIPTION = (
+    "The whole audio file in the asked format, or, with `stream_format`, the audio as it is generated: "
+    "`audio` sends the file with chunked transfer (a failure midway aborts the transfer), `sse` sends OpenAI's "
+    "`speech.audio.delta` events (base64 audio) and a final `speech.audio.done` with `usage`, or an `error` event."
+)
+SPEECH_REPLY = Reply(
+    SPEECH_DESCRIPTION,
+    media=tuple(dict.fromkeys(audio.CONTENT_TYPES.values())),
+    events=Events({"speech.audio.delta": AudioDelta, "speech.audio.done": AudioDone, "error": SpeechFailed}),
+    headers={"X-Request-ID": "The id of the speech request"},
+)
+X_REQUEST_ID = Param(
+    "X-Request-ID",
+    {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern},
+    "The id this request should get (8-64 letters, digits, '.', '_', '-'), e.g. to watch it from its first "
+    "moment; 409 if the id is in use. The server picks one when it is absent.",
+    where="header",
+)
+# Every refusal a speech request may hear, as whole file or stream.
+SPEECH_ERRORS = (InvalidInput, NotFound, Conflict, QueueFull, Unavailable)
 
-@aliased(routes, "POST", "/v1/audio/speech", "/audio/speech", "/tts")
+
+def _input_limit(app: web.Application) -> int:
+    return app[SETTINGS].max_total_length
+
+
+SPEECH_JSON = Json(SpeechRequest, input_limit=_input_limit)
+SPEECH_FORM = Form(
+    SpeechRequest,
+    "The speech fields as a form; `voice_file` (optional) is a clip to clone for this request only.",
+    file=("voice_file", "A voice clip to clone (1-60 s)"),
+    as_text=True,
+    input_limit=_input_limit,
+)
+STREAMED = "`stream_format` defaults to `audio` here."
+
+
+@api_route(
+    routes, "POST", "/v1/audio/speech", "/audio/speech", "/tts",
+    summary="Generate speech (OpenAI's speech API)",
+    tag="speech",
+    body=SPEECH_JSON,
+    responses={200: SPEECH_REPLY},
+    errors=(*SPEECH_ERRORS, EngineError),
+    params=(X_REQUEST_ID,),
+)
 async def create_speech(request: web.Request) -> web.StreamResponse:
     """The whole file, or a stream when ``stream_format`` asks for one."""
     return await speak(request, default_stream_format=None)
 
 
-@aliased(routes, "POST", "/v1/audio/speech/stream", "/audio/speech/stream", "/tts/stream")
+@api_route(
+    routes, "POST", "/v1/audio/speech/stream", "/audio/speech/stream", "/tts/stream",
+    summary="Generate speech, streamed as it is generated",
+    description=STREAMED,
+    tag="speech",
+    body=SPEECH_JSON,
+    responses={200: SPEECH_REPLY},
+    errors=SPEECH_ERRORS,
+    params=(X_REQUEST_ID,),
+)
 async def create_speech_stream(request: web.Request) -> web.StreamResponse:
     """Audio streamed as each chunk is generated (chatterbox-tts-api's streaming route)."""
     return await speak(request, default_stream_format="audio")
 
 
-@aliased(routes, "POST", "/v1/audio/speech/upload", "/audio/speech/upload", "/tts/upload")
+@api_route(
+    routes, "POST", "/v1/audio/speech/upload", "/audio/speech/upload", "/tts/upload",
+    summary="Generate speech from a form, optionally cloning an uploaded voice clip",
+    tag="speech",
+    body=SPEECH_FORM,
+    responses={200: SPEECH_REPLY},
+    errors=(*SPEECH_ERRORS, EngineError),
+    params=(X_REQUEST_ID,),
+)
 async def create_speech_upload(request: web.Request) -> web.StreamResponse:
     """The speech fields as a multipart form, with an optional ``voice_file`` to clone once."""
     return await speak_form(request, default_stream_format=None)
 
 
-@aliased(routes, "POST", "/v1/audio/speech/stream/upload", "/audio/speech/stream/upload", "/tts/stream/upload")
+@api_route(
+    routes, "POST", "/v1/audio/speech/stream/upload", "/audio/speech/stream/upload", "/tts/stream/upload",
+    summary="The upload form, streamed as it is generated",
+    description=STREAMED,
+    tag="speech",
+    body=SPEECH_FORM,
+    responses={200: SPEECH_REPLY},
+    errors=SPEECH_ERRORS,
+    params=(X_REQUEST_ID,),
+)
 async def create_speech_stream_upload(request: web.Request) -> web.StreamResponse:
     """The upload form, streamed as each chunk is generated."""
     return await speak_form(request, default_stream_format="audio")
@@ -166,21 +235,29 @@ async def send_sse_stream(request: web.Request, job: Job, response_format: str) 
         request, headers={"X-Request-ID": job.request_id, "Cache-Control": "no-cache"}, allow_all_methods=True
     ) as sse:
         while (data := await job.stream.get()) is not None:
-            delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")}
-            await sse.send(json.dumps(delta), event="speech.audio.delta")
+            delta = AudioDelta(type="speech.audio.delta", audio=base64.b64encode(data).decode("ascii"))
+            await sse.send(event_data(delta), event="speech.audio.delta")
         try:
             await job.result
         except Refusal as exc:
-            body = error_body(_job_error(job, exc))
-            await sse.send(json.dumps({"type": "error", **body}), event="error")
+            failed = SpeechFailed.model_validate({"type": "error", **error_body(_job_error(job, exc))})
+            await sse.send(event_data(failed), event="error")
         else:
             characters = len(job.text)
-            usage = {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}
-            await sse.send(json.dumps({"type": "speech.audio.done", "usage": usage}), event="speech.audio.done")
+            usage = Usage(input_tokens=characters, output_tokens=0, total_tokens=characters)
+            done = AudioDone(type="speech.audio.done", usage=usage)
+            await sse.send(event_data(done), event="speech.audio.done")
     return sse
 
 
-@aliased(routes, "DELETE", "/v1/audio/speech/{request_id}", "/audio/speech/{request_id}", "/tts/{request_id}")
+@api_route(
+    routes, "DELETE", "/v1/audio/speech/{request_id}", "/audio/speech/{request_id}", "/tts/{request_id}",
+    summary="Cancel a queued or running speech request",
+    tag="speech",
+    responses={200: SpeechCancelled},
+    errors=(NotFound, Conflict),
+    path_params={"request_id": "The speech request's id"},
+)
 async def cancel_speech(request: web.Request) -> web.Response:
     core = request.app[CORE]
     request_id = request.match_info["request_id"]
@@ -189,4 +266,6 @@ async def cancel_speech(request: web.Request) -> web.Response:
         if record is None:
             raise NotFound(f"Request {request_id!r} not found", param="request_id")
         raise Conflict(f"Request {request_id} already ended as {record.status}", code="already_finished")
-    return web.json_response({"request_id": request_id, "cancelled": True, "status": core.tracker.find(request_id).status})
+    record = core.tracker.find(request_id)
+    assert record is not None  # cancelling keeps the record
+    return json_model(SpeechCancelled(request_id=request_id, cancelled=True, status=record.status))

@@ -13,20 +13,55 @@ from aiohttp import web
 from .. import __version__, memory
 from ..core import Core
 from ..exceptions import InvalidInput, NotFound
+from ..schemas.status import (
+    EngineView,
+    History,
+    HistoryCleared,
+    Info,
+    MemoryInfo,
+    Progress,
+    RequestDetail,
+    RequestRecord,
+    Statistics,
+    StatisticsResponse,
+    Status,
+    UptimeInfo,
+)
 from ..state import CORE
-from .params import aliased, query_bool, query_int
+from .params import bool_param, int_param, query_bool, query_int
+from .routing import api_route, json_model
 
 routes = web.RouteTableDef()
 
 API_NAME = "Chatterbox TTS API"
 API_VERSION = "1.0.0"
+INCLUDE_MEMORY = bool_param("include_memory", "Add the memory figures")
+REQUEST_ID = {"request_id": "The speech request's id"}
 
 
-def memory_info(core: Core) -> dict:
-    return memory.report(core.settings.enable_memory_monitoring)
+def memory_info(core: Core) -> MemoryInfo:
+    return MemoryInfo.model_validate(memory.report(core.settings.enable_memory_monitoring))
 
 
-@aliased(routes, "GET", "/status", "/v1/status", "/processing", "/processing/status")
+@api_route(
+    routes,
+    "GET",
+    "/status",
+    "/v1/status",
+    "/processing",
+    "/processing/status",
+    operation_id="getStatus",
+    summary="The current request (or idle), its progress and the queue",
+    tag="status",
+    responses={200: Status},
+    errors=(InvalidInput,),
+    params=(
+        INCLUDE_MEMORY,
+        bool_param("include_history", "Add request_history"),
+        bool_param("include_stats", "Add statistics"),
+        int_param("history_limit", 5, 1, 20, "How many finished requests request_history lists"),
+    ),
+)
 async def status(request: web.Request) -> web.Response:
     core = request.app[CORE]
     include_memory = query_bool(request, "include_memory")
@@ -35,49 +70,104 @@ async def status(request: web.Request) -> web.Response:
     history_limit = query_int(request, "history_limit", 5, 1, 20)
     body = core.tracker.status()
     if include_memory:
-        body["memory_info"] = memory_info(core)
+        body["memory_info"] = memory.report(core.settings.enable_memory_monitoring)
     if include_history:
         body["request_history"] = core.tracker.history(history_limit)
     if include_stats:
         body["statistics"] = core.tracker.statistics()
-    return web.json_response(body)
+    return json_model(Status.model_validate(body))
 
 
-@aliased(routes, "GET", "/status/progress", "/v1/status/progress", "/progress")
+@api_route(
+    routes,
+    "GET",
+    "/status/progress",
+    "/v1/status/progress",
+    "/progress",
+    operation_id="getProgress",
+    summary="The light progress body for polling",
+    tag="status",
+    responses={200: Progress},
+)
 async def progress(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CORE].tracker.progress())
+    return json_model(Progress.model_validate(request.app[CORE].tracker.progress()))
 
 
-@aliased(routes, "GET", "/status/statistics", "/v1/status/statistics", "/stats")
+@api_route(
+    routes,
+    "GET",
+    "/status/statistics",
+    "/v1/status/statistics",
+    "/stats",
+    operation_id="getStatistics",
+    summary="Lifetime request counters",
+    tag="status",
+    responses={200: StatisticsResponse},
+    errors=(InvalidInput,),
+    params=(INCLUDE_MEMORY,),
+)
 async def statistics(request: web.Request) -> web.Response:
     core = request.app[CORE]
     include_memory = query_bool(request, "include_memory")
-    body = core.tracker.statistics()
+    body = StatisticsResponse.model_validate(core.tracker.statistics())
     if include_memory:
-        body["current_memory"] = memory_info(core)
-    return web.json_response(body)
+        body.current_memory = memory_info(core)
+    return json_model(body)
 
 
-@aliased(routes, "GET", "/status/history", "/v1/status/history", "/history")
+@api_route(
+    routes,
+    "GET",
+    "/status/history",
+    "/v1/status/history",
+    "/history",
+    operation_id="getHistory",
+    summary="Finished requests, newest first",
+    tag="status",
+    responses={200: History},
+    errors=(InvalidInput,),
+    params=(int_param("limit", 10, 1, 50, "How many requests to list"),),
+)
 async def history(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 10, 1, 50)
-    records = request.app[CORE].tracker.history(limit)
-    return web.json_response({"request_history": records, "total_records": len(records), "limit": limit})
+    records = [RequestRecord.model_validate(r) for r in request.app[CORE].tracker.history(limit)]
+    return json_model(History(request_history=records, total_records=len(records), limit=limit))
 
 
-@aliased(routes, "POST", "/status/history/clear", "/v1/status/history/clear", "/history/clear")
+@api_route(
+    routes,
+    "POST",
+    "/status/history/clear",
+    "/v1/status/history/clear",
+    "/history/clear",
+    operation_id="clearHistory",
+    summary="Clear the request history (statistics stay)",
+    tag="status",
+    responses={200: HistoryCleared},
+    errors=(InvalidInput,),
+    params=(bool_param("confirm", "Must be true, or the call is a 400"),),
+)
 async def clear_history(request: web.Request) -> web.Response:
     if not query_bool(request, "confirm"):
         raise InvalidInput("Clearing the history needs confirm=true", param="confirm", code="confirmation_required")
     core = request.app[CORE]
     cleared = core.tracker.history(core.settings.history_size)
     core.bus.publish("history_cleared", {})
-    return web.json_response(
-        {"success": True, "message": "TTS request history cleared", "cleared_records": len(cleared)}
-    )
+    return json_model(HistoryCleared(success=True, message="TTS request history cleared", cleared_records=len(cleared)))
 
 
-@aliased(routes, "GET", "/status/requests/{request_id}", "/v1/status/requests/{request_id}")
+@api_route(
+    routes,
+    "GET",
+    "/status/requests/{request_id}",
+    "/v1/status/requests/{request_id}",
+    operation_id="getRequest",
+    summary="One request: queued, running or in the history",
+    tag="status",
+    responses={200: RequestDetail},
+    errors=(NotFound,),
+    path_params=REQUEST_ID,
+)
 async def one_request(request: web.Request) -> web.Response:
     core = request.app[CORE]
     request_id = request.match_info["request_id"]
@@ -90,49 +180,58 @@ async def one_request(request: web.Request) -> web.Response:
     if entry is not None:
         body["estimated_start"] = entry["estimated_start"]
         body["progress"]["estimated_completion"] = entry["estimated_completion"]
-    return web.json_response(body)
+    return json_model(RequestDetail.model_validate(body))
 
 
-@aliased(routes, "GET", "/info", "/v1/info", "/api/info")
+@api_route(
+    routes,
+    "GET",
+    "/info",
+    "/v1/info",
+    "/api/info",
+    operation_id="getInfo",
+    summary="Status, statistics, memory, the last 3 requests and uptime",
+    tag="status",
+    responses={200: Info},
+)
 async def info(request: web.Request) -> web.Response:
     core = request.app[CORE]
     tracker = core.tracker
-    stats = tracker.statistics()
+    stats = Statistics.model_validate(tracker.statistics())
     engine = engine_view(core)
-    state = {"error": "error", "ready": "operational"}.get(engine["state"], "initializing")
-    return web.json_response(
-        {
-            "api_name": API_NAME,
-            "server": "chatterbox-status",
-            "version": __version__,
-            "api_version": API_VERSION,
-            "status": state,
-            "engine": engine,
-            "tts_status": tracker.status(),
-            "statistics": stats,
-            "memory_info": memory_info(core),
-            "recent_requests": tracker.history(3),
-            "uptime_info": {
-                "uptime_seconds": round(time.time() - core.started_at, 1),
-                "total_requests": stats["total_requests"],
-                "success_rate": stats["success_rate"],
-                "is_processing": stats["is_processing"],
-            },
-        }
+    state = {"error": "error", "ready": "operational"}.get(engine.state or "", "initializing")
+    return json_model(
+        Info(
+            api_name=API_NAME,
+            server="chatterbox-status",
+            version=__version__,
+            api_version=API_VERSION,
+            status=state,  # type: ignore[arg-type]
+            engine=engine,
+            tts_status=Status.model_validate(tracker.status()),
+            statistics=stats,
+            memory_info=memory_info(core),
+            recent_requests=[RequestRecord.model_validate(r) for r in tracker.history(3)],
+            uptime_info=UptimeInfo(
+                uptime_seconds=round(time.time() - core.started_at, 1),
+                total_requests=stats.total_requests,
+                success_rate=stats.success_rate,
+                is_processing=stats.is_processing,
+            ),
+        )
     )
 
 
-def engine_view(core: Core) -> dict:
+def engine_view(core: Core) -> EngineView:
     """Which engine runs, why it was chosen, and how far its model has loaded."""
     state = core.tracker.engine
-    return {
-        "name": core.choice.name,
-        "requested": core.choice.requested,
-        "reason": core.choice.reason,
-        "device": core.engine.device,
-        "sample_rate": core.engine.sample_rate,
-        "state": state.get("state"),
-        "load_progress": state.get("load_progress", 0.0),
-        "error": state.get("error"),
-    }
-
+    return EngineView(
+        name=core.choice.name,
+        requested=core.choice.requested,
+        reason=core.choice.reason,
+        device=core.engine.device,
+        sample_rate=core.engine.sample_rate,
+        state=state.get("state"),
+        load_progress=state.get("load_progress", 0.0),
+        error=state.get("error"),
+    )

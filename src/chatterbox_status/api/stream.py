@@ -17,11 +17,12 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from ..core import Core
-from ..exceptions import InvalidInput
 from ..events import Event, Subscription
+from ..exceptions import InvalidInput, TooManyStreams
+from ..schemas.status import StatusEventData
 from ..state import CORE
 from ..tracker import TERMINAL_STATUSES
-from .params import aliased
+from .routing import Events, Param, Reply, api_route
 
 routes = web.RouteTableDef()
 
@@ -79,7 +80,37 @@ async def _events(first: list[Event], subscription: Subscription) -> AsyncIterat
         yield event
 
 
-@aliased(routes, "GET", "/status/stream", "/v1/status/stream", "/events")
+EVENT_ID = {"type": "string", "pattern": "^[0-9]*$"}
+
+
+@api_route(
+    routes, "GET", "/status/stream", "/v1/status/stream", "/events",
+    operation_id="streamStatus",
+    summary="Push progress as Server-Sent Events",
+    tag="events",
+    responses={
+        200: Reply(
+            "A `snapshot` event first (the /status/progress body), then `status`, `progress` and `engine` events, "
+            "each with an integer id; comment pings keep it open. With request_id the stream ends after that "
+            "request's terminal event.",
+            events=Events(
+                {name: StatusEventData for name in ("snapshot", *sorted(REQUEST_EVENTS | SERVER_EVENTS))}, with_id=True
+            ),
+        )
+    },
+    errors=(InvalidInput, TooManyStreams),
+    params=(
+        Param("request_id", {"type": "string"}, "Narrow the stream to one request (it need not exist yet)"),
+        Param("last_event_id", EVENT_ID, "Resume after this event id (for clients that cannot send Last-Event-ID)"),
+        Param(
+            "Last-Event-ID",
+            EVENT_ID,
+            "Resume after this event id: missed events are replayed, or a fresh snapshot is sent when they have "
+            "left the replay buffer",
+            where="header",
+        ),
+    ),
+)
 async def status_stream(request: web.Request) -> web.StreamResponse:
     core = request.app[CORE]
     request_id = request.query.get("request_id") or None

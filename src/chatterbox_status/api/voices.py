@@ -16,9 +16,31 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..errors import ApiError
-from ..exceptions import InvalidInput, NotFound
+from ..exceptions import Conflict, InvalidInput, NotFound
+from ..schemas.voices import (
+    AliasChanged,
+    AliasForm,
+    DefaultVoice,
+    DefaultVoiceCleared,
+    DefaultVoiceSet,
+    LibraryDefault,
+    NewNameForm,
+    OwnDefault,
+    Voice,
+    VoiceAliases,
+    VoiceCreated,
+    VoiceDeleted,
+    VoiceDetail,
+    VoiceList,
+    VoiceNameForm,
+    VoiceNames,
+    VoiceRenamed,
+    VoicesCleanup,
+    VoiceUpload,
+)
 from ..state import VOICE_LIBRARY
 from ..voices import (
+    CONTENT_TYPES,
     DEFAULT_LANGUAGE,
     MAX_UPLOAD_BYTES,
     InvalidAudio,
@@ -30,7 +52,7 @@ from ..voices import (
     VoiceLibrary,
 )
 from .forms import posted_form, read_form
-from .params import aliased
+from .routing import Form, Param, Reply, api_route, json_model, with_v1
 
 routes = web.RouteTableDef()
 
@@ -39,24 +61,33 @@ _TEXT_FIELDS = ("voice_name", "language")
 _PARAMS = {InvalidAudio: "voice_file", InvalidLanguage: "language"}
 
 
-def _v1(*paths: str) -> list[str]:
-    return [prefixed for path in paths for prefixed in (path, f"/v1{path}")]
+VOICE_NAME = {"voice_name": "A voice's name or one of its aliases (case-insensitive)"}
+# Names may come as form fields or, as chatterbox-tts-api's documentation shows, in the query.
+NAME_FORM = "as a form field; it may come as a query parameter instead"
 
 
-def voice_view(entry: VoiceEntry) -> dict:
+def _name_form(model: type, name: str) -> Form:
+    return Form(model, f"`{name}` {NAME_FORM}.", required=False)
+
+
+def _name_query(name: str, description: str) -> Param:
+    return Param(name, {"type": "string"}, f"{description} (when not sent as a form field)")
+
+
+def voice_view(entry: VoiceEntry) -> Voice:
     """A voice as chatterbox-tts-api's clients read it, plus its duration and checksum."""
-    return {
-        "name": entry.name,
-        "filename": entry.filename,
-        "original_filename": entry.original_filename,
-        "file_extension": f".{entry.extension}",
-        "file_size": entry.file_size,
-        "upload_date": entry.upload_date,
-        "language": entry.language,
-        "aliases": list(entry.aliases),
-        "duration": entry.duration,
-        "sha256": entry.sha256,
-    }
+    return Voice(
+        name=entry.name,
+        filename=entry.filename,
+        original_filename=entry.original_filename,
+        file_extension=f".{entry.extension}",
+        file_size=entry.file_size,
+        upload_date=entry.upload_date,
+        language=entry.language,
+        aliases=list(entry.aliases),
+        duration=entry.duration,
+        sha256=entry.sha256,
+    )
 
 
 @contextmanager
@@ -102,13 +133,28 @@ def _attachment(filename: str) -> str:
 # -- the collection and the fixed paths under it ---------------------------------------
 
 
-@aliased(routes, "GET", *_v1("/voices", "/audio/voices"), "/voice-library", "/voice_library")
+@api_route(
+    routes, "GET", *with_v1("/voices", "/audio/voices"), "/voice-library", "/voice_library",
+    summary="The voice library", tag="voices", responses={200: Reply("Every voice", VoiceList)},
+)
 async def list_voices(request: web.Request) -> web.Response:
     views = [voice_view(entry) for entry in _library(request).voices()]
-    return web.json_response({"voices": views, "count": len(views)})
+    return json_model(VoiceList(voices=views, count=len(views)))
 
 
-@aliased(routes, "POST", *_v1("/voices"), "/voice-library", "/voice_library")
+@api_route(
+    routes, "POST", *with_v1("/voices"), "/voice-library", "/voice_library",
+    summary="Add a voice to the library",
+    tag="voices",
+    body=Form(
+        VoiceUpload,
+        file=("voice_file", "The clip: wav, mp3, flac, ogg, opus, m4a, aac or webm, 1-60 s, 10 MiB at most"),
+        file_required=True,
+        multipart_only=True,
+    ),
+    responses={201: Reply("The voice is stored", VoiceCreated)},
+    errors=(InvalidInput, Conflict),
+)
 async def upload_voice(request: web.Request) -> web.Response:
     upload = await read_form(request, _TEXT_FIELDS, "voice_file", MAX_UPLOAD_BYTES)
     name = upload.fields.get("voice_name")
@@ -119,91 +165,154 @@ async def upload_voice(request: web.Request) -> web.Response:
     language = upload.fields.get("language", DEFAULT_LANGUAGE)
     with _refusals():
         entry = await _library(request).add(name, upload.data, upload.filename, language)
-    return web.json_response({"message": f"Voice {entry.name!r} added", "voice": voice_view(entry)}, status=201)
+    return json_model(VoiceCreated(message=f"Voice {entry.name!r} added", voice=voice_view(entry)), status=201)
 
 
-@aliased(routes, "GET", *_v1("/voices/default"), "/default-voice")
+@api_route(
+    routes, "GET", *with_v1("/voices/default"), "/default-voice",
+    summary="The voice the OpenAI voice names and 'default' speak with",
+    tag="voices",
+    responses={200: DefaultVoice},
+)
 async def get_default_voice(request: web.Request) -> web.Response:
     entry = _library(request).default()
     if entry is None:
-        return web.json_response({"default_voice": None, "source": "file_system"})
-    return web.json_response(
-        {"default_voice": entry.name, "source": "voice_library", "voice_info": voice_view(entry)}
+        return json_model(DefaultVoice(OwnDefault(default_voice=None, source="file_system")))
+    return json_model(
+        DefaultVoice(LibraryDefault(default_voice=entry.name, source="voice_library", voice_info=voice_view(entry)))
     )
 
 
-@aliased(routes, "POST", *_v1("/voices/default"), "/default-voice")
+@api_route(
+    routes, "POST", *with_v1("/voices/default"), "/default-voice",
+    summary="Make a library voice the default",
+    tag="voices",
+    body=_name_form(VoiceNameForm, "voice_name"),
+    responses={200: Reply("The new default", DefaultVoiceSet)},
+    errors=(InvalidInput, NotFound),
+    params=(_name_query("voice_name", "The voice"),),
+)
 async def set_default_voice(request: web.Request) -> web.Response:
     name = await _field(request, "voice_name")
     with _refusals():
         entry = await _library(request).set_default(name)
-    return web.json_response(
-        {
-            "message": f"The default voice is now {entry.name!r}",
-            "default_voice": entry.name,
-            "voice_info": voice_view(entry),
-        }
+    return json_model(
+        DefaultVoiceSet(
+            message=f"The default voice is now {entry.name!r}", default_voice=entry.name, voice_info=voice_view(entry)
+        )
     )
 
 
-@aliased(routes, "DELETE", *_v1("/voices/default"), "/default-voice")
+@api_route(
+    routes, "DELETE", *with_v1("/voices/default"), "/default-voice",
+    summary="Go back to the server's own default voice",
+    tag="voices",
+    responses={200: Reply("No library default", DefaultVoiceCleared)},
+)
 async def clear_default_voice(request: web.Request) -> web.Response:
     await _library(request).clear_default()
-    return web.json_response(
-        {"message": "The default voice is the server's own again", "default_voice": None, "source": "file_system"}
+    return json_model(
+        DefaultVoiceCleared(
+            message="The default voice is the server's own again", default_voice=None, source="file_system"
+        )
     )
 
 
-@aliased(routes, "GET", *_v1("/voices/all-names"))
+@api_route(
+    routes, "GET", *with_v1("/voices/all-names"),
+    operation_id="listVoiceNames",
+    summary="Every name a speech request may use for a library voice",
+    tag="voices",
+    responses={200: VoiceNames},
+)
 async def all_voice_names(request: web.Request) -> web.Response:
     names = _library(request).all_names()
-    return web.json_response({"voice_names": names, "count": len(names)})
+    return json_model(VoiceNames(voice_names=names, count=len(names)))
 
 
-@aliased(routes, "POST", *_v1("/voices/cleanup"))
+@api_route(
+    routes, "POST", *with_v1("/voices/cleanup"),
+    summary="Forget voices whose audio file is missing",
+    tag="voices",
+    responses={200: Reply("What was forgotten", VoicesCleanup)},
+)
 async def cleanup_voices(request: web.Request) -> web.Response:
     removed = await _library(request).prune_missing()
-    return web.json_response(
-        {
-            "message": f"Forgot {len(removed)} voices whose files were missing",
-            "removed_voices": removed,
-            "count": len(removed),
-        }
+    return json_model(
+        VoicesCleanup(
+            message=f"Forgot {len(removed)} voices whose files were missing", removed_voices=removed, count=len(removed)
+        )
     )
 
 
 # -- one voice ---------------------------------------------------------------------------
 
 
-@aliased(routes, "GET", *_v1("/voices/{voice_name}"))
+@api_route(
+    routes, "GET", *with_v1("/voices/{voice_name}"),
+    summary="One voice",
+    tag="voices",
+    responses={200: Reply("The voice", VoiceDetail)},
+    errors=(NotFound,),
+    path_params=VOICE_NAME,
+)
 async def get_voice(request: web.Request) -> web.Response:
-    return web.json_response({"voice": voice_view(_voice(request))})
+    return json_model(VoiceDetail(voice=voice_view(_voice(request))))
 
 
-@aliased(routes, "PUT", *_v1("/voices/{voice_name}"))
+@api_route(
+    routes, "PUT", *with_v1("/voices/{voice_name}"),
+    summary="Rename a voice",
+    tag="voices",
+    body=_name_form(NewNameForm, "new_name"),
+    responses={200: Reply("The voice under its new name", VoiceRenamed)},
+    errors=(InvalidInput, NotFound, Conflict),
+    params=(_name_query("new_name", "The new name"),),
+    path_params=VOICE_NAME,
+)
 async def rename_voice(request: web.Request) -> web.Response:
     old = _voice(request)
     new_name = await _field(request, "new_name")
     with _refusals("new_name"):
         entry = await _library(request).rename(old.name, new_name)
-    return web.json_response(
-        {
-            "message": f"Voice {old.name!r} is now {entry.name!r}",
-            "old_name": old.name,
-            "new_name": entry.name,
-            "voice": voice_view(entry),
-        }
+    return json_model(
+        VoiceRenamed(
+            message=f"Voice {old.name!r} is now {entry.name!r}",
+            old_name=old.name,
+            new_name=entry.name,
+            voice=voice_view(entry),
+        )
     )
 
 
-@aliased(routes, "DELETE", *_v1("/voices/{voice_name}"))
+@api_route(
+    routes, "DELETE", *with_v1("/voices/{voice_name}"),
+    summary="Delete a voice and its file",
+    tag="voices",
+    responses={200: Reply("The voice is gone", VoiceDeleted)},
+    errors=(NotFound,),
+    path_params=VOICE_NAME,
+)
 async def delete_voice(request: web.Request) -> web.Response:
     with _refusals():
         gone = await _library(request).delete(request.match_info["voice_name"])
-    return web.json_response({"message": f"Voice {gone.name!r} deleted", "voice_name": gone.name})
+    return json_model(VoiceDeleted(message=f"Voice {gone.name!r} deleted", voice_name=gone.name))
 
 
-@aliased(routes, "GET", *_v1("/voices/{voice_name}/download"))
+@api_route(
+    routes, "GET", *with_v1("/voices/{voice_name}/download"),
+    summary="A voice's audio file, as uploaded",
+    tag="voices",
+    responses={
+        200: Reply(
+            "The clip",
+            media=tuple(dict.fromkeys(CONTENT_TYPES.values())),
+            headers={"Content-Disposition": "attachment; filename=<voice name>.<extension>"},
+        )
+    },
+    errors=(NotFound,),
+    path_params=VOICE_NAME,
+)
 async def download_voice(request: web.Request) -> web.StreamResponse:
     entry = _voice(request)
     path = _library(request).path(entry)
@@ -216,36 +325,62 @@ async def download_voice(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers=headers)
 
 
-@aliased(routes, "GET", *_v1("/voices/{voice_name}/aliases"))
+@api_route(
+    routes, "GET", *with_v1("/voices/{voice_name}/aliases"),
+    operation_id="listVoiceAliases",
+    summary="A voice's aliases",
+    tag="voices",
+    responses={200: Reply("The aliases", VoiceAliases)},
+    errors=(NotFound,),
+    path_params=VOICE_NAME,
+)
 async def list_aliases(request: web.Request) -> web.Response:
     entry = _voice(request)
-    return web.json_response({"voice_name": entry.name, "aliases": list(entry.aliases), "count": len(entry.aliases)})
+    return json_model(VoiceAliases(voice_name=entry.name, aliases=list(entry.aliases), count=len(entry.aliases)))
 
 
-@aliased(routes, "POST", *_v1("/voices/{voice_name}/aliases"))
+@api_route(
+    routes, "POST", *with_v1("/voices/{voice_name}/aliases"),
+    operation_id="addVoiceAlias",
+    summary="Give a voice another name",
+    tag="voices",
+    body=_name_form(AliasForm, "alias"),
+    responses={201: Reply("The alias is added (or was there already)", AliasChanged)},
+    errors=(InvalidInput, NotFound, Conflict),
+    params=(_name_query("alias", "The alias"),),
+    path_params=VOICE_NAME,
+)
 async def add_alias(request: web.Request) -> web.Response:
     alias = await _field(request, "alias")
     with _refusals("alias"):
         entry = await _library(request).add_alias(request.match_info["voice_name"], alias)
-    body = {
-        "message": f"{alias.strip()!r} now also names voice {entry.name!r}",
-        "voice_name": entry.name,
-        "alias": alias.strip(),
-        "aliases": list(entry.aliases),
-    }
-    return web.json_response(body, status=201)
+    body = AliasChanged(
+        message=f"{alias.strip()!r} now also names voice {entry.name!r}",
+        voice_name=entry.name,
+        alias=alias.strip(),
+        aliases=list(entry.aliases),
+    )
+    return json_model(body, status=201)
 
 
-@aliased(routes, "DELETE", *_v1("/voices/{voice_name}/aliases/{alias}"))
+@api_route(
+    routes, "DELETE", *with_v1("/voices/{voice_name}/aliases/{alias}"),
+    operation_id="removeVoiceAlias",
+    summary="Remove one of a voice's aliases",
+    tag="voices",
+    responses={200: Reply("The alias is removed", AliasChanged)},
+    errors=(NotFound,),
+    path_params={**VOICE_NAME, "alias": "The alias to remove"},
+)
 async def remove_alias(request: web.Request) -> web.Response:
     alias = request.match_info["alias"]
     with _refusals("alias"):
         entry = await _library(request).remove_alias(request.match_info["voice_name"], alias)
-    return web.json_response(
-        {
-            "message": f"{alias!r} no longer names voice {entry.name!r}",
-            "voice_name": entry.name,
-            "alias": alias,
-            "aliases": list(entry.aliases),
-        }
+    return json_model(
+        AliasChanged(
+            message=f"{alias!r} no longer names voice {entry.name!r}",
+            voice_name=entry.name,
+            alias=alias,
+            aliases=list(entry.aliases),
+        )
     )

@@ -33,12 +33,10 @@ from .config import LongTextConfig
 from .output import ChunkFileOutput
 from .store import (
     CANCELLED,
-    COMPLETED,
     FAILED,
     FINISHED,
     PAUSED,
     PENDING,
-    PROCESSING,
     RUNNABLE,
     ChunkRecord,
     JobRecord,

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..audio import FORMATS
 from ..text import STRATEGIES
+from . import Body
+from .errors import ErrorDetail
+from .status import Count, RecordStatus
 
 ResponseFormat = Literal[FORMATS]  # type: ignore[valid-type]
 ChunkingStrategy = Literal[STRATEGIES]  # type: ignore[valid-type]
@@ -21,13 +24,18 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     input: str = Field(description="The text to speak")
-    model: Annotated[str, Field(max_length=200)] | None = None
-    voice: Annotated[str, Field(min_length=1, max_length=200)] = "alloy"
+    model: Annotated[str, Field(max_length=200)] | None = Field(
+        None, description="Accepted, any name: the server runs one engine"
+    )
+    voice: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        "alloy",
+        description="An OpenAI voice name or 'default' (the default voice), or a voice of the library (404 if unknown)",
+    )
     response_format: ResponseFormat | None = Field(
         None, description="Audio format; DEFAULT_RESPONSE_FORMAT when absent"
     )
     speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
-    instructions: Annotated[str, Field(max_length=4096)] | None = None
+    instructions: Annotated[str, Field(max_length=4096)] | None = Field(None, description="Accepted, not used")
     stream_format: Literal["audio", "sse"] | None = None
     exaggeration: Annotated[float, Field(ge=0.25, le=2.0)] | None = None
     cfg_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -54,3 +62,37 @@ class LongTextRequest(SpeechRequest):
     chunk_size: Annotated[int, Field(ge=20, le=1000)] | None = None
     silence_padding_ms: Annotated[int, Field(ge=0, le=10_000)] | None = None
     display_name: Annotated[str, Field(max_length=200)] | None = None
+
+
+# -- responses ----------------------------------------------------------------------------
+
+
+class SpeechCancelled(Body):
+    """The request is cancelled; its speech call answers 409."""
+
+    request_id: str
+    cancelled: Literal[True]
+    status: RecordStatus
+
+
+class AudioDelta(Body):
+    type: Literal["speech.audio.delta"]
+    audio: str = Field(description="The next piece of the encoded audio", json_schema_extra={"contentEncoding": "base64"})
+
+
+class Usage(Body):
+    input_tokens: Count = Field(description="Input characters")
+    output_tokens: Count
+    total_tokens: Count
+
+
+class AudioDone(Body):
+    type: Literal["speech.audio.done"]
+    usage: Usage
+
+
+class SpeechFailed(Body):
+    """Generation failed midway: the error body, as the whole-file call would answer."""
+
+    type: Literal["error"]
+    error: ErrorDetail

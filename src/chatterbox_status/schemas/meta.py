@@ -1,0 +1,146 @@
+"""The service's bodies: health, liveness, models, settings, memory, routes and languages."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import Body
+from .status import Count, EngineView, MemoryInfo, MemorySnapshot, Timestamp
+
+
+class HealthConfig(Body):
+    max_chunk_length: int
+    max_total_length: int
+    voice_sample_path: str | None
+    default_exaggeration: float
+    default_cfg_weight: float
+    default_temperature: float
+
+
+class Health(Body):
+    """Healthy, still initializing, or failed to load (status error); always a 200."""
+
+    status: Literal["healthy", "initializing", "error"]
+    model_loaded: bool
+    device: str
+    initialization_state: Literal["ready", "initializing", "error"]
+    initialization_progress: Annotated[str, Field(pattern="^[0-9]+%$")]
+    initialization_error: str | None
+    engine: EngineView
+    queue_length: Count
+    version: str
+    config: HealthConfig
+    memory_info: MemoryInfo
+
+
+class Ping(Body):
+    status: Literal["ok"]
+    message: Literal["pong"]
+    timestamp: Timestamp
+
+
+class Model(Body):
+    id: str
+    object: Literal["model"]
+    created: Count
+    owned_by: str
+
+
+class ModelList(Body):
+    """OpenAI's model list: the engine and OpenAI's speech model names."""
+
+    object: Literal["list"]
+    data: list[Model]
+
+
+class ServerConfig(Body):
+    host: str
+    port: int
+    version: str
+
+
+class ModelConfig(Body):
+    engine: str
+    requested_engine: str
+    device: str
+    voice_sample_path: str | None
+    model_cache_dir: str
+
+
+class DefaultsConfig(Body):
+    exaggeration: float
+    cfg_weight: float
+    temperature: float
+    max_chunk_length: int
+    max_total_length: int
+
+
+class MemoryManagementConfig(Body):
+    enable_memory_monitoring: bool
+
+
+class LimitsConfig(Body):
+    max_queue_size: int
+    history_size: int
+    max_body_size: int
+
+
+class Config(Body):
+    """The settings in force."""
+
+    server: ServerConfig
+    model: ModelConfig
+    defaults: DefaultsConfig
+    memory_management: MemoryManagementConfig
+    limits: LimitsConfig
+    cors_origins: str
+
+
+class MemoryStatus(Body):
+    """The figures now, whatever ENABLE_MEMORY_MONITORING says."""
+
+    memory_info: MemorySnapshot
+    engine: str
+
+
+class MemoryReset(Body):
+    success: Literal[True]
+    memory_before: MemorySnapshot
+    memory_after: MemorySnapshot
+
+
+class Endpoint(Body):
+    path: str
+    methods: list[str]
+
+
+class Endpoints(Body):
+    """Every path the server answers, aliases as paths of their own."""
+
+    endpoints: list[Endpoint]
+    count: Count
+
+
+class Language(Body):
+    code: str
+    name: str
+
+
+class Languages(Body):
+    """Language codes and names (the speech request's language field)."""
+
+    engine: str
+    multilingual: bool
+    languages: list[Language]
+    count: Annotated[int, Field(ge=1)]
+
+
+class OpenApiDocument(BaseModel):
+    """This document, OpenAPI 3.1."""
+
+    model_config = ConfigDict(extra="allow")
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]

@@ -1,0 +1,228 @@
+"""The status API's bodies: requests, their progress, the queue, statistics and memory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
+
+from pydantic import ConfigDict, Field, RootModel
+
+from ..tracker import STATUS_VALUES, TERMINAL_STATUSES
+from . import Body, sometimes
+
+# The tracker's status values, as Literals (a type checker sees str: they are built at run time).
+if TYPE_CHECKING:
+    RecordStatus: TypeAlias = str
+    ActiveStatus: TypeAlias = str
+else:
+    RecordStatus = Literal[tuple(s for s in STATUS_VALUES if s != "idle")]
+    ActiveStatus = Literal[tuple(s for s in STATUS_VALUES if s != "idle" and s not in TERMINAL_STATUSES)]
+EngineState = Literal["not_started", "loading", "ready", "error"]
+
+Count = Annotated[int, Field(ge=0)]
+Percentage = Annotated[float, Field(ge=0, le=100)]
+Seconds = Annotated[float, Field(ge=0)]
+Timestamp = Annotated[float, Field(description="Epoch seconds")]
+
+
+class ProgressFields(Body):
+    current_chunk: Count
+    total_chunks: Count
+    current_step: str
+    progress_percentage: Percentage
+    estimated_completion: Timestamp | None
+
+
+class RequestRecord(Body):
+    """One request as the tracker knows it."""
+
+    request_id: str
+    status: RecordStatus
+    start_time: Timestamp
+    end_time: Timestamp | None
+    duration_seconds: Seconds
+    text_length: Count
+    text_preview: str
+    voice_source: str
+    parameters: dict[str, Any] = Field(description="The generation parameters in force")
+    progress: ProgressFields
+    engine: str = sometimes()
+    error_message: str = sometimes()
+    audio_duration_seconds: float = sometimes()
+
+
+class RequestDetail(RequestRecord):
+    """One request, with its place in the queue while it waits."""
+
+    queue_position: Annotated[int, Field(ge=1)] | None
+    estimated_start: Timestamp | None = sometimes()
+
+
+class QueueEntry(Body):
+    request_id: str
+    position: Annotated[int, Field(ge=1)]
+    text_length: Count
+    queued_at: Timestamp
+    estimated_start: Timestamp | None
+    estimated_completion: Timestamp | None
+
+
+class Queue(Body):
+    length: Count
+    requests: list[QueueEntry]
+
+
+class Statistics(Body):
+    """Lifetime request counters."""
+
+    total_requests: Count
+    completed_requests: Count
+    error_requests: Count
+    cancelled_requests: Count
+    success_rate: Percentage
+    average_duration_seconds: Seconds
+    average_text_length: Annotated[float, Field(ge=0)]
+    is_processing: bool
+
+
+class MemorySnapshot(Body):
+    """Memory in MB; the GPU figures are 0 without CUDA."""
+
+    cpu_memory_mb: float
+    cpu_memory_percent: float
+    system_memory_total_mb: float
+    system_memory_available_mb: float
+    gpu_available: bool
+    gpu_memory_allocated_mb: float
+    gpu_memory_reserved_mb: float
+    gpu_memory_max_allocated_mb: float
+
+
+class MemoryDisabled(Body):
+    enabled: Literal[False]
+    note: str
+
+
+class MemoryInfo(RootModel[MemorySnapshot | MemoryDisabled]):
+    """A snapshot, or a note when ENABLE_MEMORY_MONITORING is off."""
+
+
+class StatisticsResponse(Statistics):
+    current_memory: MemoryInfo = sometimes()
+
+
+class _Sections(Body):
+    """What /status adds on request."""
+
+    memory_info: MemoryInfo = sometimes()
+    request_history: Annotated[list[RequestRecord], Field(max_length=20)] = sometimes()
+    statistics: Statistics = sometimes()
+
+
+class IdleStatus(_Sections):
+    status: Literal["idle"]
+    is_processing: Literal[False]
+    message: str
+    total_requests: Count
+    queue: Queue
+
+
+class BusyStatus(RequestRecord, _Sections):
+    status: ActiveStatus
+    is_processing: Literal[True]
+    total_requests: Count
+    queue: Queue
+
+
+class Status(RootModel[Annotated[IdleStatus | BusyStatus, Field(discriminator="status")]]):
+    """The current request (or idle) and the queue."""
+
+
+class IdleProgress(Body):
+    is_processing: Literal[False]
+    status: Literal["idle"]
+    message: str
+
+
+class BusyProgress(ProgressFields):
+    is_processing: Literal[True]
+    status: ActiveStatus
+    request_id: str
+    duration_seconds: Seconds
+    text_preview: str
+    queue_length: Count
+
+
+class Progress(RootModel[Annotated[IdleProgress | BusyProgress, Field(discriminator="status")]]):
+    """Exactly {is_processing, status, message} when idle."""
+
+
+class History(Body):
+    request_history: list[RequestRecord]
+    total_records: Count
+    limit: Annotated[int, Field(ge=1, le=50)]
+
+
+class HistoryCleared(Body):
+    success: Literal[True]
+    message: str
+    cleared_records: Count
+
+
+class EngineView(Body):
+    """Which engine runs, why it was chosen, and how far its model has loaded."""
+
+    name: str
+    requested: str
+    reason: str
+    device: str
+    sample_rate: Annotated[int, Field(ge=1)]
+    state: EngineState | None
+    load_progress: Percentage
+    error: str | None
+
+
+class UptimeInfo(Body):
+    uptime_seconds: Seconds
+    total_requests: Count
+    success_rate: Percentage
+    is_processing: bool
+
+
+class Info(Body):
+    """Status, statistics, memory, the last 3 requests and uptime."""
+
+    api_name: str
+    server: Literal["chatterbox-status"]
+    version: str
+    api_version: str
+    status: Literal["operational", "initializing", "error"]
+    engine: EngineView
+    tts_status: Status
+    statistics: Statistics
+    memory_info: MemoryInfo
+    recent_requests: Annotated[list[RequestRecord], Field(max_length=3)]
+    uptime_info: UptimeInfo
+
+
+class StatusEventData(Body):
+    """An event's data: a request's status or progress, the engine's state, or a snapshot."""
+
+    model_config = ConfigDict(extra="allow")
+
+    timestamp: Timestamp
+    request_id: str | None = sometimes()
+    status: str = sometimes(description="A status value, or 'unknown' in a snapshot of a request not seen yet")
+    is_processing: bool = sometimes()
+    current_chunk: Count = sometimes()
+    total_chunks: Count = sometimes()
+    current_step: str = sometimes()
+    progress_percentage: Percentage = sometimes()
+    estimated_completion: Timestamp | None = sometimes()
+    duration_seconds: Seconds = sometimes()
+    text_preview: str = sometimes()
+    message: str = sometimes()
+    queue_length: Count = sometimes()
+    name: str = sometimes()
+    state: str = sometimes()
+    load_progress: Percentage = sometimes()
+    error: str | None = sometimes()
