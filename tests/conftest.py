@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import io
 import wave
+from pathlib import Path
 
 import pytest
 from doubles import ScriptedEngine
 
+from chatterbox_status.api import long_text
+from chatterbox_status.api.long_text import LONG_TEXT
 from chatterbox_status.app import create_app
 from chatterbox_status.config import Settings
+from chatterbox_status.longtext.config import LongTextConfig
+from chatterbox_status.longtext.manager import LongTextManager
 from chatterbox_status.state import CORE
 
 
@@ -31,6 +36,31 @@ def make_client(aiohttp_client, tmp_path):
         return client
 
     return make
+
+def build_app(engine, data_dir: Path, voices_dir: Path, settings: dict | None = None, **config):
+    """create_app plus the long-text routes, with the given long-text settings."""
+    settings = Settings(voice_library_dir=str(voices_dir), **(settings or {}))
+    app = create_app(settings, engine)
+    lt = LongTextConfig(data_dir=str(data_dir), **config)
+    if LONG_TEXT in app:  # app.py already wires long_text: swap in this test's settings
+        app[LONG_TEXT] = LongTextManager(app[CORE], lt)
+    else:
+        long_text.setup(app, lt)
+    return app
+
+
+@pytest.fixture
+def make_long(aiohttp_client, tmp_path):
+    async def make(engine, data_dir: Path | None = None, hold: bool = False, settings: dict | None = None, **config):
+        app = build_app(engine, data_dir or tmp_path / "data", tmp_path / "voices", settings, **config)
+        client = await aiohttp_client(app)
+        await asyncio.wait_for(core_of(client).worker.wait_loaded(), 30)
+        if hold:  # after the warm-up
+            engine.hold()
+        return client
+
+    return make
+
 
 def core_of(client):
     return client.server.app[CORE]

@@ -9,7 +9,6 @@ import wave
 import av
 import numpy as np
 import pytest
-
 from helpers import pcm16_reference, wav_fields
 
 from chatterbox_status import audio

@@ -7,7 +7,7 @@ import asyncio
 
 from conftest import core_of
 from doubles import ScriptedEngine
-from test_long_text import SENTENCES, in_thread, make_long, manager_of, submit  # noqa: F401
+from test_long_text import SENTENCES, in_thread, manager_of, submit
 
 from chatterbox_status.tracker import TERMINAL_STATUSES
 

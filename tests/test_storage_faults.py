@@ -92,8 +92,8 @@ def test_a_full_disk_fails_the_job_once_and_leaves_no_phantom(full_disk_server):
 
 
 async def test_a_corrupt_jobs_database_is_set_aside_and_speech_goes_on(aiohttp_client, tmp_path, caplog):
+    from conftest import build_app
     from doubles import ScriptedEngine
-    from test_long_text import build_app
 
     db = tmp_path / "data" / "long_text" / "jobs.sqlite3"
     db.parent.mkdir(parents=True)

@@ -6,8 +6,8 @@ import io
 import struct
 import wave
 from dataclasses import dataclass, field
-from typing import BinaryIO
 from fractions import Fraction
+from typing import BinaryIO
 
 import av
 import numpy as np

@@ -108,8 +108,8 @@ async def say(settings: Settings, args: argparse.Namespace) -> int:
     core.bus.add_listener(ProgressBar(sys.stderr))
     core.start()
     try:
-        body = SpeechRequest(
-            input=text, voice=args.voice, speed=args.speed, seed=args.seed, response_format=response_format
+        body = SpeechRequest.model_validate(
+            {"input": text, "voice": args.voice, "speed": args.speed, "seed": args.seed, "response_format": response_format}
         )
         speech = core.planner.speech(body, settings.max_total_length)
         job = core.submit("cli-" + os.urandom(4).hex(), speech)

@@ -17,10 +17,10 @@ from .config import Settings
 from .engines.base import Engine
 from .events import EventBus
 from .exceptions import Cancelled, EngineUnavailable, QueueFull
+from .pipeline import Job, ProgressBook
 from .planning import Planner, SpeechJob
 from .tracker import StatusTracker
 from .voices import VoiceLibrary
-from .pipeline import Job, ProgressBook
 from .worker import Worker
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
-from chatterbox_status.engines.chatterbox import NO_GUIDANCE, TOKEN_SHARE
-from chatterbox_status.pipeline import GENERATION_SHARE
 from chatterbox_support.harness import (
     SAMPLES_PER_TOKEN,
     RequestEvents,
@@ -24,6 +21,9 @@ from chatterbox_support.harness import (
     sha256_of,
     spying,
 )
+
+from chatterbox_status.engines.chatterbox import NO_GUIDANCE, TOKEN_SHARE
+from chatterbox_status.pipeline import GENERATION_SHARE
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

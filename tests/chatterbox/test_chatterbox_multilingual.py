@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from chatterbox_support.harness import SAMPLES_PER_TOKEN, RequestEvents, core_of, decode_wav, s3gen_tokens, spying
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from chatterbox_support.harness import (
     SAMPLES_PER_TOKEN,
     TURBO_TOKEN_CAP,

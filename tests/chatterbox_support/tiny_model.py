@@ -107,8 +107,8 @@ import functools
 import json
 import os
 import wave
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, Optional
 
 import numpy as np
 
@@ -156,7 +156,7 @@ REF_SR = 24000
 # config patch
 # ---------------------------------------------------------------------------
 
-def tiny_llama_configs() -> Dict[str, dict]:
+def tiny_llama_configs() -> dict[str, dict]:
     """The two LLAMA_CONFIGS entries a tiny checkpoint needs."""
     from chatterbox.models.t3.llama_configs import (
         GPT2_MEDIUM_CONFIG,
@@ -170,7 +170,7 @@ def tiny_llama_configs() -> Dict[str, dict]:
 
 
 @contextlib.contextmanager
-def loading(directory: Optional[Path] = None) -> Iterator[None]:
+def loading(directory: Path | None = None) -> Iterator[None]:
     """Patch ``LLAMA_CONFIGS`` so ``T3()`` builds the tiny backbone.
 
     ``chatterbox.models.t3.llama_configs.LLAMA_CONFIGS`` is one dict object
@@ -292,7 +292,7 @@ _MTL_LANGS = ("ar da de el en es fi fr he hi it ja ko ms nl no pl pt ru sv "
               "sw tr zh").split()
 
 
-def _char_vocab(chars, size: int, extra_tokens=()) -> Dict[str, int]:
+def _char_vocab(chars, size: int, extra_tokens=()) -> dict[str, int]:
     """[STOP]=0 [UNK]=1 [SPACE]=2, [START]=255 (T3Config's fixed text ids),
     then the remaining special tokens and characters, all ids < size."""
     vocab = {"[STOP]": STOP_TEXT, "[UNK]": 1, "[SPACE]": 2,
@@ -313,7 +313,7 @@ def _char_vocab(chars, size: int, extra_tokens=()) -> Dict[str, int]:
     return vocab
 
 
-def _char_tokenizer_json(vocab: Dict[str, int], specials) -> str:
+def _char_tokenizer_json(vocab: dict[str, int], specials) -> str:
     """A character-level BPE (no merges) like chatterbox's grapheme
     tokenizers: no pre-tokenizer, special tokens matched as added tokens."""
     from tokenizers import AddedToken, Tokenizer, models
@@ -356,7 +356,7 @@ def multilingual_tokenizer_json() -> str:
     return _char_tokenizer_json(vocab, specials)
 
 
-def _gpt2_bytes_to_unicode() -> Dict[int, str]:
+def _gpt2_bytes_to_unicode() -> dict[int, str]:
     bs = (list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD))
           + list(range(0xAE, 0x100)))
     cs = bs[:]
@@ -478,7 +478,7 @@ def _round_trip(module: torch.nn.Module, dtype: torch.dtype,
 
 
 def _state_for_disk(module: torch.nn.Module, dtype: torch.dtype,
-                    min_numel: int = 65536) -> Dict[str, torch.Tensor]:
+                    min_numel: int = 65536) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in module.state_dict().items():
         v = v.detach()
@@ -488,7 +488,7 @@ def _state_for_disk(module: torch.nn.Module, dtype: torch.dtype,
     return out
 
 
-def _save(state: Dict[str, torch.Tensor], path: Path) -> None:
+def _save(state: dict[str, torch.Tensor], path: Path) -> None:
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
         save_file(state, str(path))
@@ -507,7 +507,7 @@ _FILES = {
 
 
 def build_checkpoint(kind: str, directory: Path, *, seed: int = 0,
-                     stop_after: int = 20, ref_seconds: Optional[float] = None,
+                     stop_after: int = 20, ref_seconds: float | None = None,
                      exaggeration: float = 0.5,
                      weight_dtype: torch.dtype = torch.float16) -> Path:
     """Write a random-weight checkpoint folder for ``kind`` and return it.
@@ -610,7 +610,7 @@ def build_checkpoint(kind: str, directory: Path, *, seed: int = 0,
     return directory
 
 
-def checkpoint_sizes(directory: Path) -> Dict[str, int]:
+def checkpoint_sizes(directory: Path) -> dict[str, int]:
     """File name -> bytes (recursing into the Cangjie cache)."""
     directory = Path(directory)
     return {str(p.relative_to(directory)): p.stat().st_size

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -84,7 +84,7 @@ def _max_length(app: web.Application) -> int:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def _manager(request: web.Request) -> LongTextManager:
@@ -297,7 +297,9 @@ async def bulk(request: web.Request) -> web.Response:
     if not body.confirm:
         raise InvalidInput("Bulk operations require confirmation (confirm: true)", param="confirm")
     manager = _manager(request)
-    action = {"delete": manager.delete, "retry": manager.retry, "cancel": manager.cancel, "pause": manager.pause, "resume": manager.resume}[body.action]
+    action = {
+        "delete": manager.delete, "retry": manager.retry, "cancel": manager.cancel, "pause": manager.pause, "resume": manager.resume,
+    }[body.action]
     failed: list[str] = []
     for job_id in body.job_ids:
         try:
@@ -523,7 +525,8 @@ async def job_sse(request: web.Request) -> web.StreamResponse:
     job = await _job(request)
     subscription = core.bus.subscribe()
     try:
-        async with sse_response(request, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}, ping_interval=core.settings.sse_ping_interval) as sse:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        async with sse_response(request, headers=headers, ping_interval=core.settings.sse_ping_interval) as sse:
             view = _job_view(request, job)
             first = JobSnapshotEvent(
                 job_id=job.job_id,

@@ -76,8 +76,8 @@ def ends_stream(event: Event, request_id: str | None) -> bool:
 async def _events(first: list[Event], subscription: Subscription) -> AsyncIterator[Event]:
     for event in first:
         yield event
-    while (event := await subscription.get()) is not None:
-        yield event
+    while (live := await subscription.get()) is not None:
+        yield live
 
 
 EVENT_ID = {"type": "string", "pattern": "^[0-9]*$"}

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import dataclasses
 import logging
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
