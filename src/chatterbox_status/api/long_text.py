@@ -7,6 +7,7 @@ cancelled, retried, renamed, downloaded (with Range) and deleted through the rou
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -36,6 +37,7 @@ from ..pipeline import preview
 from ..state import CORE
 from ..text import STRATEGIES, Chunking, normalize
 from ..tracker import TERMINAL_STATUSES
+from .files import FileDownload
 from .params import query_bool, query_int
 from .speech_request import (
     SpeechRequest,
@@ -383,7 +385,8 @@ async def create_job(request: web.Request) -> web.Response:
     if core.worker.load_error is not None:
         raise ApiError(503, core.worker.load_error, code="engine_unavailable")
     size = body.chunk_size or (QUALITY_CHUNK_SIZES[body.quality_preset] if body.quality_preset else core.settings.max_chunk_length)
-    chunks = Chunking(size, body.chunking_strategy or "sentence").plan(normalize(body.input))
+    chunking = Chunking(size, body.chunking_strategy or "sentence")
+    chunks = await asyncio.to_thread(lambda: chunking.plan(normalize(body.input)))  # up to 100k characters: off the loop
     padding = manager.config.silence_padding_ms if body.silence_padding_ms is None else body.silence_padding_ms
     parameters = {**speech.parameters_view, "chunk_size": size, "chunking_strategy": body.chunking_strategy or "sentence", "silence_padding_ms": padding}
     try:
@@ -449,7 +452,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     if not job.output_path or not path.is_file():
         raise ApiError(500, "Job completed but its audio file is missing", code="output_missing")
     await manager.touch(job.job_id)
-    return web.FileResponse(
+    return FileDownload(
         path,
         headers={
             "Content-Type": audio.CONTENT_TYPES[job.output_format],

@@ -28,6 +28,7 @@ from ..voices import (
     VoiceError,
     VoiceLibrary,
 )
+from .files import FileDownload
 from .forms import posted_form, read_form
 from .params import aliased
 
@@ -212,7 +213,7 @@ async def download_voice(request: web.Request) -> web.StreamResponse:
         "Content-Type": entry.content_type,
         "Content-Disposition": _attachment(f"{entry.name}.{entry.extension}"),
     }
-    return web.FileResponse(path, headers=headers)
+    return FileDownload(path, headers)
 
 
 @aliased(routes, "GET", *_v1("/voices/{voice_name}/aliases"))
