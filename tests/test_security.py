@@ -20,7 +20,7 @@ from conftest import assert_error_shape, core_of
 from doubles import ScriptedEngine
 from helpers import free_port, wav_tone
 
-from chatterbox_status import auth
+from chatterbox_status import auth, voices
 from chatterbox_status.text import Chunking, normalize
 from chatterbox_status.voices import VoiceLibrary
 
@@ -124,6 +124,14 @@ async def test_real_audio_still_uploads_and_clones(make_client):
     assert created.status == 201, await created.text()
     spoken = await client.post("/v1/audio/speech/upload", data=speech_form(wav_tone(2.0)))
     assert spoken.status == 200, await spoken.text()
+
+
+async def test_a_decode_past_its_time_budget_is_a_400(make_client, monkeypatch):
+    client = await make_client(engine=ScriptedEngine(cloning=True))
+    monkeypatch.setattr(voices, "DECODE_BUDGET_S", 0.0)
+    response = await client.post("/voices", data=voice_form(wav_tone(2.0), "slow"))
+    error = await error_of(response, 400, "decode_timeout")
+    assert error["param"] == "voice_file"
 
 
 # -- 2. DNS rebinding and cross-site writes -------------------------------------------------

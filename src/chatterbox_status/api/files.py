@@ -17,12 +17,13 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.helpers import parse_http_date
 
 _EMPTY_SUFFIX = re.compile(r"bytes=-0+", re.IGNORECASE)
 
 
 class FileDownload(web.FileResponse):
+    """A file to download; only a request with Range is looked at here, the rest is aiohttp's."""
+
     def __init__(self, path: Path, headers: dict[str, str]) -> None:
         super().__init__(path, headers=headers)
         self._file = path
@@ -30,9 +31,11 @@ class FileDownload(web.FileResponse):
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         wanted = request.headers.get("Range")
         if wanted is not None:
-            st = await asyncio.to_thread(os.stat, self._file)
-            validator = request.headers.get("If-Range")
-            if validator is not None and not _matches(validator, st):
+            try:
+                st = await asyncio.to_thread(os.stat, self._file)
+            except OSError:  # gone since the handler looked: aiohttp's own 404
+                return await super().prepare(request)
+            if "If-Range" in request.headers and not _matches(request, st):
                 headers = request.headers.copy()
                 del headers["Range"], headers["If-Range"]
                 request = request.clone(headers=headers)
@@ -43,10 +46,11 @@ class FileDownload(web.FileResponse):
         return await super().prepare(request)
 
 
-def _matches(validator: str, st: os.stat_result) -> bool:
-    """RFC 9110 13.1.5: the file's own strong ETag (as FileResponse makes it), or its exact date."""
-    validator = validator.strip()
+def _matches(request: web.BaseRequest, st: os.stat_result) -> bool:
+    """RFC 9110 13.1.5: If-Range is the file's own strong ETag (as FileResponse makes it),
+    or exactly its date."""
+    validator = request.headers["If-Range"].strip()
     if validator.startswith(('"', "W/")):
         return validator == f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
-    date = parse_http_date(validator)
+    date = request.if_range
     return date is not None and int(date.timestamp()) == math.ceil(st.st_mtime)  # as Last-Modified says it
