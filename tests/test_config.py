@@ -86,6 +86,9 @@ ENVIRONMENT_CASES = [
     ("EVENT_REPLAY_SIZE", "64", "event_replay_size", 64),
     ("SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", 0.0),
     ("CHUNK_TIMEOUT", "12.5", "chunk_timeout", 12.5),
+    ("ALLOWED_HOSTS", "tts.lan,box.example", "allowed_hosts", "tts.lan,box.example"),
+    ("BODY_READ_TIMEOUT", "5", "body_read_timeout", 5.0),
+    ("SEND_TIMEOUT", "7.5", "send_timeout", 7.5),
     ("DEFAULT_RESPONSE_FORMAT", "mp3", "default_response_format", "mp3"),
     ("DATA_DIR", "/srv/data", "data_dir", "/srv/data"),
     ("LONG_TEXT_MAX_LENGTH", "5000", "long_text_max_length", 5000),
@@ -213,6 +216,8 @@ def test_say_accepts_the_same_setting_flags():
         ("LOG_LEVEL", "loud"),
         ("DEFAULT_RESPONSE_FORMAT", "avi"),
         ("MODEL_DIR", "/no/such/checkpoint"),
+        ("BODY_READ_TIMEOUT", "0"),
+        ("SEND_TIMEOUT", "-1"),
     ],
 )
 def test_invalid_environment_value_is_refused_naming_the_variable(env_name, raw):

@@ -13,17 +13,23 @@ from .core import Core
 from .cors import OriginPolicy, setup_cors
 from .engines.base import Engine
 from .errors import error_middleware
+from .guard import HostPolicy, setup_guard
 from .metrics import Metrics
+from .protocol import setup_server_header
+from .slow_clients import slow_client_middleware
 from .state import CORE, METRICS, SETTINGS, VOICE_LIBRARY
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """Build the application; the engine starts loading when the app starts."""
-    middlewares = [error_middleware]
+    middlewares = [error_middleware, slow_client_middleware(settings.body_read_timeout, settings.send_timeout)]
     if settings.api_key:
         middlewares.append(api_key_middleware(settings.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
-    setup_cors(app, OriginPolicy(settings.cors_origins))
+    origins = OriginPolicy(settings.cors_origins)
+    setup_cors(app, origins)
+    setup_guard(app, HostPolicy(settings.host, settings.allowed_hosts), origins)  # runs first
+    setup_server_header(app)
     app[SETTINGS] = settings
     core = app[CORE] = Core(settings, engine)
     app[METRICS] = Metrics(core.bus, core.tracker, core.engine.name)

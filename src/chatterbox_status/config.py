@@ -98,6 +98,12 @@ class Settings:
         "comma-separated origins allowed to call the API from a browser, '*' for any; "
         "empty allows http://localhost and http://127.0.0.1 on any port",
     )
+    allowed_hosts: str = _setting(
+        "",
+        "ALLOWED_HOSTS",
+        "comma-separated host names the server answers to besides localhost, IP addresses and HOST "
+        "(a guard against DNS rebinding), '*' for any",
+    )
     history_size: int = _setting(50, "HISTORY_SIZE", "finished requests kept in the history ring", _between(1, 100_000))
     max_queue_size: int = _setting(64, "MAX_QUEUE_SIZE", "requests that may wait for the engine before 429", _between(1, 100_000))
     max_body_size: int = _setting(1 << 20, "MAX_BODY_SIZE", "largest request body in bytes before 413", _between(1024, 1 << 30))
@@ -122,6 +128,12 @@ class Settings:
     sse_ping_interval: float = _setting(15.0, "SSE_PING_INTERVAL", "seconds between keep-alive comments on event streams", _between(0.1, 3600))
     sse_queue_size: int = _setting(256, "SSE_QUEUE_SIZE", "events a stream subscriber may fall behind before it is dropped; one request publishes a burst of 5", _between(16, 100_000))
     event_replay_size: int = _setting(1024, "EVENT_REPLAY_SIZE", "events kept for Last-Event-ID replay", _between(1, 1_000_000))
+    body_read_timeout: float = _setting(
+        60.0, "BODY_READ_TIMEOUT", "seconds a request body may send nothing before its connection is closed", _between(0.01, 86400)
+    )
+    send_timeout: float = _setting(
+        60.0, "SEND_TIMEOUT", "seconds a client may take nothing of a response before its connection is closed", _between(0.01, 86400)
+    )
     chunk_timeout: float = _setting(600.0, "CHUNK_TIMEOUT", "seconds one chunk may take before its request fails", _between(0.01, 86400))
     shutdown_timeout: float = _setting(30.0, "SHUTDOWN_TIMEOUT", "seconds in-flight requests may finish at shutdown before they are cancelled", _between(0, 3600))
     log_level: str = _setting("info", "LOG_LEVEL", "logging level", _one_of(LOG_LEVELS, ignore_case=True))

@@ -56,7 +56,7 @@ _ABBREVIATIONS = frozenset(
 _NUMBER_ABBREVIATIONS = frozenset({"no", "fig"})
 _OPENERS = "\"'([{\u00ab\u201c\u2018"
 _CLOSERS = "\"')]}\u00bb\u201d\u2019"
-_SENTENCE_END = re.compile(r"[.!?\u2026]+$")
+_TERMINALS = ".!?\u2026"
 _CLAUSE_END = (",", ";", ":", "\u2013", "\u2014", "\u2015")
 _DASHES = "-\u2013\u2014\u2015"
 
@@ -92,10 +92,16 @@ def split_chunks(text: str, max_length: int) -> list[str]:
     pieces = [
         piece
         for paragraph in text.splitlines()
-        for sentence in _split_after(paragraph.split(), _ends_sentence)
+        for sentence in _split_after(_capped_words(paragraph, max_length), _ends_sentence)
         for piece in _fitting_pieces(sentence, max_length)
     ]
     return _pack(pieces, max_length)
+
+
+def _capped_words(text: str, max_length: int) -> list[str]:
+    """The words, each no longer than ``max_length``: a longer one would be cut into pieces
+    of that size anyway, and cutting it first bounds the work any one word can cost."""
+    return [word[start : start + max_length] for word in text.split() for start in range(0, len(word), max_length)]
 
 
 STRATEGIES = ("sentence", "paragraph", "word", "fixed")
@@ -150,7 +156,8 @@ def _normalize_line(line: str) -> str:
         ch for ch in line if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf")
     )
     visible = _RANGE_DASH.sub("-", visible)
-    visible = _PAUSE_DASH.sub(" - ", visible)
+    # Runs of spaces are collapsed first, so the dash pattern's \s* never rescans a long run.
+    visible = _PAUSE_DASH.sub(" - ", _WHITESPACE.sub(" ", visible))
     return _WHITESPACE.sub(" ", visible).strip()
 
 
@@ -173,16 +180,17 @@ def _ends_sentence(word: str, next_word: str) -> bool:
     so ``"Stop."`` ends a sentence as a whole.
     """
     core = word.rstrip(_CLOSERS)
-    match = _SENTENCE_END.search(core)
-    if not match:
+    # rstrip, not a regex search: "[.!?]+$" rescans every run of dots inside a word (quadratic).
+    stem = core.rstrip(_TERMINALS)
+    punctuation = core[len(stem) :]
+    if not punctuation:
         return False
-    punctuation = match.group()
     if "!" in punctuation or "?" in punctuation:
         return True
     if punctuation != ".":
         # An ellipsis trailing into a lowercase word is a hesitation, not an end.
         return not next_word.lstrip(_OPENERS)[:1].islower()
-    stem = core[: match.start()].lstrip(_OPENERS)
+    stem = stem.lstrip(_OPENERS)
     if stem.lower() in _ABBREVIATIONS:
         return False
     if stem.lower() in _NUMBER_ABBREVIATIONS:

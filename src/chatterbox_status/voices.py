@@ -17,12 +17,14 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -66,6 +68,15 @@ _CONTAINER_EXTENSIONS = {
     "aac": "aac",
     "webm": "webm",
 }
+
+# Uploads are opened with these demuxers only and with no protocol at all: FFmpeg's other
+# inputs (sdp, hls, concat, rtp, tee, lavfi, ...) open sockets or files an uploader names.
+_OPEN_OPTIONS = {"format_whitelist": ",".join(sorted(_CONTAINER_EXTENSIONS)), "protocol_whitelist": "none"}
+# Uploads decode on threads of their own, so a slow one never holds the threads other work
+# uses, and each gets this long, waiting for a thread included.
+DECODE_WORKERS = 2
+DECODE_BUDGET_S = 5.0
+_decoder = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="voice-decode")
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
@@ -143,8 +154,19 @@ class Clip:
     sha256: str
 
 
-def inspect_clip(data: bytes, filename: str | None = None) -> Clip:
-    """Check an upload by decoding all of it: only audio FFmpeg reads to the end is kept.
+async def inspect_upload(data: bytes, filename: str | None = None) -> Clip:
+    """:func:`inspect_clip` on the uploads' own threads, within ``DECODE_BUDGET_S``."""
+    deadline = time.monotonic() + DECODE_BUDGET_S
+    decoding = asyncio.get_running_loop().run_in_executor(_decoder, inspect_clip, data, filename, deadline)
+    try:
+        return await asyncio.wait_for(decoding, DECODE_BUDGET_S)
+    except asyncio.TimeoutError:
+        raise _too_slow() from None
+
+
+def inspect_clip(data: bytes, filename: str | None = None, deadline: float = math.inf) -> Clip:
+    """Check an upload by decoding all of it: only audio FFmpeg reads to the end is kept,
+    and only before ``deadline`` (``time.monotonic()``).
 
     Blocking and CPU-bound: run it off the event loop.
     """
@@ -159,11 +181,11 @@ def inspect_clip(data: bytes, filename: str | None = None) -> Clip:
     if len(data) > MAX_UPLOAD_BYTES:
         raise InvalidAudio(f"The voice file is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB", "file_too_large")
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), container_options=_OPEN_OPTIONS) as container:
             extension = _stored_extension(container.format.name)
             if not container.streams.audio:
                 raise InvalidAudio("The voice file has no audio stream", "undecodable_audio")
-            duration = _decoded_seconds(container)
+            duration = _decoded_seconds(container, deadline)
     except av.FFmpegError as exc:
         message = f"The voice file is not audio this server can decode: {exc.strerror}"
         raise InvalidAudio(message, "undecodable_audio") from None
@@ -182,14 +204,20 @@ def _stored_extension(format_name: str) -> str:
     raise InvalidAudio(f"Audio in a {format_name!r} container is not supported", "unsupported_format")
 
 
-def _decoded_seconds(container: Any) -> float:
+def _decoded_seconds(container: Any, deadline: float) -> float:
     """Seconds of audio, decoding no further than the limit needs."""
     seconds = 0.0
     for frame in container.decode(audio=0):
         seconds += frame.samples / frame.sample_rate
         if seconds > MAX_DURATION_S:
             break
+        if time.monotonic() > deadline:
+            raise _too_slow()
     return seconds
+
+
+def _too_slow() -> InvalidAudio:
+    return InvalidAudio(f"The voice file could not be decoded within {DECODE_BUDGET_S:g} s", "decode_timeout")
 
 
 @dataclass(frozen=True)
@@ -350,7 +378,7 @@ class VoiceLibrary:
         taken = self._index.find(name)
         if taken is not None:  # fail fast, before decoding; the change below checks again
             raise _taken(name, taken)
-        clip = await asyncio.to_thread(inspect_clip, data, filename)
+        clip = await inspect_upload(data, filename)
         entry = VoiceEntry(
             name=name,
             filename=f"{uuid.uuid4().hex}.{clip.extension}",
@@ -465,7 +493,19 @@ class VoiceLibrary:
         if missing:
             log.warning("voice library: forgetting voices whose files are gone: %s", ", ".join(missing))
             _write_atomic(self._index_path, index.encode())
+        self._sweep_orphans(index)
         return index
+
+    def _sweep_orphans(self, index: _Index) -> None:
+        """Remove clips no voice uses and leftover temporary files: what a crash between
+        writing a clip and writing the index leaves behind."""
+        used = {entry.filename for entry in index.voices.values()}
+        for path in self.directory.iterdir():
+            stray = _is_stored_filename(path.name) and path.name not in used
+            temporary = path.name.startswith(".") and path.name.endswith(".tmp")
+            if path.is_file() and (stray or temporary):
+                log.warning("voice library: removing %s, which no voice uses", path.name)
+                path.unlink(missing_ok=True)
 
     def _without_missing(self, index: _Index) -> tuple[_Index, list[str]]:
         missing = [entry for entry in index.voices.values() if not self.path(entry).is_file()]

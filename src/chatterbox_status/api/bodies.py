@@ -48,6 +48,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
+        # A lone surrogate escape ("\ud800") parses, but is no text: it could never be stored or spoken.
+        json.dumps(body, ensure_ascii=False).encode()
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidInput(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -58,6 +58,7 @@ from ..schemas.speech import LongTextRequest
 from ..state import CORE
 from ..tracker import TERMINAL_STATUSES
 from .bodies import parse, read_json_object, read_optional_json
+from .files import FileDownload
 from .params import bool_param, int_param, query_bool, query_int
 from .routing import Events, Json, Param, Reply, api_route, event_data, json_model, with_v1
 
@@ -399,7 +400,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     if not job.output_path or not path.is_file():
         raise ApiError(500, "Job completed but its audio file is missing", code="output_missing")
     await manager.touch(job.job_id)
-    return web.FileResponse(
+    return FileDownload(
         path,
         headers={
             "Content-Type": audio.CONTENT_TYPES[job.output_format],

@@ -141,14 +141,20 @@ async def speak_form(request: web.Request, default_stream_format: str | None) ->
             code="cloning_unsupported",
         )
     try:
-        clip = await asyncio.to_thread(voices.inspect_clip, form.data, form.filename)
+        clip = await voices.inspect_upload(form.data, form.filename)
     except voices.InvalidAudio as exc:
         raise InvalidInput(str(exc), param="voice_file", code=exc.code) from None
-    handle, name = tempfile.mkstemp(prefix="chatterbox-status-voice-", suffix=f".{clip.extension}")
+    path = await asyncio.to_thread(_temporary_clip, form.data, clip.extension)
+    speech = dataclasses.replace(speech, voice=Voice(source="upload", path=str(path)))
+    return await run_speech(request, core, speech, temporary_files=[path])
+
+
+def _temporary_clip(data: bytes, extension: str) -> Path:
+    """The uploaded clip in a file of its own (blocking: run it off the loop)."""
+    handle, name = tempfile.mkstemp(prefix="chatterbox-status-voice-", suffix=f".{extension}")
     with os.fdopen(handle, "wb") as out:
-        out.write(form.data)
-    speech = dataclasses.replace(speech, voice=Voice(source="upload", path=name))
-    return await run_speech(request, core, speech, temporary_files=[Path(name)])
+        out.write(data)
+    return Path(name)
 
 
 async def speak(request: web.Request, default_stream_format: str | None) -> web.StreamResponse:

@@ -51,6 +51,7 @@ from ..voices import (
     VoiceError,
     VoiceLibrary,
 )
+from .files import FileDownload
 from .forms import posted_form, read_form
 from .routing import Form, Param, Reply, api_route, json_model, with_v1
 
@@ -322,7 +323,7 @@ async def download_voice(request: web.Request) -> web.StreamResponse:
         "Content-Type": entry.content_type,
         "Content-Disposition": _attachment(f"{entry.name}.{entry.extension}"),
     }
-    return web.FileResponse(path, headers=headers)
+    return FileDownload(path, headers)
 
 
 @api_route(

@@ -46,6 +46,14 @@ export function apiBaseFrom(search, dataValue, documentUrl) {
   return url.href;
 }
 
+// Whether the API key may go to `base`: always to the page's own origin; to another one
+// (a link's ?api= can point anywhere) only when `ask(origin)` says yes.
+export function keyMayGo(base, pageOrigin, ask) {
+  if (!base) return true;
+  const origin = new URL(base).origin;
+  return origin === pageOrigin || Boolean(ask(origin));
+}
+
 export class Api {
   constructor(base = null, key = "") {
     this.base = base;

@@ -2,7 +2,7 @@
 // and memory. Live updates come only from the event stream (GET status/stream); the
 // panels are fetched when the stream (re)starts and when a request ends, never on a timer.
 
-import { Api, apiBaseFrom, newRequestId } from "./api.js";
+import { Api, apiBaseFrom, keyMayGo, newRequestId } from "./api.js";
 import { bytes, percent, position as positionLabel, seconds, statusLabel } from "./format.js";
 import { LiveRequests, TERMINAL } from "./live.js";
 import * as render from "./render.js";
@@ -124,7 +124,18 @@ function storedKey() {
   }
 }
 
+// A key typed here, or kept from before, never goes to another origin without asking.
+function keyAllowed(base) {
+  return keyMayGo(base, location.origin, (origin) =>
+    window.confirm(`Send your API key to ${origin}? Only do so if you trust that server.`),
+  );
+}
+
 function useKey(key) {
+  if (key && !keyAllowed(state.api.base)) {
+    render.renderKeyForm("The API key was not sent: that server is not this page's own.");
+    return;
+  }
   state.api.key = key;
   try {
     sessionStorage.setItem(KEY_STORAGE, key);
@@ -308,7 +319,8 @@ function loadSettings() {
 function chooseApi() {
   try {
     const base = apiBaseFrom(location.search, document.documentElement.dataset.apiBase, document.baseURI);
-    state.api = new Api(base, storedKey());
+    const key = storedKey();
+    state.api = new Api(base, key && keyAllowed(base) ? key : "");
     render.renderApiBase(base, null);
   } catch (error) {
     render.renderApiBase(null, error.message);
