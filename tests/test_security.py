@@ -21,6 +21,7 @@ from doubles import ScriptedEngine
 from helpers import free_port, wav_tone
 
 from chatterbox_status import auth, voices
+from chatterbox_status.pipeline import STREAM_BUFFER_BYTES
 from chatterbox_status.text import Chunking, normalize
 from chatterbox_status.voices import VoiceLibrary
 
@@ -302,6 +303,10 @@ async def test_a_client_that_stops_reading_a_stream_is_let_go(make_client):
     while server.connections and time.monotonic() < deadline:  # nothing read: the server must give up on it
         await asyncio.sleep(0.05)
     assert server.connections == [], "the server still holds the connection of a client that reads nothing"
+    # Letting go of the client ends its request (if it had not ended), so nothing stays queued for it.
+    while (await (await client.get("/status/progress")).json())["status"] != "idle":
+        assert time.monotonic() < deadline, "the request of a client that was let go is still running"
+        await asyncio.sleep(0.05)
     received = 0
     with sock:
         sock.settimeout(10)
@@ -311,6 +316,34 @@ async def test_a_client_that_stops_reading_a_stream_is_let_go(make_client):
         except ConnectionResetError:
             pass
     assert received < whole / 2, (received, whole)
+
+
+async def test_a_stream_nobody_reads_is_cancelled_before_it_buffers_without_end(make_client):
+    """With SEND_TIMEOUT far away, the bytes waiting for the client bound the stream: past
+    STREAM_BUFFER_BYTES the request is cancelled and counted so, and the server goes on."""
+    engine = ScriptedEngine()
+    engine.seconds_per_char = 1.0  # 32 KB of 16-bit audio per character
+    client = await make_client(engine=engine, send_timeout=600)
+    text = "Words to stream. " * 130  # about 70 MB of audio: twice STREAM_BUFFER_BYTES
+    assert len(text) * engine.seconds_per_char * engine.sample_rate * 2 > 2 * STREAM_BUFFER_BYTES
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", client.port))
+    body = json.dumps({"input": text, "response_format": "pcm"}).encode()
+    sock.sendall(
+        (
+            f"POST /v1/audio/speech/stream HTTP/1.1\r\nHost: 127.0.0.1:{client.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    deadline = time.monotonic() + 30
+    with sock:
+        while (stats := await (await client.get("/status/statistics")).json())["cancelled_requests"] != 1:
+            assert stats["completed_requests"] == 0, "the whole stream was generated into the server's memory"
+            assert time.monotonic() < deadline, stats
+            await asyncio.sleep(0.05)
+    assert (await client.post("/v1/audio/speech", json={"input": "Next."})).status == 200
 
 
 # -- 10. multipart bodies -----------------------------------------------------------------------

@@ -96,7 +96,7 @@ class Core:
         Await ``job.result`` for the audio; a streamed job's audio comes through ``job.stream``.
         """
         self.check_engine()
-        stream: asyncio.Queue[bytes | None] | None = asyncio.Queue() if speech.stream_format else None
+        stream = pipeline.AudioStream() if speech.stream_format else None
         output = (
             pipeline.StreamedOutput(speech.response_format, stream)
             if stream is not None

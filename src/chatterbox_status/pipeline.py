@@ -52,6 +52,11 @@ PROGRESS_EVENT_INTERVAL = 0.05
 # request's own measured pace, once it has finished a chunk.
 PRIOR_WEIGHT_CHARS = 200
 
+# Encoded audio a streamed request may have waiting for its client: past this, the client
+# is not reading (a player at real time takes far less), and the request is cancelled
+# rather than buffered without end. A 4096-character request is about 14 MB of WAV.
+STREAM_BUFFER_BYTES = 32 * 1024 * 1024
+
 Priority = Literal["interactive", "background"]
 # Why a job was stopped: "cancel" ends it cancelled, "pause" leaves it paused, and
 # "shutdown" leaves it as it stands, to resume when the server starts again.
@@ -192,6 +197,32 @@ class ProgressBook:
         self._open.pop(request_id, None)
 
 
+class AudioStream:
+    """A streamed request's encoded audio, from the pipeline to its response, bounded in
+    bytes waiting: ``put`` raises Cancelled once the client has left too much unread."""
+
+    def __init__(self, limit: int = STREAM_BUFFER_BYTES) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._limit = limit
+        self.waiting = 0
+
+    def put(self, data: bytes) -> None:
+        if self.waiting + len(data) > self._limit:
+            raise Cancelled(f"the client left {self.waiting} bytes of the stream unread")
+        self.waiting += len(data)
+        self._queue.put_nowait(data)
+
+    def end(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def get(self) -> bytes | None:
+        """The next piece, or None once the stream has ended."""
+        data = await self._queue.get()
+        if data is not None:
+            self.waiting -= len(data)
+        return data
+
+
 class Output(Protocol):
     """Where a job's audio goes; the store's state changes are committed here, before the
     pipeline announces them."""
@@ -233,8 +264,8 @@ class Job:
     chunks: Sequence[str] | None = None
     spoken: str = ""
     chunking: Chunking | None = None
-    # For streamed responses: encoded audio pieces as they are ready, then None.
-    stream: asyncio.Queue[bytes | None] | None = None
+    # For streamed responses: encoded audio pieces as they are ready, then the end.
+    stream: AudioStream | None = None
     # Set by request_cancel(): checked by the engine thread, and awaitable on the loop.
     cancel: threading.Event = field(default_factory=threading.Event)
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
@@ -251,7 +282,7 @@ class Job:
     def end(self) -> None:
         """Once the job reached its terminal status: close its stream, delete its files."""
         if self.stream is not None:
-            self.stream.put_nowait(None)
+            self.stream.end()
         for path in self.temporary_files:
             path.unlink(missing_ok=True)
 
@@ -295,15 +326,15 @@ class BufferedOutput:
 class StreamedOutput(BufferedOutput):
     """Encodes each chunk as it arrives and hands the bytes to the response at once."""
 
-    def __init__(self, response_format: str, queue: asyncio.Queue[bytes | None]) -> None:
+    def __init__(self, response_format: str, stream: AudioStream) -> None:
         super().__init__(response_format)
-        self.queue = queue
+        self.stream = stream
         self.encoder: audio.StreamEncoder | None = None
         self.gap = np.zeros(0, dtype=np.float32)
 
     def _send(self, data: bytes) -> None:
         if data:
-            self.queue.put_nowait(data)
+            self.stream.put(data)
 
     async def start(self, sample_rate: int, chunks: Sequence[str]) -> list[int]:
         self.gap = np.zeros(int(round(audio.PAUSE_SECONDS * sample_rate)), dtype=np.float32)

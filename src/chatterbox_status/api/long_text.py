@@ -388,7 +388,7 @@ async def job_details(request: web.Request) -> web.Response:
         200: Reply("The audio in the job's response_format", media=tuple(sorted(set(audio.CONTENT_TYPES.values())))),
         206: Reply("The requested byte range"),
     },
-    errors=(NotFound, Conflict, 500),
+    errors=(NotFound, Conflict, 416, 500),
     path_params=JOB_ID,
 )
 async def download(request: web.Request) -> web.StreamResponse:

@@ -39,12 +39,15 @@ REF = "#/components/schemas/{model}"
 ERROR_RESPONSES = {
     400: ("BadRequest", "Bad input: a field, query parameter or body the server cannot use"),
     401: ("Unauthorized", "Missing or wrong API key (only when the server has API_KEY set)"),
+    403: ("Forbidden", "The Host does not name this server (ALLOWED_HOSTS), or a page of another site sent a change"),
     404: ("NotFound", "No such route, voice, request or job"),
     405: ("MethodNotAllowed", "The path exists but not with this method; Allow lists the methods"),
+    408: ("RequestTimeout", "The body did not arrive within BODY_READ_TIMEOUT"),
     409: ("Conflict", "Cancelled, already finished, or a name or request id already in use"),
     413: ("PayloadTooLarge", "The body is larger than MAX_BODY_SIZE"),
     415: ("UnsupportedMediaType", "The body's Content-Type is not one this operation reads"),
-    429: ("TooManyRequests", "The queue is full, or too many event streams are open"),
+    416: ("RangeNotSatisfiable", "The Range asks for no byte of the file"),
+    429: ("TooManyRequests", "The queue is full, too many event streams are open, or too many wrong API keys"),
     500: ("InternalError", "Generation failed"),
     503: ("ServiceUnavailable", "The engine failed to load, or the server is shutting down"),
     507: ("InsufficientStorage", "The disk, or LONG_TEXT_MAX_DISK_MB, is full"),
@@ -53,7 +56,7 @@ ERROR_HEADERS = {
     405: {"Allow": {"description": "The methods the path answers", "schema": {"type": "string"}}},
     429: {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "string"}}},
 }
-BODY_ERRORS = (400, 413, 415)
+BODY_ERRORS = (400, 408, 413, 415)
 
 TAGS = [
     {"name": "speech", "description": "OpenAI's speech API, streaming and cancellation"},
@@ -71,10 +74,11 @@ DESCRIPTION = (
     "Most operations answer under several paths (aliases); an alias's operation carries `x-alias-of` with the "
     "path of the operation it repeats.\n\n"
     "Every error, validation included, is `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}` with an honest "
-    "status: 400 bad input, 401 missing or bad API key (only when the server has API_KEY set), 404 unknown route, "
-    "voice or request, 405 wrong method (with `Allow`), 409 conflict, 413 body too large, 415 wrong content type, "
-    "429 queue full or too many streams (with `Retry-After`), 500 generation failed, 503 engine unavailable or "
-    "shutting down, 507 no room for a long-text job."
+    "status: 400 bad input, 401 missing or bad API key (only when the server has API_KEY set), 403 a Host that "
+    "does not name this server or a change sent by another site's page, 404 unknown route, voice or request, "
+    "405 wrong method (with `Allow`), 408 body too slow, 409 conflict, 413 body too large, 415 wrong content "
+    "type, 416 unsatisfiable range, 429 queue full, too many streams or too many wrong keys (with "
+    "`Retry-After`), 500 generation failed, 503 engine unavailable or shutting down, 507 out of space."
 )
 
 SECURITY_SCHEMES = {
@@ -287,12 +291,13 @@ def _render(
     parameters = [*_path_parameters(route, resources, operation), *(_parameter(p) for p in operation.params)]
     if parameters:
         rendered["parameters"] = parameters
-    statuses = {kind_of(e).status if isinstance(e, type) else e for e in operation.errors}
+    # 403: every request's Host is checked (and a change's Origin), whatever the route.
+    statuses = {403, *(kind_of(e).status if isinstance(e, type) else e for e in operation.errors)}
     if operation.body is not None:
         rendered["requestBody"] = _body(operation.body, schemas)
         statuses.update(BODY_ERRORS)
     if needs_key:
-        statuses.add(401)
+        statuses.update((401, 429))  # 429: too many wrong keys from one address
     responses = {str(status): _response(_reply(reply), schemas) for status, reply in operation.responses.items()}
     for status in statuses:
         responses.setdefault(str(status), {"$ref": f"#/components/responses/{ERROR_RESPONSES[status][0]}"})

@@ -311,7 +311,7 @@ async def delete_voice(request: web.Request) -> web.Response:
             headers={"Content-Disposition": "attachment; filename=<voice name>.<extension>"},
         )
     },
-    errors=(NotFound,),
+    errors=(NotFound, 416),
     path_params=VOICE_NAME,
 )
 async def download_voice(request: web.Request) -> web.StreamResponse:
