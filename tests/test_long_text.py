@@ -610,3 +610,36 @@ async def test_a_job_that_would_not_fit_the_disk_quota_is_refused_with_507(make_
     assert resp.status == 507
     assert "would need" in error_of(await resp.json())["message"]
     assert (await client.post("/audio/speech/long", json={"input": SENTENCES[0], "response_format": "wav"})).status == 200
+
+
+async def test_archiving_a_job_is_kept_and_listed(make_long):
+    client = await make_long(ScriptedEngine())
+    job_id = (await submit(client))["job_id"]
+    await finished(client, job_id)
+    resp = await client.patch(f"/audio/speech/long/{job_id}", json={"is_archived": True})
+    assert resp.status == 200, await resp.text()
+    items = (await (await client.get("/audio/speech/long-history")).json())["jobs"]
+    assert [(i["job_id"], i["is_archived"]) for i in items] == [(job_id, True)]
+    assert (await client.patch(f"/audio/speech/long/{job_id}", json={"is_archived": False})).status == 200
+    items = (await (await client.get("/audio/speech/long")).json())["jobs"]
+    assert items[0]["is_archived"] is False
+
+
+def test_a_database_from_before_archiving_opens_with_every_job(tmp_path):
+    import sqlite3
+
+    from chatterbox_status.longtext.store import _SCHEMA, JobStore
+
+    path = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(_SCHEMA.replace(",\n    is_archived INTEGER NOT NULL DEFAULT 0", ""))
+    old.execute(
+        "INSERT INTO jobs (job_id, status, created_at, updated_at, text, text_length, voice, parameters, synthesis, "
+        "output_format, silence_padding_ms, total_chunks) VALUES ('old', 'completed', 1, 1, 'x', 1, 'alloy', '{}', '{}', 'mp3', 0, 1)"
+    )
+    old.commit()
+    old.close()
+    store = JobStore(path)
+    job = store.get("old")
+    assert job is not None and job.is_archived is False
+    store.close()

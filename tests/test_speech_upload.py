@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -105,6 +107,7 @@ async def test_uploaded_voice_file_is_removed_when_its_queued_request_is_cancell
     engine = ScriptedEngine(cloning=True)
     client = await make_client(engine=engine)
     engine.hold()
+    clips_before = set(Path(tempfile.gettempdir()).glob("chatterbox-status-voice-*"))
     first = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": "Holding the engine."}))
     await asyncio.to_thread(engine.wait_started)
     queued = asyncio.ensure_future(
@@ -112,10 +115,10 @@ async def test_uploaded_voice_file_is_removed_when_its_queued_request_is_cancell
                     headers={"X-Request-ID": "upload-in-queue"})
     )
     core = core_of(client)
-    while len(core.worker.queue) < 1:
+    while core.tracker.find("upload-in-queue") is None:
         await asyncio.sleep(0)
-    path = core.worker.queue.get("upload-in-queue").temporary_files[0]
-    assert path.exists()
+    (path,) = set(Path(tempfile.gettempdir()).glob("chatterbox-status-voice-*")) - clips_before
+    assert core.tracker.find("upload-in-queue").status == "queued"
     assert (await client.delete("/v1/audio/speech/upload-in-queue")).status == 200
     assert (await queued).status == 409
     assert not path.exists()

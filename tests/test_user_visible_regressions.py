@@ -42,7 +42,9 @@ async def until_queued(client, request_id: str, task: asyncio.Future) -> None:
 
 async def events_until_terminal(stream: EventSource, request_id: str) -> list[dict]:
     """The request's status and progress events off the whole-server stream, up to its end."""
-    ended = lambda m: m.type == "status" and m.json()["request_id"] == request_id and m.json()["status"] in TERMINAL
+    def ended(m) -> bool:
+        return m.type == "status" and m.json()["request_id"] == request_id and m.json()["status"] in TERMINAL
+
     return [
         m.json()
         for m in await stream.until(ended)

@@ -126,7 +126,10 @@ class Settings:
     api_key: str = _setting("", "API_KEY", "when set, clients must send it (Authorization: Bearer KEY) on every endpoint but /health and /ping")
     max_sse_subscribers: int = _setting(2048, "MAX_SSE_SUBSCRIBERS", "open event streams allowed before 429", _between(1, 1_000_000))
     sse_ping_interval: float = _setting(15.0, "SSE_PING_INTERVAL", "seconds between keep-alive comments on event streams", _between(0.1, 3600))
-    sse_queue_size: int = _setting(256, "SSE_QUEUE_SIZE", "events a stream subscriber may fall behind before it is dropped; one request publishes a burst of 5", _between(16, 100_000))
+    sse_queue_size: int = _setting(
+        256, "SSE_QUEUE_SIZE", "events a stream subscriber may fall behind before it is dropped; one request publishes a burst of 5",
+        _between(16, 100_000),
+    )
     event_replay_size: int = _setting(1024, "EVENT_REPLAY_SIZE", "events kept for Last-Event-ID replay", _between(1, 1_000_000))
     body_read_timeout: float = _setting(
         60.0, "BODY_READ_TIMEOUT", "seconds a request body may send nothing before its connection is closed", _between(0.01, 86400)
@@ -135,7 +138,9 @@ class Settings:
         60.0, "SEND_TIMEOUT", "seconds a client may take nothing of a response before its connection is closed", _between(0.01, 86400)
     )
     chunk_timeout: float = _setting(600.0, "CHUNK_TIMEOUT", "seconds one chunk may take before its request fails", _between(0.01, 86400))
-    shutdown_timeout: float = _setting(30.0, "SHUTDOWN_TIMEOUT", "seconds in-flight requests may finish at shutdown before they are cancelled", _between(0, 3600))
+    shutdown_timeout: float = _setting(
+        30.0, "SHUTDOWN_TIMEOUT", "seconds in-flight requests may finish at shutdown before they are cancelled", _between(0, 3600)
+    )
     log_level: str = _setting("info", "LOG_LEVEL", "logging level", _one_of(LOG_LEVELS, ignore_case=True))
 
     def __post_init__(self) -> None:

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -160,7 +160,7 @@ async def inspect_upload(data: bytes, filename: str | None = None) -> Clip:
     decoding = asyncio.get_running_loop().run_in_executor(_decoder, inspect_clip, data, filename, deadline)
     try:
         return await asyncio.wait_for(decoding, DECODE_BUDGET_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise _too_slow() from None
 
 
@@ -384,7 +384,7 @@ class VoiceLibrary:
             filename=f"{uuid.uuid4().hex}.{clip.extension}",
             original_filename=PurePosixPath((filename or "").replace("\\", "/")).name[:255],
             language=language,
-            upload_date=datetime.now(timezone.utc).isoformat(),
+            upload_date=datetime.now(UTC).isoformat(),
             file_size=len(data),
             duration=round(clip.duration, 3),
             sha256=clip.sha256,
@@ -542,7 +542,7 @@ class VoiceLibrary:
             except (VoiceError, OSError) as refused:
                 log.warning("voice library: not recovering %s: %s", path.name, refused)
                 continue
-            uploaded = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat()
+            uploaded = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()
             entry = VoiceEntry(
                 name=name,
                 filename=path.name,
@@ -594,13 +594,12 @@ def resolve(name: str, default_sample_path: str | None, library: VoiceLibrary | 
     The OpenAI names and "default" speak with the library's default voice when one is set,
     else with ``default_sample_path``; any other name must be a library voice or alias.
     """
-    if _fold(name) in DEFAULT_NAMES:
-        chosen = library.default() if library is not None else None
-        if chosen is None:
-            return Voice(source="default", path=default_sample_path)
-        return _library_voice(library, chosen)
-    entry = library.get(name) if library is not None else None
-    return None if entry is None else _library_voice(library, entry)
+    default = _fold(name) in DEFAULT_NAMES
+    if library is not None:
+        entry = library.default() if default else library.get(name)
+        if entry is not None:
+            return _library_voice(library, entry)
+    return Voice(source="default", path=default_sample_path) if default else None
 
 
 def _library_voice(library: VoiceLibrary, entry: VoiceEntry) -> Voice:

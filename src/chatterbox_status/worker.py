@@ -62,9 +62,6 @@ class JobQueue(Generic[Q]):
     def ids(self) -> list[str]:
         return list(self._jobs)
 
-    def get(self, request_id: str) -> Q | None:
-        return self._jobs.get(request_id)
-
     async def next(self) -> Q:
         while not self._jobs:
             self._nonempty.clear()

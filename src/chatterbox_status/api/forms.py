@@ -54,7 +54,7 @@ async def read_form(request: web.Request, text_fields: Collection[str], file_fie
             if part.name == file_field and part.filename is not None:
                 form.data = await _read_part(request, part, max_file_bytes, budget)
                 form.filename = part.filename
-            elif part.name in text_fields:
+            elif part.name is not None and part.name in text_fields:
                 form.fields[part.name] = await _read_text(request, part, budget)
             else:
                 await _read_part(request, part, 0, budget)

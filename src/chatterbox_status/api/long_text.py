@@ -204,7 +204,7 @@ def _list_item(request: web.Request, job: JobRecord) -> JobListItem:
         total_duration_seconds=job.output_duration_seconds,
         audio_file_size=job.output_size_bytes,
         retry_count=job.retry_count,
-        is_archived=False,
+        is_archived=job.is_archived,
         display_name=job.display_name,
         tags=job.tags,
         last_accessed=_iso(job.last_accessed),
@@ -484,7 +484,9 @@ async def update(request: web.Request) -> web.Response:
     body = parse(UpdateRequest, await read_json_object(request))
     await _job(request)
     tags = None if body.tags is None else [t.strip() for t in body.tags]
-    job = await _manager(request).update_metadata(request.match_info["job_id"], display_name=body.display_name, tags=tags)
+    job = await _manager(request).update_metadata(
+        request.match_info["job_id"], display_name=body.display_name, tags=tags, is_archived=body.is_archived
+    )
     return json_model(_action(job, "Job metadata updated successfully"))
 
 

@@ -22,8 +22,8 @@ from ..core import Core
 from ..engines.base import Voice
 from ..errors import error_body, from_refusal
 from ..exceptions import Conflict, EngineError, InvalidInput, NotFound, QueueFull, Refusal, Unavailable
-from ..planning import SpeechJob
 from ..pipeline import Job
+from ..planning import SpeechJob
 from ..schemas.speech import AudioDelta, AudioDone, SpeechCancelled, SpeechFailed, SpeechRequest, Usage
 from ..state import CORE, SETTINGS
 from .bodies import REQUEST_ID_PATTERN, parse, parse_form, read_json_object, request_id_from

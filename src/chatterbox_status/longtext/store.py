@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_path TEXT,
     output_size_bytes INTEGER,
     output_duration_seconds REAL,
-    last_accessed REAL
+    last_accessed REAL,
+    is_archived INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS chunks (
     job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
@@ -83,6 +84,7 @@ JOB_COLUMNS = (
     "status", "updated_at", "completed_chunks", "current_chunk", "display_name", "tags", "error",
     "retry_count", "processing_started_at", "processing_paused_at", "processing_completed_at",
     "total_processing_time_ms", "output_path", "output_size_bytes", "output_duration_seconds", "last_accessed",
+    "is_archived",
 )
 
 
@@ -115,6 +117,7 @@ class JobRecord:
     output_size_bytes: int | None = None
     output_duration_seconds: float | None = None
     last_accessed: float | None = None
+    is_archived: bool = False
 
 
 @dataclass
@@ -319,6 +322,9 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        if "is_archived" not in columns:  # a database made before the column existed
+            db.execute("ALTER TABLE jobs ADD COLUMN is_archived INTEGER NOT NULL DEFAULT 0")
     except BaseException:
         db.close()
         raise
@@ -342,4 +348,5 @@ def _job(row: sqlite3.Row) -> JobRecord:
     data = dict(row)
     for name in ("tags", "parameters", "synthesis"):
         data[name] = json.loads(data[name])
+    data["is_archived"] = bool(data["is_archived"])
     return JobRecord(**data)

@@ -131,7 +131,7 @@ class JobListItem(Body):
     total_duration_seconds: float | None
     audio_file_size: Count | None
     retry_count: Count
-    is_archived: Literal[False]
+    is_archived: bool
     display_name: str | None
     tags: list[str]
     last_accessed: IsoTime | None
