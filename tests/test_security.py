@@ -278,23 +278,29 @@ async def test_a_body_that_keeps_arriving_is_not_cut_off(make_client, scripted):
     assert response.status == 200, await response.text()
 
 
+def stream_without_reading(port: int, text: str) -> socket.socket:
+    """A streamed speech request from a client with a tiny receive buffer that reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    body = json.dumps({"input": text, "response_format": "pcm"}).encode()
+    sock.sendall(
+        (
+            f"POST /v1/audio/speech/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    return sock
+
+
 async def test_a_client_that_stops_reading_a_stream_is_let_go(make_client):
     engine = ScriptedEngine()
     engine.seconds_per_char = 0.5  # 16 KB of audio per character: far more than the socket buffers
     client = await make_client(engine=engine, send_timeout=0.3)
     text = "Words to stream. " * 60
     whole = int(len(text) * engine.seconds_per_char * engine.sample_rate) * 2  # 16-bit PCM
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", client.port))
-    body = json.dumps({"input": text, "response_format": "pcm"}).encode()
-    sock.sendall(
-        (
-            f"POST /v1/audio/speech/stream HTTP/1.1\r\nHost: 127.0.0.1:{client.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        + body
-    )
+    sock = stream_without_reading(client.port, text)
     server = client.server.runner.server
     deadline = time.monotonic() + 10
     while server.connections == [] and time.monotonic() < deadline:
@@ -326,17 +332,7 @@ async def test_a_stream_nobody_reads_is_cancelled_before_it_buffers_without_end(
     client = await make_client(engine=engine, send_timeout=600)
     text = "Words to stream. " * 130  # about 70 MB of audio: twice STREAM_BUFFER_BYTES
     assert len(text) * engine.seconds_per_char * engine.sample_rate * 2 > 2 * STREAM_BUFFER_BYTES
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", client.port))
-    body = json.dumps({"input": text, "response_format": "pcm"}).encode()
-    sock.sendall(
-        (
-            f"POST /v1/audio/speech/stream HTTP/1.1\r\nHost: 127.0.0.1:{client.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        + body
-    )
+    sock = stream_without_reading(client.port, text)
     deadline = time.monotonic() + 30
     with sock:
         while (stats := await (await client.get("/status/statistics")).json())["cancelled_requests"] != 1:
