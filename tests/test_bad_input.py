@@ -245,3 +245,17 @@ async def test_bad_requests_between_good_ones_leave_no_trace(make_client, engine
         assert spoken(engine) == good_texts
     else:
         assert core_of(client).engine.name == "hibari"
+
+
+async def test_the_length_limit_counts_the_text_as_normalised(make_client, scripted):
+    """'㎯ ' is 2 characters as sent and 7 once NFKC spells it out: the limit counts what
+    the engine would speak, so 400 of them are refused under a 1000-character limit."""
+    client = await make_client(engine=scripted, max_total_length=1000)
+    resp = await client.post("/v1/audio/speech", json={"input": "\u33af " * 400})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert (error["param"], error["code"]) == ("input", "input_too_long")
+    assert "normalised" in error["message"]
+    stats = await (await client.get("/status/statistics")).json()
+    assert stats["total_requests"] == 0
+    assert (await client.post("/v1/audio/speech", json={"input": "\u33af " * 100})).status == 200

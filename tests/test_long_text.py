@@ -643,3 +643,28 @@ def test_a_database_from_before_archiving_opens_with_every_job(tmp_path):
     job = store.get("old")
     assert job is not None and job.is_archived is False
     store.close()
+
+
+async def test_one_subscriber_limit_covers_job_streams_too(make_long):
+    """MAX_SSE_SUBSCRIBERS=2: with two /status/stream open, a job's /sse is a 429 as a
+    third /status/stream is, with its own error type; closing one makes room."""
+    client = await make_long(ScriptedEngine(), hold=True, settings={"max_sse_subscribers": 2})
+    job_id = (await submit(client))["job_id"]
+    first = await client.get("/status/stream")
+    second = await client.get("/status/stream")
+    assert (first.status, second.status) == (200, 200)
+    for path in ("/status/stream", f"/audio/speech/long/{job_id}/sse"):
+        resp = await client.get(path)
+        assert resp.status == 429, path
+        assert resp.headers["Retry-After"]
+        error = error_of(await resp.json())
+        assert (error["type"], error["code"]) == ("too_many_streams", "too_many_streams")
+    first.close()
+    deadline = time.monotonic() + 10
+    while core_of(client).bus.subscriber_count > 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    job_stream = await client.get(f"/audio/speech/long/{job_id}/sse")
+    assert job_stream.status == 200
+    job_stream.close()
+    second.close()

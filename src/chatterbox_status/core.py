@@ -49,7 +49,7 @@ class Core:
         log.info("engine: %s (%s)", self.choice.name, self.choice.reason)
         if self.settings.voice_sample_path and not self.engine.supports_cloning:
             log.warning("VOICE_SAMPLE_PATH is ignored: engine %s cannot clone voices", self.engine.name)
-        self.worker.start(self._process)
+        self.worker.start(self.run_job)
 
     async def shutdown(self) -> None:
         """Take no new jobs, let queued and running ones finish within SHUTDOWN_TIMEOUT,
@@ -73,9 +73,6 @@ class Core:
     async def stop(self) -> None:
         await self.worker.stop()
         self.bus.close()
-
-    async def _process(self, job: Job) -> None:
-        await self.run_job(job)
 
     async def run_job(self, job: Job) -> None:
         """Through the pipeline; every MEMORY_CLEANUP_INTERVAL jobs, release memory."""
