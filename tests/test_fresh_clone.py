@@ -95,12 +95,15 @@ def test_readme_starts_with_scripts_serve_and_scripts_test():
 
 
 def clone_environ(**extra: str) -> dict[str, str]:
-    """The outer environment without this checkout's venv and without server settings."""
+    """The outer environment without this checkout's venv, its tox run (TOX_WORK_DIR would
+    make the clone's tox install into this checkout's envs) and server settings."""
     own_venv_bin = str(Path(sys.executable).parent)
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in SETTING_ENV_NAMES and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH")
+        if k not in SETTING_ENV_NAMES
+        and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH")
+        and not k.startswith("TOX_")
     }
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != own_venv_bin)
     env.update(extra)
