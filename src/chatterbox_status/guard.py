@@ -16,6 +16,7 @@ Each refusal is a JSON 403 that says why.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -36,8 +37,10 @@ class HostPolicy:
         entries = {name.strip().lower().rstrip(".") for name in setting.split(",") if name.strip()}
         self.any = "*" in entries
         self.names = LOCAL_NAMES | entries | {bound_host.lower()}
+        # Clients send the same few Host values again and again: decide each once.
+        self.allows = functools.lru_cache(maxsize=1024)(self._allows)
 
-    def allows(self, host_header: str) -> bool:
+    def _allows(self, host_header: str) -> bool:
         if self.any:
             return True
         name = _hostname(host_header)
