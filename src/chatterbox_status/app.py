@@ -15,6 +15,7 @@ from .engines.base import Engine
 from .errors import error_middleware
 from .metrics import Metrics
 from .state import CORE, METRICS, SETTINGS, VOICE_LIBRARY
+from .wyoming_server import WyomingServer
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
@@ -32,6 +33,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         app.router.add_routes(module.routes)
     app.cleanup_ctx.append(_run_core)
     long_text.setup(app)  # its job runner starts after the core and stops before it
+    if settings.wyoming_port:
+        app.cleanup_ctx.append(_run_wyoming)  # starts after the core and stops before it
     app.on_shutdown.append(_drain)
     return app
 
@@ -46,3 +49,11 @@ async def _run_core(app: web.Application) -> AsyncIterator[None]:
     core.start()
     yield
     await core.stop()
+
+
+async def _run_wyoming(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    server = WyomingServer(app[CORE], settings.host, settings.wyoming_port)
+    await server.start()
+    yield
+    await server.stop()
