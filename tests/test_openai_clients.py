@@ -51,3 +51,17 @@ async def test_default_response_format_mp3_matches_what_open_webui_labels_it(mak
         assert container.format.name == "mp3"
         samples = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)])
     assert float(np.abs(samples).max()) > 0.05  # speech, not silence
+
+
+async def test_openapi_documents_the_voice_object_and_the_usable_voices(make_client, scripted):
+    client = await make_client(engine=scripted)
+    doc = await (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    voice = schemas["SpeechRequest"]["properties"]["voice"]
+    assert [option["type"] for option in voice["anyOf"]] == ["string", "object"]
+    assert voice["anyOf"][1]["required"] == ["id"]
+    listing = doc["paths"]["/v1/audio/voices"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert listing == {"$ref": "#/components/schemas/VoiceList"}
+    assert {"voices", "count", "available_voices", "available_names"} <= set(schemas["VoiceList"]["properties"])
+    assert set(schemas["UsableVoice"]["required"]) == {"id", "name", "source", "languages"}
+    assert "id" in schemas["Voice"]["required"]
