@@ -7,12 +7,15 @@ shows what must happen while a request is still generating.
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 
 import aiohttp
 import numpy as np
 import pytest
 from conftest import core_of
-from helpers import free_port, wav_tone
+from helpers import clean_environ, free_port, stop, wait_healthy, wav_tone
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
@@ -260,3 +263,40 @@ async def test_a_client_that_hangs_up_cancels_its_request(make_client, scripted)
     assert [r["status"] for r in history if r["request_id"] == request_id] == ["cancelled"]
     stats = await (await http.get("/status/statistics")).json()
     assert (stats["total_requests"], stats["cancelled_requests"], stats["completed_requests"]) == (1, 1, 0)
+
+
+async def test_serve_with_the_flag_answers_wyoming_beside_http(tmp_path):
+    """``serve --wyoming-port``, as a user starts it: the Wyoming port answers on HOST."""
+    port, wyoming_port = free_port(), free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chatterbox_status", "serve", "--port", str(port), "--wyoming-port", str(wyoming_port)],
+            cwd=tmp_path,
+            env=clean_environ(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await asyncio.to_thread(wait_healthy, f"http://127.0.0.1:{port}", process, log_path, 60)
+        async with AsyncTcpClient("127.0.0.1", wyoming_port) as client:
+            await client.write_event(Synthesize(text=TEXT).event())
+            start, samples = speech_of(await read_until(client, "audio-stop"))
+        assert_speech(start, samples, TEXT, start.rate)
+    finally:
+        stop(process)
+
+
+def test_a_taken_wyoming_port_stops_serve_at_once(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        wyoming_port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "chatterbox_status", "serve", "--port", str(free_port()), "--wyoming-port", str(wyoming_port)],
+            cwd=tmp_path,
+            env=clean_environ(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{wyoming_port}: address already in use" in result.stderr
