@@ -26,6 +26,7 @@ setup(
         "psutil>=5.9",
         "pydantic>=2.5,<3",
         "hibari-tts>=0.2.1,<0.3",
+        "wyoming>=1.10,<2",
     ],
     extras_require={
         # Resemble AI's models; on a CUDA machine this brings torch with CUDA.

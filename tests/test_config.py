@@ -59,6 +59,7 @@ VOICE_FILE = object()  # placeholder: replaced by a real file under tmp_path
 ENVIRONMENT_CASES = [
     ("HOST", "0.0.0.0", "host", "0.0.0.0"),
     ("PORT", "5055", "port", 5055),
+    ("WYOMING_PORT", "10200", "wyoming_port", 10200),
     ("DEVICE", "cpu", "device", "cpu"),
     ("DEVICE", "cuda:1", "device", "cuda:1"),
     ("EXAGGERATION", "0.75", "exaggeration", 0.75),
@@ -205,6 +206,7 @@ def test_say_accepts_the_same_setting_flags():
     [
         ("PORT", "abc"),
         ("PORT", "70000"),
+        ("WYOMING_PORT", "65536"),
         ("EXAGGERATION", "3"),
         ("CFG_WEIGHT", "-1"),
         ("TEMPERATURE", "0"),

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from chatterbox_status.text import Chunking, normalize, split_by_strategy, split_chunks
+from chatterbox_status.text import Chunking, complete_sentences, normalize, split_by_strategy, split_chunks
 
 # Sentence-boundary tests pick max_length so that packing cannot hide a wrong
 # split or a missed one:
@@ -417,3 +417,33 @@ def test_word_strategy_ignores_sentence_ends():
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError):
         split_by_strategy("Hello.", 50, "semantic")
+
+
+@pytest.mark.parametrize(
+    ("arrived", "complete", "rest"),
+    [
+        ("The kettle is on. Tea", "The kettle is on.", "Tea"),
+        # A full stop at the end may still be an abbreviation or a hesitation: wait for the next word.
+        ("The kettle is on.", "", "The kettle is on."),
+        ("Ask Dr. ", "", "Ask Dr. "),
+        ("Ask Dr. Smith. Now", "Ask Dr. Smith.", "Now"),
+        ("It is No. 5 now! And", "It is No. 5 now!", "And"),
+        ("Wait... and then. So", "Wait... and then.", "So"),
+        ("One.\nTwo. Thr", "One.\nTwo.", "Thr"),
+        ("", "", ""),
+    ],
+)
+def test_complete_sentences_of_text_still_arriving(arrived, complete, rest):
+    assert complete_sentences(arrived) == (complete, rest)
+
+
+def test_complete_sentences_fed_piece_by_piece_say_every_word_once():
+    text = "Dr. Smith arrived at 5 p.m. on the dot. Nobody expected him... or did they? We will see."
+    spoken, pending = [], ""
+    for i in range(0, len(text), 3):
+        done, pending = complete_sentences(pending + text[i : i + 3])
+        if done:
+            spoken.append(done)
+    spoken.append(pending)
+    assert " ".join(spoken).split() == text.split()
+    assert spoken[0] == "Dr. Smith arrived at 5 p.m. on the dot."

@@ -17,11 +17,10 @@ import aiohttp
 import av
 import numpy as np
 import pytest
-from aiohttp import web
+from conftest import core_of
+from doubles import ScriptedEngine
 
-from chatterbox_status.api.voices import VOICE_LIBRARY, routes
 from chatterbox_status.engines.base import Voice
-from chatterbox_status.errors import error_middleware
 from chatterbox_status.voices import INDEX_NAME, MAX_UPLOAD_BYTES, VoiceLibrary, resolve
 
 PREFIXES = ("", "/v1")
@@ -104,16 +103,14 @@ def assert_consistent(library: VoiceLibrary) -> None:
 
 
 @pytest.fixture
-def library(tmp_path) -> VoiceLibrary:
-    return VoiceLibrary(tmp_path / "voices")
+async def client(make_client, scripted):
+    """The whole app on a scripted engine (its voice listing says what the engine can use)."""
+    return await make_client(engine=scripted)
 
 
 @pytest.fixture
-async def client(aiohttp_client, library):
-    app = web.Application(middlewares=[error_middleware])
-    app[VOICE_LIBRARY] = library
-    app.router.add_routes(routes)
-    return await aiohttp_client(app)
+def library(client) -> VoiceLibrary:
+    return core_of(client).voices
 
 
 # -- every route ---------------------------------------------------------------------
@@ -162,7 +159,8 @@ async def test_every_route_answers_under_both_prefixes(client, library, prefix):
 
     deleted = await client.delete(f"{prefix}/voices/bob")
     assert deleted.status == 200 and (await deleted.json())["voice_name"] == "bob"
-    assert (await (await client.get(f"{prefix}/voices")).json()) == {"voices": [], "count": 0}
+    listing = await (await client.get(f"{prefix}/voices")).json()
+    assert (listing["voices"], listing["count"]) == ([], 0)
 
 
 async def test_chatterbox_tts_api_extra_aliases_reach_the_library(client):
@@ -498,3 +496,32 @@ async def test_a_missing_directory_is_an_empty_library_made_on_the_first_upload(
     assert not (tmp_path / "new").exists()
     await library.add("alice", WAV, "a.wav")
     assert VoiceLibrary(library.directory).all_names() == ["alice"]
+
+
+# -- the voices a client can use -------------------------------------------------------
+
+
+async def test_a_fresh_server_lists_default_and_the_openai_names(client):
+    body = await (await client.get("/v1/audio/voices")).json()
+    assert (body["voices"], body["count"]) == ([], 0)  # chatterbox-tts-api's library listing
+    assert body["available_names"][0] == "default"
+    assert set(body["available_names"]) == {"default", "alloy", "ash", "ballad", "coral", "echo", "fable",
+                                            "onyx", "nova", "sage", "shimmer", "verse", "marin", "cedar"}
+    assert {v["id"] for v in body["available_voices"]} == set(body["available_names"])
+    assert all(v["source"] == "default" and v["languages"] == ["en", "fr"] for v in body["available_voices"])
+
+
+@pytest.mark.parametrize("cloning", [True, False])
+async def test_library_voices_are_usable_only_when_the_engine_clones(make_client, cloning):
+    client = await make_client(engine=ScriptedEngine(cloning=cloning))
+    await upload(client, "alice", language="fr")
+    await client.post("/voices/alice/aliases", data={"alias": "ally"})
+    body = await (await client.get("/v1/audio/voices")).json()
+    # Open WebUI maps each listed voice's id to its name.
+    assert {v["id"]: v["name"] for v in body["voices"]} == {"alice": "alice"}
+    library = [v for v in body["available_voices"] if v["source"] == "library"]
+    if cloning:
+        assert library == [{"id": "alice", "name": "alice", "source": "library", "languages": ["fr"]}]
+        assert body["available_names"][-2:] == ["alice", "ally"]
+    else:
+        assert library == [] and "alice" not in body["available_names"]

@@ -18,6 +18,7 @@ from .metrics import Metrics
 from .protocol import setup_server_header
 from .slow_clients import slow_client_middleware
 from .state import CORE, METRICS, SETTINGS, VOICE_LIBRARY
+from .wyoming_server import WyomingServer
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
@@ -38,6 +39,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         app.router.add_routes(module.routes)
     app.cleanup_ctx.append(_run_core)
     long_text.setup(app)  # its job runner starts after the core and stops before it
+    if settings.wyoming_port:
+        app.cleanup_ctx.append(_run_wyoming)  # starts after the core and stops before it
     app.on_shutdown.append(_drain)
     return app
 
@@ -52,3 +55,11 @@ async def _run_core(app: web.Application) -> AsyncIterator[None]:
     core.start()
     yield
     await core.stop()
+
+
+async def _run_wyoming(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    server = WyomingServer(app[CORE], settings.host, settings.wyoming_port)
+    await server.start()
+    yield
+    await server.stop()

@@ -64,11 +64,16 @@ def serve(settings: Settings) -> int:
     """Bind first, so a taken port fails at once instead of after the model loaded."""
     from .app import create_app
 
+    port = settings.port
     try:
-        sock = socket.create_server((settings.host, settings.port))
+        sock = socket.create_server((settings.host, port))
+        if settings.wyoming_port:
+            # The Wyoming server binds as the app starts; a taken port is reported here first.
+            port = settings.wyoming_port
+            socket.create_server((settings.host, port)).close()
     except OSError as exc:
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        print(f"chatterbox-status: cannot listen on {settings.host}:{settings.port}: {reason}", file=sys.stderr)
+        print(f"chatterbox-status: cannot listen on {settings.host}:{port}: {reason}", file=sys.stderr)
         return 1
     app = create_app(settings)
     log.info("chatterbox-status %s listening on http://%s:%d", __version__, settings.host, settings.port)

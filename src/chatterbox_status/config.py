@@ -74,6 +74,9 @@ class Settings:
 
     host: str = _setting("127.0.0.1", "HOST", "address to bind; keep 127.0.0.1 unless a proxy guards it")
     port: int = _setting(4123, "PORT", "TCP port", _between(1, 65535))
+    wyoming_port: int = _setting(
+        0, "WYOMING_PORT", "TCP port for Home Assistant's Wyoming protocol, on HOST (10200 is its convention; 0: off)", _between(0, 65535)
+    )
     engine: str = _setting("auto", "ENGINE", "TTS engine; auto prefers chatterbox when installed", _one_of(ENGINE_CHOICES))
     device: str = _setting("auto", "DEVICE", "torch device for chatterbox engines: auto, cpu, cuda, cuda:N, mps", _device)
     exaggeration: float = _setting(0.5, "EXAGGERATION", "default emotion exaggeration", _between(0.25, 2.0))

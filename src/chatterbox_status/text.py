@@ -42,6 +42,7 @@ _STRAIGHTEN = str.maketrans(
 _RANGE_DASH = re.compile(r"(?<=\d)\u2013(?=\d)")
 _PAUSE_DASH = re.compile(r"\s*[\u2013\u2014\u2015]+\s*")
 _WHITESPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\S+")
 
 # Stems (lowercase, final period removed) after which a period never ends a
 # sentence, because they are almost always followed by the word they qualify.
@@ -102,6 +103,22 @@ def _capped_words(text: str, max_length: int) -> list[str]:
     """The words, each no longer than ``max_length``: a longer one would be cut into pieces
     of that size anyway, and cutting it first bounds the work any one word can cost."""
     return [word[start : start + max_length] for word in text.split() for start in range(0, len(word), max_length)]
+
+
+def complete_sentences(text: str) -> tuple[str, str]:
+    """Split text that is still arriving (an LLM's reply, piece by piece) into the whole
+    sentences at its start, which more text cannot change, and the rest, to keep until
+    more comes.
+
+    A sentence is complete only once the next word has begun: whether a full stop ends a
+    sentence depends on the word after it ("Dr. Smith", "No. 5", "wait... and").
+    """
+    words = list(_WORD.finditer(text))
+    groups = _split_after([w.group() for w in words], _ends_sentence)
+    if len(groups) < 2:
+        return "", text
+    end = words[sum(len(group) for group in groups[:-1]) - 1].end()
+    return text[:end].strip(), text[end:].lstrip()
 
 
 STRATEGIES = ("sentence", "paragraph", "word", "fixed")

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ..engines.base import Engine
 from ..errors import ApiError
 from ..exceptions import Conflict, InvalidInput, NotFound
 from ..schemas.voices import (
@@ -26,6 +27,7 @@ from ..schemas.voices import (
     LibraryDefault,
     NewNameForm,
     OwnDefault,
+    UsableVoice,
     Voice,
     VoiceAliases,
     VoiceCreated,
@@ -38,11 +40,12 @@ from ..schemas.voices import (
     VoicesCleanup,
     VoiceUpload,
 )
-from ..state import VOICE_LIBRARY
+from ..state import CORE, VOICE_LIBRARY
 from ..voices import (
     CONTENT_TYPES,
     DEFAULT_LANGUAGE,
     MAX_UPLOAD_BYTES,
+    OPENAI_VOICES,
     InvalidAudio,
     InvalidLanguage,
     NameTaken,
@@ -78,6 +81,7 @@ def _name_query(name: str, description: str) -> Param:
 def voice_view(entry: VoiceEntry) -> Voice:
     """A voice as chatterbox-tts-api's clients read it, plus its duration and checksum."""
     return Voice(
+        id=entry.name,
         name=entry.name,
         filename=entry.filename,
         original_filename=entry.original_filename,
@@ -136,11 +140,36 @@ def _attachment(filename: str) -> str:
 
 @api_route(
     routes, "GET", *with_v1("/voices", "/audio/voices"), "/voice-library", "/voice_library",
-    summary="The voice library", tag="voices", responses={200: Reply("Every voice", VoiceList)},
+    summary="The voice library, and every voice a speech request may use",
+    tag="voices",
+    responses={200: Reply("The library's voices (chatterbox-tts-api's shape), and the voices usable now", VoiceList)},
 )
 async def list_voices(request: web.Request) -> web.Response:
-    views = [voice_view(entry) for entry in _library(request).voices()]
-    return json_model(VoiceList(voices=views, count=len(views)))
+    library = _library(request)
+    views = [voice_view(entry) for entry in library.voices()]
+    available = usable_voices(request.app[CORE].engine, library)
+    names = [voice.id for voice in available if voice.source == "default"]
+    if request.app[CORE].engine.supports_cloning:
+        names += library.all_names()
+    return json_model(
+        VoiceList(voices=views, count=len(views), available_voices=available, available_names=names)
+    )
+
+
+def usable_voices(engine: Engine, library: VoiceLibrary) -> list[UsableVoice]:
+    """'default' and the OpenAI names (the default voice), then the library's voices when
+    the engine can clone them."""
+    default = [
+        UsableVoice(id=name, name=name if name == "default" else f"{name} (the default voice)", source="default",
+                    languages=list(engine.languages))
+        for name in ("default", *sorted(OPENAI_VOICES))
+    ]
+    if not engine.supports_cloning:
+        return default
+    return default + [
+        UsableVoice(id=entry.name, name=entry.name, source="library", languages=[entry.language])
+        for entry in library.voices()
+    ]
 
 
 @api_route(

@@ -3,9 +3,9 @@ streaming and long-text knobs."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from ..audio import FORMATS
 from ..text import STRATEGIES
@@ -18,6 +18,22 @@ ChunkingStrategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 Quality = Literal["fast", "balanced", "high"]
 
 
+_VOICE_NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 200}
+# A voice's name; OpenAI's object form {"id": NAME} is read as the name.
+VoiceName = Annotated[
+    str,
+    Field(min_length=1, max_length=200),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _VOICE_NAME_SCHEMA,
+                {"type": "object", "properties": {"id": _VOICE_NAME_SCHEMA}, "required": ["id"]},
+            ]
+        }
+    ),
+]
+
+
 class SpeechRequest(BaseModel):
     """OpenAI's speech body plus Chatterbox's parameters; unknown fields are ignored."""
 
@@ -27,9 +43,10 @@ class SpeechRequest(BaseModel):
     model: Annotated[str, Field(max_length=200)] | None = Field(
         None, description="Accepted, any name: the server runs one engine"
     )
-    voice: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+    voice: VoiceName = Field(
         "alloy",
-        description="An OpenAI voice name or 'default' (the default voice), or a voice of the library (404 if unknown)",
+        description="An OpenAI voice name or 'default' (the default voice), or a voice of the library (404 if unknown); "
+        'as a string or, as OpenAI also takes it, an object {"id": NAME}',
     )
     response_format: ResponseFormat | None = Field(
         None, description="Audio format; DEFAULT_RESPONSE_FORMAT when absent"
@@ -50,6 +67,14 @@ class SpeechRequest(BaseModel):
     streaming_chunk_size: Annotated[int, Field(ge=50, le=500)] | None = None
     streaming_strategy: ChunkingStrategy | None = None
     streaming_quality: Quality | None = None
+
+    @field_validator("voice", mode="before")
+    @classmethod
+    def _voice_object(cls, value: Any) -> Any:
+        """OpenAI's {"id": NAME} means NAME; anything else is checked as a name."""
+        if isinstance(value, dict) and isinstance(value.get("id"), str):
+            return value["id"]
+        return value
 
 
 class LongTextRequest(SpeechRequest):

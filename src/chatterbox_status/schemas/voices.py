@@ -12,8 +12,10 @@ from .status import Count
 
 
 class Voice(Body):
-    """A voice as chatterbox-tts-api's clients read it, plus its duration and checksum."""
+    """A voice as chatterbox-tts-api's clients read it, plus its duration and checksum, and
+    the ``id`` Open WebUI reads from each voice it lists."""
 
+    id: str = Field(description="The name to send as a speech request's `voice` (its name)")
     name: str
     filename: str
     original_filename: str
@@ -26,8 +28,27 @@ class Voice(Body):
     sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
 
 
+class UsableVoice(Body):
+    """A voice a speech request may name, as OpenAI-compatible clients list them."""
+
+    id: str = Field(description="What to send as `voice`")
+    name: str
+    source: Literal["default", "library"] = Field(
+        description="`default`: 'default' and the OpenAI names, all the default voice; `library`: an uploaded voice"
+    )
+    languages: list[str]
+
+
 class VoiceList(Body):
-    voices: list[Voice]
+    """chatterbox-tts-api's library listing (``voices``, ``count``), plus every voice the
+    engine can speak with now, the OpenAI names and 'default' included."""
+
+    voices: list[Voice] = Field(description="The library's voices")
+    available_voices: list[UsableVoice] = Field(
+        description="Every voice a speech request may use now: 'default', the OpenAI names, and the library's "
+        "voices when the engine can clone"
+    )
+    available_names: list[str] = Field(description="Every name `voice` may take now, aliases included")
     count: Count
 
 
