@@ -187,16 +187,16 @@ def test_feeding_after_finish_raises(response_format):
     encoder = audio.StreamEncoder(response_format, RATE)
     encoder.feed(sine(0.1))
     encoder.finish()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^the stream is already finished$"):
         encoder.feed(sine(0.1))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^the stream is already finished$"):
         encoder.finish()
 
 
 def test_unknown_format_raises():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unsupported response_format 'avi'"):
         audio.StreamEncoder("avi", RATE)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unsupported response_format 'avi'"):
         audio.encode(sine(), RATE, "avi")
 
 
@@ -294,3 +294,14 @@ def test_ogg_opus_ends_exactly_where_the_audio_does(streamed):
     head = data.index(b"OpusHead")
     pre_skip = struct.unpack_from("<H", data, head + 10)[0]
     assert last_granule - pre_skip == round(SECONDS * 48000)
+
+
+def test_joining_no_chunks_is_no_audio():
+    joined = audio.join_chunks([], RATE)
+    assert joined.dtype == np.float32 and joined.shape == (0,)
+
+
+def test_join_chunks_takes_float64_and_rows_of_samples_and_gives_float32():
+    pieces = [np.ones(100, dtype=np.float64), np.ones((1, 50), dtype=np.float32)]
+    joined = audio.join_chunks(pieces, RATE)
+    assert joined.dtype == np.float32 and joined.shape == (150 + int(round(audio.PAUSE_SECONDS * RATE)),)
