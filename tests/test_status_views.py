@@ -72,16 +72,18 @@ async def test_a_fresh_server_reports_zeros_and_an_empty_queue(make_client, scri
     }
 
 
-async def test_averages_are_the_means_of_what_the_history_shows(make_client, scripted):
-    client = await make_client(engine=scripted)
-    texts = ["One.", "A second request.", "And a third, somewhat longer request."]
-    for n, text in enumerate(texts):
+async def test_averages_are_the_means_of_what_the_history_shows(make_client, make_scripted):
+    """Checked after each request, whose durations differ with their length: a rounding to the
+    wrong digit shows whatever the durations are."""
+    client = await make_client(engine=make_scripted(work_seconds_per_char=0.001))
+    texts = ["One.", "A second request.", "And a third, somewhat longer request.", "Four.", "The fifth and last."]
+    for n, text in enumerate(texts, start=1):
         assert (await post(client, text, f"average-{n}")).status == 200
-    history = (await get_json(client, "/status/history"))["request_history"]
-    stats = await get_json(client, "/status/statistics")
-    assert stats["average_duration_seconds"] == round(sum(r["duration_seconds"] for r in history) / 3, 3)
-    assert stats["average_text_length"] == round(sum(map(len, texts)) / 3, 1)
-    assert stats["success_rate"] == 100.0
+        history = (await get_json(client, "/status/history"))["request_history"]
+        stats = await get_json(client, "/status/statistics")
+        assert stats["average_duration_seconds"] == round(sum(r["duration_seconds"] for r in history) / n, 3)
+        assert stats["average_text_length"] == round(sum(map(len, texts[:n])) / n, 1)
+        assert stats["success_rate"] == 100.0
 
 
 async def test_a_queue_entry_carries_every_documented_field(make_client, scripted):
@@ -146,3 +148,25 @@ async def test_while_the_model_loads_status_shows_the_request_that_is_past_the_q
     engine.load_gate.set()
     assert (await speech).status == 200
     await until(client, job_id, "completed")
+
+
+async def test_queue_estimates_follow_the_pace_measured_on_finished_requests(make_client, make_scripted):
+    """The warm-up was fast; a slow request moves the estimate towards its pace, a share at a time."""
+    engine = make_scripted()
+    client = await make_client(engine=engine)
+    pace = 0.01  # seconds per character from now on, far slower than the warm-up
+    engine.work_seconds_per_char = pace
+    assert (await post(client, "A slow request of fifty characters, give or take.", "slow-request-1")).status == 200
+
+    engine.hold()
+    running = asyncio.ensure_future(post(client, "Held.", "pace-running"))
+    await asyncio.to_thread(engine.wait_started)
+    text = "Waiting for its turn, forty characters."
+    queued = asyncio.ensure_future(post(client, text, "pace-queued"))
+    await until(client, "pace-queued", "queued", queued)
+    [entry] = (await get_json(client, "/status"))["queue"]["requests"]
+    estimated_pace = (entry["estimated_completion"] - entry["estimated_start"]) / len(text)
+    # One slow request weighs 0.3 of the average: well above the warm-up's pace, below the new one.
+    assert 0.2 * pace < estimated_pace < 0.6 * pace, estimated_pace
+    engine.release(10)
+    assert [r.status for r in await asyncio.gather(running, queued)] == [200, 200]
