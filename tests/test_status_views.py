@@ -80,6 +80,7 @@ async def test_averages_are_the_means_of_what_the_history_shows(make_client, mak
     for n, text in enumerate(texts, start=1):
         assert (await post(client, text, f"average-{n}")).status == 200
         history = (await get_json(client, "/status/history"))["request_history"]
+        assert all(ms_rounded(r["duration_seconds"]) for r in history)
         stats = await get_json(client, "/status/statistics")
         assert stats["average_duration_seconds"] == round(sum(r["duration_seconds"] for r in history) / n, 3)
         assert stats["average_text_length"] == round(sum(map(len, texts[:n])) / n, 1)
