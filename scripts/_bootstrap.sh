@@ -1,7 +1,8 @@
-# Sourced by scripts/serve and scripts/test: makes sure .venv exists and holds what
-# the caller needs, so both commands work on a fresh machine with only Python 3.
+# Sourced by scripts/serve, scripts/test and scripts/mutation: makes sure the venv (.venv, or
+# $venv_name if the caller set it) exists and holds what the caller needs, so the commands
+# work on a fresh machine with only Python 3.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv="$root/.venv"
+venv="$root/${venv_name:-.venv}"
 python=${PYTHON:-python3}
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -65,9 +65,31 @@ def make_long(aiohttp_client, tmp_path):
 def core_of(client):
     return client.server.app[CORE]
 
+def let_go(engine: ScriptedEngine) -> None:
+    """Free whatever the engine thread waits on, so a failed test cannot hang the process at exit."""
+    engine.load_gate.set()
+    engine.release(10_000)
+
+
 @pytest.fixture
 def scripted():
-    return ScriptedEngine()
+    engine = ScriptedEngine()
+    yield engine
+    let_go(engine)
+
+
+@pytest.fixture
+def make_scripted():
+    """ScriptedEngine(**options), let go of when the test ends."""
+    made: list[ScriptedEngine] = []
+
+    def make(**options) -> ScriptedEngine:
+        made.append(ScriptedEngine(**options))
+        return made[-1]
+
+    yield make
+    for engine in made:
+        let_go(engine)
 
 def decode_wav(data: bytes) -> tuple[int, int, int]:
     """(sample rate, channels, frames) of a WAV file."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import math
 import struct
 import wave
 
@@ -184,16 +186,16 @@ def test_feeding_after_finish_raises(response_format):
     encoder = audio.StreamEncoder(response_format, RATE)
     encoder.feed(sine(0.1))
     encoder.finish()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^the stream is already finished$"):
         encoder.feed(sine(0.1))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^the stream is already finished$"):
         encoder.finish()
 
 
 def test_unknown_format_raises():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unsupported response_format 'avi'"):
         audio.StreamEncoder("avi", RATE)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unsupported response_format 'avi'"):
         audio.encode(sine(), RATE, "avi")
 
 
@@ -231,3 +233,74 @@ def test_join_chunks_puts_exactly_the_pause_between_chunks():
     assert len(joined) == 2200 + 2 * gap
     silent = np.flatnonzero(joined == 0)
     assert np.array_equal(silent, np.r_[1000 : 1000 + gap, 1500 + gap : 1500 + 2 * gap])
+
+
+@pytest.mark.parametrize("speed", [0.25, 0.3, 0.5, 0.75, 1.5, 2.0, 2.5, 3.0, 4.0])
+def test_atempo_runs_in_the_fewest_stages_it_plays_without_skipping(speed):
+    """atempo skips audio past 2x and each extra stage costs time and quality."""
+    stages = audio._atempo_stages(speed)
+    assert all(0.5 <= stage <= 2.0 for stage in stages), stages
+    assert math.prod(stages) == pytest.approx(speed)
+    assert len(stages) == max(1, math.ceil(abs(math.log2(speed)) - 1e-9)), stages
+
+
+def test_change_speed_takes_float64_and_a_row_of_samples():
+    samples = sine()
+    for given in (samples.astype(np.float64), samples.reshape(1, -1)):
+        out = audio.change_speed(given, RATE, 2.0)
+        assert out.dtype == np.float32 and out.ndim == 1
+        assert len(out) == pytest.approx(len(samples) / 2.0, rel=0.03)
+
+
+def test_change_speed_of_a_clip_too_short_for_atempo_is_empty_not_an_error():
+    out = audio.change_speed(np.full(5, 0.1, dtype=np.float32), RATE, 2.0)
+    assert out.dtype == np.float32 and out.shape == (0,)
+
+
+def test_change_speed_outside_the_range_says_what_the_range_is():
+    with pytest.raises(ValueError, match=r"between 0\.25 and 4\.0, not 9"):
+        audio.change_speed(sine(), RATE, 9)
+
+
+def test_a_whole_flac_file_states_its_length_and_checksum():
+    """Written seekably, so the header is finished: players show the duration and can verify it."""
+    samples = sine()
+    data = audio.encode(samples, RATE, "flac")
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # the first metadata block is STREAMINFO
+    info = data[8:42]
+    packed = int.from_bytes(info[10:18], "big")
+    rate, channels, bits, total = packed >> 44, ((packed >> 41) & 7) + 1, ((packed >> 36) & 31) + 1, packed & (2**36 - 1)
+    assert (rate, channels, bits, total) == (RATE, 1, 16, len(samples))
+    assert info[18:34] == hashlib.md5(pcm16_reference(samples)).digest()
+
+
+@pytest.mark.parametrize("response_format", ["mp3", "aac", "flac"])
+def test_a_live_stream_hands_over_each_chunk_s_audio_at_once(response_format):
+    """Not held back until an I/O buffer fills: 0.3 s fed is (nearly) 0.3 s sent."""
+    encoder = audio.StreamEncoder(response_format, RATE)
+    samples = sine(0.3)
+    sent = encoder.header() + encoder.feed(samples)
+    decoded, rate = decode(sent, response_format)
+    assert len(decoded) / rate >= 0.3 - 0.1
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["file", "stream"])
+def test_ogg_opus_ends_exactly_where_the_audio_does(streamed):
+    """Players take the duration from the last page's granule position less the pre-skip (RFC 7845)."""
+    data = b"".join(stream("opus", sine())) if streamed else audio.encode(sine(), RATE, "opus")
+    pages = [offset for offset in range(len(data) - 3) if data[offset : offset + 4] == b"OggS"]
+    last_granule = struct.unpack_from("<q", data, pages[-1] + 6)[0]
+    head = data.index(b"OpusHead")
+    pre_skip = struct.unpack_from("<H", data, head + 10)[0]
+    assert last_granule - pre_skip == round(SECONDS * 48000)
+
+
+def test_joining_no_chunks_is_no_audio():
+    joined = audio.join_chunks([], RATE)
+    assert joined.dtype == np.float32 and joined.shape == (0,)
+
+
+def test_join_chunks_takes_float64_and_rows_of_samples_and_gives_float32():
+    pieces = [np.ones(100, dtype=np.float64), np.ones((1, 50), dtype=np.float32)]
+    joined = audio.join_chunks(pieces, RATE)
+    assert joined.dtype == np.float32 and joined.shape == (150 + int(round(audio.PAUSE_SECONDS * RATE)),)

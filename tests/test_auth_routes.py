@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 
 from conftest import assert_error_shape
-from doubles import ScriptedEngine
 
 KEY = "walk-every-route-key-1"
 # Liveness checks and the dashboard page with its static files: they carry no data.
@@ -29,8 +28,8 @@ def concrete(canonical: str) -> str:
     return re.sub(r"\{[^}]+\}", "dummy-value-1", canonical)
 
 
-async def test_every_route_but_the_open_ones_answers_401_without_the_key(make_client):
-    client = await make_client(engine=ScriptedEngine(), api_key=KEY)
+async def test_every_route_but_the_open_ones_answers_401_without_the_key(make_client, scripted):
+    client = await make_client(engine=scripted, api_key=KEY)
     routes = sorted({(route.method, route.resource.canonical) for route in client.server.app.router.routes()})
     walked = {canonical for _, canonical in routes}
     assert MUST_BE_WALKED <= walked
@@ -54,3 +53,22 @@ async def test_every_route_but_the_open_ones_answers_401_without_the_key(make_cl
     for path in sorted(OPEN_PATHS) + ["/web/app.js"]:
         response = await client.get(path)
         assert response.status == 200, path
+
+
+async def test_the_key_is_found_in_each_way_a_client_may_send_it(make_client, scripted):
+    client = await make_client(engine=scripted, api_key=KEY)
+    accepted = [
+        {"Authorization": f"Bearer {KEY}"},
+        {"Authorization": f"bearer {KEY}"},  # the scheme is case-insensitive (RFC 7235)
+        {"Authorization": f"Bearer  {KEY} "},  # spaces around the token
+        # Another scheme (a proxy's Basic credentials) or an empty Bearer: the key comes from X-API-Key.
+        {"Authorization": "Basic dXNlcjpwYXNz", "X-API-Key": KEY},
+        {"Authorization": "Bearer ", "X-API-Key": KEY},
+        {"X-API-Key": KEY},
+    ]
+    for headers in accepted:
+        assert (await client.get("/status", headers=headers)).status == 200, headers
+    assert (await client.get(f"/status?api_key={KEY}")).status == 200
+    refused = await client.get("/status", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert refused.status == 401
+    assert (await refused.json())["error"]["code"] == "missing_api_key"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from doubles import ScriptedEngine
 from eventsource import EventSource
 
 TERMINAL = ("completed", "error", "cancelled")
@@ -33,11 +32,12 @@ async def get_json(client, path: str) -> dict:
 
 async def until_queued(client, request_id: str, task: asyncio.Future) -> None:
     """Until the request shows in the queue of /status (the API's own word that it waits),
-    or its answer came (refused, say)."""
-    while not task.done():
-        if request_id in [q["request_id"] for q in (await get_json(client, "/status"))["queue"]["requests"]]:
-            return
-        await asyncio.sleep(0)
+    or its answer came (refused, say); fails after 10 s."""
+    async with asyncio.timeout(10):
+        while not task.done():
+            if request_id in [q["request_id"] for q in (await get_json(client, "/status"))["queue"]["requests"]]:
+                return
+            await asyncio.sleep(0)
 
 
 async def events_until_terminal(stream: EventSource, request_id: str) -> list[dict]:
@@ -80,8 +80,8 @@ RUNNING_TEXT = "The running request speaks this sentence first, and it takes a w
 QUEUED_TEXTS = ("The first waiting request is this one.", "Then the second waiting request speaks.")
 
 
-async def test_queued_requests_are_estimated_one_after_another_behind_the_running_one(make_client):
-    engine = ScriptedEngine(work_seconds_per_char=WORK_SECONDS_PER_CHAR)
+async def test_queued_requests_are_estimated_one_after_another_behind_the_running_one(make_client, make_scripted):
+    engine = make_scripted(work_seconds_per_char=WORK_SECONDS_PER_CHAR)
     client = await make_client(engine=engine)
     engine.hold()
     running = asyncio.ensure_future(post(client, RUNNING_TEXT, "running-est-1"))
@@ -137,9 +137,9 @@ async def test_cancelling_a_queued_request_frees_its_place_in_a_full_queue(make_
     assert (stats["completed_requests"], stats["cancelled_requests"]) == (2, 1)
 
 
-async def test_a_cancel_that_lands_while_the_last_chunk_finishes_still_cancels(make_client):
+async def test_a_cancel_that_lands_while_the_last_chunk_finishes_still_cancels(make_client, make_scripted):
     """An engine that looks at the cancel flag only between chunks finishes the chunk it is on."""
-    engine = ScriptedEngine(cancel_within_chunk=False)
+    engine = make_scripted(cancel_within_chunk=False)
     client = await make_client(engine=engine)
     engine.hold()
     request = asyncio.ensure_future(post(client, "One chunk, the last one.", "late-cancel-1"))
@@ -168,10 +168,10 @@ SENTENCES = [
 ]
 
 
-async def test_a_long_text_job_regenerating_a_corrupt_chunk_never_shows_less_progress(make_client, tmp_path):
+async def test_a_long_text_job_regenerating_a_corrupt_chunk_never_shows_less_progress(make_client, make_scripted, tmp_path):
     """A chunk found corrupt at the end is generated again; the percentage waits, it never drops."""
     data_dir = tmp_path / "data"
-    engine = ScriptedEngine()
+    engine = make_scripted()
     client = await make_client(engine=engine, data_dir=str(data_dir))
     stream = EventSource(await client.get("/status/stream"))
     engine.hold()

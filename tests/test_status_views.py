@@ -1,0 +1,173 @@
+"""The fields of the status views as a dashboard reads them: exact keys, values and roundings.
+
+Written against the mutants of tracker.py that survived the suite (docs/mutation.rst): the
+idle bodies, the statistics before and after requests, every field of a queue entry, and
+which request /status shows while the model is still loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+PROGRESS_KEYS = {"current_chunk", "total_chunks", "current_step", "progress_percentage", "estimated_completion"}
+QUEUE_ENTRY_KEYS = {"request_id", "position", "text_length", "queued_at", "estimated_start", "estimated_completion"}
+LONG_TEXT = " ".join(
+    [
+        "The first sentence of the long text is here.",
+        "A second sentence follows the first one closely.",
+        "Then comes a third sentence with a few more words.",
+    ]
+)
+
+
+async def get_json(client, path: str) -> dict:
+    response = await client.get(path)
+    assert response.status == 200, (path, response.status, await response.text())
+    return await response.json()
+
+
+async def post(client, text: str, request_id: str):
+    response = await client.post("/v1/audio/speech", json={"input": text}, headers={"X-Request-ID": request_id})
+    await response.read()
+    return response
+
+
+async def until(client, request_id: str, status: str, task: asyncio.Future | None = None) -> None:
+    """Until /status/requests/ID says ``status`` (or the task answered first); fails after 10 s."""
+    async with asyncio.timeout(10):
+        while task is None or not task.done():
+            response = await client.get(f"/status/requests/{request_id}")
+            assert response.status in (200, 404), await response.text()  # 404: not announced yet
+            if response.status == 200 and (await response.json())["status"] == status:
+                return
+            await asyncio.sleep(0)
+
+
+def ms_rounded(value: float) -> bool:
+    return value == round(value, 3)
+
+
+async def test_a_fresh_server_reports_zeros_and_an_empty_queue(make_client, scripted):
+    client = await make_client(engine=scripted)
+    stats = await get_json(client, "/status/statistics")
+    assert stats == {
+        "total_requests": 0,
+        "completed_requests": 0,
+        "error_requests": 0,
+        "cancelled_requests": 0,
+        "success_rate": 0.0,
+        "average_duration_seconds": 0.0,
+        "average_text_length": 0.0,
+        "is_processing": False,
+    }
+    status = await get_json(client, "/status")
+    assert status == {
+        "status": "idle",
+        "is_processing": False,
+        "message": "No active TTS requests",
+        "total_requests": 0,
+        "queue": {"length": 0, "requests": []},
+    }
+
+
+async def test_averages_are_the_means_of_what_the_history_shows(make_client, make_scripted):
+    """Checked after each request, whose durations differ with their length: a rounding to the
+    wrong digit shows whatever the durations are."""
+    client = await make_client(engine=make_scripted(work_seconds_per_char=0.001))
+    texts = ["One.", "A second request.", "And a third, somewhat longer request.", "Four.", "The fifth and last."]
+    for n, text in enumerate(texts, start=1):
+        assert (await post(client, text, f"average-{n}")).status == 200
+        history = (await get_json(client, "/status/history"))["request_history"]
+        assert all(ms_rounded(r["duration_seconds"]) for r in history)
+        stats = await get_json(client, "/status/statistics")
+        assert stats["average_duration_seconds"] == round(sum(r["duration_seconds"] for r in history) / n, 3)
+        assert stats["average_text_length"] == round(sum(map(len, texts[:n])) / n, 1)
+        assert stats["success_rate"] == 100.0
+
+
+async def test_a_queue_entry_carries_every_documented_field(make_client, scripted):
+    client = await make_client(engine=scripted)
+    scripted.hold()
+    running = asyncio.ensure_future(post(client, "The running request.", "fields-running"))
+    await asyncio.to_thread(scripted.wait_started)
+    text = "The request that waits its turn."
+    queued = asyncio.ensure_future(post(client, text, "fields-queued"))
+    await until(client, "fields-queued", "queued", queued)
+
+    asked_at = time.time()
+    status = await get_json(client, "/status")
+    assert set(status["progress"]) == PROGRESS_KEYS
+    # A running request past its estimate is expected no earlier than now (to the millisecond).
+    assert status["progress"]["estimated_completion"] >= round(asked_at, 3)
+    assert status["engine"] == "scripted"
+    queue = status["queue"]
+    assert queue["length"] == 1
+    [entry] = queue["requests"]
+    assert set(entry) == QUEUE_ENTRY_KEYS
+    record = await get_json(client, "/status/requests/fields-queued")
+    assert entry["request_id"] == "fields-queued" and entry["position"] == 1
+    assert entry["text_length"] == len(text) == record["text_length"]
+    assert entry["queued_at"] == record["start_time"]
+    progress = await get_json(client, "/status/progress")
+    assert (progress["request_id"], progress["queue_length"]) == ("fields-running", 1)
+    assert (await get_json(client, "/status/requests/fields-running"))["engine"] == "scripted"
+
+    scripted.release(10)
+    assert [r.status for r in await asyncio.gather(running, queued)] == [200, 200]
+
+
+async def test_while_the_model_loads_status_shows_the_request_that_is_past_the_queue(make_client, make_scripted):
+    """A long-text job waits queued for the model; a speech request waits in 'initializing'."""
+    engine = make_scripted()
+    engine.load_gate.clear()
+    client = await make_client(engine=engine, wait_loaded=False)
+    created = await client.post("/audio/speech/long", json={"input": LONG_TEXT, "chunk_size": 55})
+    assert created.status == 200, await created.text()
+    job_id = (await created.json())["job_id"]
+    await until(client, job_id, "queued")
+
+    # Only the queued job: it is what /status shows; it could start now, but without a measured
+    # throughput nobody can say when it ends.
+    status = await get_json(client, "/status")
+    assert (status["request_id"], status["status"], status["is_processing"]) == (job_id, "queued", True)
+    [entry] = status["queue"]["requests"]
+    assert entry["request_id"] == job_id
+    assert entry["estimated_start"] is not None and ms_rounded(entry["estimated_start"])
+    assert entry["estimated_completion"] is None
+
+    speech = asyncio.ensure_future(post(client, "Waiting for the model.", "loading-speech"))
+    await until(client, "loading-speech", "initializing", speech)
+    status = await get_json(client, "/status")
+    assert (status["request_id"], status["status"]) == ("loading-speech", "initializing")
+    assert status["progress"]["estimated_completion"] is None
+    [entry] = status["queue"]["requests"]
+    # Behind a request whose end is unknown, the job's start is unknown too.
+    assert (entry["request_id"], entry["estimated_start"], entry["estimated_completion"]) == (job_id, None, None)
+
+    engine.load_gate.set()
+    assert (await speech).status == 200
+    await until(client, job_id, "completed")
+
+
+async def test_queue_estimates_follow_the_pace_measured_on_finished_requests(make_client, make_scripted):
+    """The warm-up was fast; a slow request moves the estimate towards its pace, a share at a time."""
+    engine = make_scripted()
+    client = await make_client(engine=engine)
+    pace = 0.01  # seconds per character from now on, far slower than the warm-up
+    engine.work_seconds_per_char = pace
+    assert (await post(client, "A slow request of fifty characters, give or take.", "slow-request-1")).status == 200
+
+    engine.hold()
+    running = asyncio.ensure_future(post(client, "Held.", "pace-running"))
+    await asyncio.to_thread(engine.wait_started)
+    text = "Waiting for its turn, forty characters."
+    queued = asyncio.ensure_future(post(client, text, "pace-queued"))
+    await until(client, "pace-queued", "queued", queued)
+    [entry] = (await get_json(client, "/status"))["queue"]["requests"]
+    estimated_pace = (entry["estimated_completion"] - entry["estimated_start"]) / len(text)
+    # One slow request weighs 0.3 of the average: well above the warm-up's pace, below the new one.
+    assert 0.2 * pace < estimated_pace < 0.6 * pace, estimated_pace
+    engine.release(10)
+    assert [r.status for r in await asyncio.gather(running, queued)] == [200, 200]
