@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 
 PROGRESS_KEYS = {"current_chunk", "total_chunks", "current_step", "progress_percentage", "estimated_completion"}
 QUEUE_ENTRY_KEYS = {"request_id", "position", "text_length", "queued_at", "estimated_start", "estimated_completion"}
@@ -171,3 +172,34 @@ async def test_queue_estimates_follow_the_pace_measured_on_finished_requests(mak
     assert 0.2 * pace < estimated_pace < 0.6 * pace, estimated_pace
     engine.release(10)
     assert [r.status for r in await asyncio.gather(running, queued)] == [200, 200]
+
+
+async def test_a_full_history_forgets_its_oldest_request_first(make_client, scripted):
+    """HISTORY_SIZE=2: after three requests the first has left (404), the other two are
+    still found by id, as the history lists them."""
+    client = await make_client(engine=scripted, history_size=2)
+    for request_id in ("history-first-1", "history-second-2", "history-third-3"):
+        assert (await post(client, "A short sentence.", request_id)).status == 200
+    assert (await client.get("/status/requests/history-first-1")).status == 404
+    for request_id in ("history-second-2", "history-third-3"):
+        assert (await get_json(client, f"/status/requests/{request_id}"))["status"] == "completed"
+    listed = [r["request_id"] for r in (await get_json(client, "/status/history"))["request_history"]]
+    assert listed == ["history-third-3", "history-second-2"]
+
+
+def test_measured_throughput_moves_toward_each_new_measurement():
+    """The seconds-per-character average moves from the warm-up's figure toward what a
+    finished request measured (by THROUGHPUT_ALPHA of the gap), never away from it."""
+    from chatterbox_status.events import Event
+    from chatterbox_status.tracker import THROUGHPUT_ALPHA, StatusTracker
+
+    tracker = StatusTracker(history_size=10)
+    tracker.apply(Event(1, "engine", {"timestamp": 0.0, "state": "ready", "seconds_per_char": 0.01}))
+    tracker.apply(Event(2, "status", {"timestamp": 1.0, "request_id": "r-00000001", "status": "queued", "text_length": 100}))
+    tracker.apply(
+        Event(3, "status", {"timestamp": 3.0, "request_id": "r-00000001", "status": "completed",
+                            "generation_seconds": 2.0, "generated_characters": 100})
+    )
+    assert tracker.seconds_per_char is not None
+    assert 0.01 < tracker.seconds_per_char < 0.02
+    assert tracker.seconds_per_char == pytest.approx(0.01 + THROUGHPUT_ALPHA * (0.02 - 0.01))

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import audio
 from ..engines.base import SynthesisParams
-from ..exceptions import Conflict, NotFound, OutOfSpace, QueueFull
+from ..exceptions import Conflict, EngineUnavailable, NotFound, OutOfSpace, QueueFull
 from ..pipeline import Job, Progress, StopReason, preview
 from ..planning import LongTextPlan
 from . import files
@@ -348,6 +348,10 @@ class LongTextManager:
         output = ChunkFileOutput(self._db, self.root, record, chunks, self.check_quota)
         try:
             async with self._slots:
+                # Background work waits for the model as queued, behind interactive requests
+                # that wait as initializing; a failed load is the pipeline's to report.
+                with contextlib.suppress(EngineUnavailable):
+                    await self.core.worker.wait_loaded()
                 voice = self.core.planner.resolve_voice(record.voice)
                 if voice is None:
                     message = f"Generation failed: voice {record.voice!r} is not available any more"
