@@ -211,6 +211,23 @@ async def test_the_streaming_form_speaks_from_the_first_sentence(make_client, sc
     assert len(seen) == 2
 
 
+async def test_a_streamed_text_with_no_sentence_end_is_spoken_at_the_length_limit(make_client, scripted):
+    """A client that streams words and never ends a sentence is not held in memory without
+    bound: at MAX_TOTAL_LENGTH characters what came is spoken, before synthesize-stop."""
+    http, connect = await wyoming_client(make_client, engine=scripted, max_total_length=100)
+    async with connect() as client:
+        await client.write_event(SynthesizeStart().event())
+        for _ in range(30):
+            await client.write_event(SynthesizeChunk(text="words without end ").event())
+        head = await read_until(client, "audio-chunk")  # before synthesize-stop was sent
+        await client.write_event(SynthesizeStop().event())
+        events = head + await read_until(client, "synthesize-stopped")
+    assert not any(Error.is_type(e.type) for e in events)
+    spoken = [call for call in scripted.calls if set(call.split()) <= {"words", "without", "end"}]
+    assert len(spoken) >= 5 and all(len(call) <= 100 for call in spoken), scripted.calls
+    assert " ".join(spoken).split() == ("words without end " * 30).split()
+
+
 async def test_the_streaming_form_on_the_embedded_voice(make_client):
     http, connect = await wyoming_client(make_client)
     async with connect() as client:

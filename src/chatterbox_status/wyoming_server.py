@@ -28,7 +28,7 @@ from .exceptions import Refusal
 from .pipeline import Job
 from .schemas import first_problem
 from .schemas.speech import SpeechRequest
-from .text import complete_sentences
+from .text import complete_sentences, split_by_strategy
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,17 @@ class WyomingHandler(AsyncEventHandler):
             sentences, self.text = complete_sentences(self.text + SynthesizeChunk.from_event(event).text)
             if sentences and self.current is not None and not self.current.aborted:
                 await self._say(self.current, sentences)
+            limit = self.core.settings.max_total_length
+            if len(self.text) > limit and self.current is not None:
+                # No sentence end in MAX_TOTAL_LENGTH characters: speak what came, in pieces
+                # the limit allows, rather than hold (and split again at every chunk) a text
+                # that grows without bound. The last piece waits for more words.
+                gap = " " if self.text[-1:].isspace() else ""  # the next chunk starts a new word
+                *full, last = split_by_strategy(self.text, limit, "word")
+                self.text = last + gap
+                for piece in full:
+                    if self.current.aborted or not await self._say(self.current, piece):
+                        break
         elif SynthesizeStop.is_type(event.type) and self.streaming:
             self.streaming = False
             if self.current is not None and not self.current.aborted:
