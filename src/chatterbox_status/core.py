@@ -123,15 +123,7 @@ class Core:
         except BaseException:
             self.progress.forget(request_id)
             raise
-        job.progress.stage(
-            "queued",
-            "Waiting in queue",
-            text_length=len(speech.text),
-            text_preview=pipeline.preview(speech.text),
-            voice_source=speech.voice.source,
-            parameters=speech.parameters_view,
-            engine=self.engine.name,
-        )
+        job.progress.queued("Waiting in queue", speech.voice.source, speech.parameters_view, self.engine.name)
         return job
 
     def _queue_wait(self) -> float:

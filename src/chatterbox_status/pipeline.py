@@ -124,6 +124,19 @@ class Progress:
         self._advance(self.percentage if percentage is None else percentage)
         self.book.bus.publish("status", {**self._fields(), **extra})
 
+    def queued(self, step: str, voice_source: str, parameters: dict[str, Any], engine: str) -> None:
+        """The request enters a queue: the event that makes it known, with what the
+        status API shows of it for its whole life."""
+        self.stage(
+            "queued",
+            step,
+            text_length=len(self.text),
+            text_preview=preview(self.text),
+            voice_source=voice_source,
+            parameters=parameters,
+            engine=engine,
+        )
+
     def plan(self, chunks: Sequence[str], done: Sequence[int] = ()) -> None:
         """The request's chunks, and those already generated (a resumed long-text job)."""
         self.chunk_lengths = [len(c) for c in chunks]

@@ -26,7 +26,7 @@ from typing import Any
 from .. import audio
 from ..engines.base import SynthesisParams
 from ..exceptions import Conflict, EngineUnavailable, NotFound, OutOfSpace, QueueFull
-from ..pipeline import Job, Progress, StopReason, preview
+from ..pipeline import Job, Progress, StopReason
 from ..planning import LongTextPlan
 from . import files
 from .config import LongTextConfig
@@ -307,15 +307,7 @@ class LongTextManager:
         chunks = await self._db("chunks", record.job_id)
         progress = self.core.progress.open(record.job_id, record.text)
         progress.plan([c.text for c in chunks], done=[c.index for c in chunks if c.done])
-        progress.stage(
-            "queued",
-            "Waiting for a long-text slot",
-            text_length=record.text_length,
-            text_preview=preview(record.text),
-            voice_source=record.voice,
-            parameters=record.parameters,
-            engine=self.core.engine.name,
-        )
+        progress.queued("Waiting for a long-text slot", record.voice, record.parameters, self.core.engine.name)
         run.task = asyncio.create_task(self._run(run, record, chunks, progress), name=f"long-text-{record.job_id}")
 
     def _end_paused(self, job: JobRecord) -> None:
