@@ -8,7 +8,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from doubles import ScriptedEngine
+from doubles import ScriptedEngine, hosted
 
 from chatterbox_status.api import long_text
 from chatterbox_status.api.long_text import LONG_TEXT
@@ -30,7 +30,7 @@ def make_client(aiohttp_client, tmp_path):
             "data_dir": str(tmp_path / "data"),
         }
         settings = Settings(**{**defaults, **overrides})
-        client = await aiohttp_client(create_app(settings, engine))
+        client = await aiohttp_client(create_app(settings, hosted(engine)))
         if wait_loaded:
             await asyncio.wait_for(core_of(client).worker.wait_loaded(), 60)
         return client
@@ -40,7 +40,7 @@ def make_client(aiohttp_client, tmp_path):
 def build_app(engine, data_dir: Path, voices_dir: Path, settings: dict | None = None, **config):
     """create_app plus the long-text routes, with the given long-text settings."""
     settings = Settings(voice_library_dir=str(voices_dir), **(settings or {}))
-    app = create_app(settings, engine)
+    app = create_app(settings, hosted(engine))
     lt = LongTextConfig(data_dir=str(data_dir), **config)
     if LONG_TEXT in app:  # app.py already wires long_text: swap in this test's settings
         app[LONG_TEXT] = LongTextManager(app[CORE], lt)

@@ -97,3 +97,113 @@ class ScriptedEngine:
         n = int(len(text) * self.seconds_per_char * self.sample_rate / speed)
         t = np.arange(n, dtype=np.float32) / self.sample_rate
         return (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+
+
+class ThreadHost:
+    """An EngineHost that runs an engine on a thread of this process.
+
+    The product always runs its engine in a process of its own (EngineProcess); tests that
+    steer an engine object directly (hold it mid-chunk, read what it was called with)
+    put this in its place, at the host boundary. It cannot be killed, and never dies.
+    """
+
+    gpu = None
+
+    def __init__(self, engine) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.engine = engine
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._asyncio = asyncio
+        self._closed: asyncio.Future | None = None
+
+    def _run(self, fn, *args):
+        return self._asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def load(self, progress) -> None:
+        self._closed = self._asyncio.get_running_loop().create_future()
+        try:
+            await self._run(self.engine.load, self._hop(progress))
+        except Exception as exc:
+            from chatterbox_status.exceptions import EngineError
+
+            raise EngineError(str(exc)) from exc
+
+    def _hop(self, fn):
+        loop = self._asyncio.get_running_loop()
+        return lambda *args: loop.call_soon_threadsafe(fn, *args)
+
+    def synthesize(self, text, voice, params, progress, cancel):
+        flag = threading.Event()
+        if cancel.is_set():
+            flag.set()
+        else:
+            cancel.on_set(flag.set)
+        return self._run(self.engine.synthesize, text, voice, params, self._hop(progress), flag)
+
+    async def release(self, reset_peak: bool = False) -> None:
+        from chatterbox_status import memory
+
+        await self._run(memory.release, reset_peak)
+
+    def memory_pid(self):
+        return None
+
+    async def ended(self) -> str:
+        assert self._closed is not None
+        return await self._closed
+
+    async def kill(self, reason: str) -> None:
+        pass  # a thread cannot be killed: the chunk holds the thread until it returns
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def hosted(engine):
+    """``engine`` behind a ThreadHost; a host (or None, for the product's own engine
+    process) as it is."""
+    return engine if engine is None or hasattr(engine, "memory_pid") else ThreadHost(engine)
+
+
+class GatedEngine(ScriptedEngine):
+    """For the engine process (built there from its name): a chunk whose text holds "HOLD"
+    reports a first progress, then waits until the file ``gate`` exists; it stops early when
+    cancelled unless ``ignore_cancel`` (an engine that hangs). ``die_on_load`` kills its
+    own process while loading, as a crashing native library would."""
+
+    def __init__(self, gate: str = "", ignore_cancel: bool = False, die_on_load: bool = False) -> None:
+        super().__init__()
+        self.gate = gate
+        self.ignore_cancel = ignore_cancel
+        self.die_on_load = die_on_load
+
+    def load(self, progress) -> None:
+        if self.die_on_load:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().load(progress)
+
+    def synthesize(self, text, voice, params, progress, cancel):
+        if "HOLD" in text:
+            progress(0.1)
+            while not os.path.exists(self.gate):  # the test's signal, polled
+                if cancel.is_set() and not self.ignore_cancel:
+                    raise Cancelled()
+                time.sleep(0.005)
+        return super().synthesize(text, voice, params, progress, cancel)
+
+
+def in_process_of_its_own(engine_class, **kwargs):
+    """An EngineProcess that builds ``engine_class(**kwargs)`` (a class in this module) in
+    its child, as the product does with its own engines."""
+    from chatterbox_status.supervisor import EngineFacts, EngineProcess, EngineSpec
+
+    model = engine_class(**kwargs)
+    facts = EngineFacts(
+        name=model.name, sample_rate=model.sample_rate, device=model.device, supports_cloning=model.supports_cloning,
+        languages=dict(model.languages), speed_range=model.speed_range,
+    )
+    return EngineProcess(EngineSpec(f"{__name__}:{engine_class.__name__}", kwargs), facts, threads=1)

@@ -87,6 +87,7 @@ ENVIRONMENT_CASES = [
     ("EVENT_REPLAY_SIZE", "64", "event_replay_size", 64),
     ("SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", 0.0),
     ("CHUNK_TIMEOUT", "12.5", "chunk_timeout", 12.5),
+    ("ENGINE_THREADS", "3", "engine_threads", 3),
     ("ALLOWED_HOSTS", "tts.lan,box.example", "allowed_hosts", "tts.lan,box.example"),
     ("BODY_READ_TIMEOUT", "5", "body_read_timeout", 5.0),
     ("SEND_TIMEOUT", "7.5", "send_timeout", 7.5),

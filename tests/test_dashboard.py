@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from doubles import ScriptedEngine
+from doubles import ScriptedEngine, hosted
 
 from chatterbox_status.api import dashboard
 from chatterbox_status.app import create_app
@@ -38,7 +38,7 @@ def with_dashboard(app: web.Application) -> web.Application:
 @pytest.fixture
 async def client(aiohttp_client):
     """The whole app (errors, CORS) on a scripted engine: these tests need no voice."""
-    return await aiohttp_client(with_dashboard(create_app(Settings(), ScriptedEngine())))
+    return await aiohttp_client(with_dashboard(create_app(Settings(), hosted(ScriptedEngine()))))
 
 
 class Links(HTMLParser):
@@ -188,7 +188,7 @@ async def test_head_answers_like_get(client):
 
 async def test_create_app_serves_the_dashboard(aiohttp_client):
     """The dashboard is part of the server: create_app registers dashboard.routes."""
-    client = await aiohttp_client(create_app(Settings(), ScriptedEngine()))
+    client = await aiohttp_client(create_app(Settings(), hosted(ScriptedEngine())))
     response = await client.get("/")
     assert response.status == 200, "create_app does not register api/dashboard.py's routes"
     assert response.content_type == "text/html"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import threading
 
 import pytest
 from conftest import core_of
@@ -38,19 +37,6 @@ async def assert_statistics_add_up(client) -> dict:
     return stats
 
 
-class StubbornEngine(ScriptedEngine):
-    """Hangs on a chunk containing 'hang' until released, ignoring cancellation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.unstick = threading.Event()
-
-    def synthesize(self, text, voice, params, progress, cancel):
-        if "hang" in text:
-            self.unstick.wait(30)
-        return super().synthesize(text, voice, params, progress, cancel)
-
-
 class OutOfMemoryError(RuntimeError):
     """Named like torch's CUDA out-of-memory error, which is what the server recognises."""
 
@@ -75,25 +61,6 @@ async def test_a_chunk_past_the_timeout_fails_its_request_and_a_cancel_aware_eng
     assert sorted(counts.values()) == [1, 1]
     stats = await assert_statistics_add_up(client)
     assert (stats["error_requests"], stats["completed_requests"]) == (1, 1)
-
-
-async def test_an_engine_that_ignores_cancellation_only_delays_the_next_request(make_client):
-    engine = StubbornEngine()
-    client = await make_client(engine=engine, chunk_timeout=0.3)
-    counts = terminal_counter(client)
-    stuck = await client.post("/v1/audio/speech", json={"input": "Please hang here."})
-    assert stuck.status == 500
-    waiting = asyncio.ensure_future(
-        client.post("/v1/audio/speech", json={"input": "Waiting politely."}, headers={"X-Request-ID": "polite-wait"})
-    )
-    tracker = core_of(client).tracker
-    while tracker.find("polite-wait") is None or tracker.find("polite-wait").status != "generating_audio":
-        await asyncio.sleep(0.01)  # it reaches the engine's door, which the stuck chunk still holds
-    assert not waiting.done()
-    engine.unstick.set()
-    assert (await waiting).status == 200
-    assert sorted(counts.values()) == [1, 1]
-    await assert_statistics_add_up(client)
 
 
 async def test_out_of_memory_fails_that_request_cleanly_and_the_next_succeeds(make_client):

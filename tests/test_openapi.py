@@ -35,7 +35,7 @@ import pytest
 import requests
 import schemathesis
 from aiohttp import web
-from doubles import ScriptedEngine
+from doubles import ScriptedEngine, hosted
 from helpers import wav_tone as tone
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
@@ -77,7 +77,7 @@ HTTP_METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "tra
 def build_app(settings: Settings, engine=None, every_module: bool = False) -> web.Application:
     """create_app, plus the docs route while app.py does not wire it yet; with every_module,
     the routes of every module in chatterbox_status.api, wired or not."""
-    app = create_app(settings, engine if engine is not None else ScriptedEngine())
+    app = create_app(settings, hosted(engine if engine is not None else ScriptedEngine()))
     modules = [docs]
     if every_module:
         for info in pkgutil.iter_modules(chatterbox_status.api.__path__):

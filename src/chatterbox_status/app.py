@@ -11,18 +11,19 @@ from .auth import api_key_middleware
 from .config import Settings
 from .core import Core
 from .cors import OriginPolicy, setup_cors
-from .engines.base import Engine
 from .errors import error_middleware
 from .guard import HostPolicy, setup_guard
 from .metrics import Metrics
 from .protocol import setup_server_header
 from .slow_clients import slow_client_middleware
 from .state import CORE, METRICS, SETTINGS, VOICE_LIBRARY
+from .worker import EngineHost
 from .wyoming_server import WyomingServer
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
-    """Build the application; the engine starts loading when the app starts."""
+def create_app(settings: Settings, host: EngineHost | None = None) -> web.Application:
+    """Build the application; the engine starts loading (in its own process, unless a
+    test hands in another ``host``) when the app starts."""
     middlewares = [error_middleware, slow_client_middleware(settings.body_read_timeout, settings.send_timeout)]
     if settings.api_key:
         middlewares.append(api_key_middleware(settings.api_key))
@@ -32,7 +33,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     setup_guard(app, HostPolicy(settings.host, settings.allowed_hosts), origins)  # runs first
     setup_server_header(app)
     app[SETTINGS] = settings
-    core = app[CORE] = Core(settings, engine)
+    core = app[CORE] = Core(settings, host)
     app[METRICS] = Metrics(core.bus, core.tracker, core.engine.name)
     app[VOICE_LIBRARY] = core.voices
     for module in (speech, status, stream, voices, meta, docs, dashboard):

@@ -140,6 +140,12 @@ class Settings:
     send_timeout: float = _setting(
         60.0, "SEND_TIMEOUT", "seconds a client may take nothing of a response before its connection is closed", _between(0.01, 86400)
     )
+    engine_threads: int = _setting(
+        max(1, (os.cpu_count() or 2) - 1),
+        "ENGINE_THREADS",
+        "CPU threads the engine process may use (torch, onnxruntime); the default leaves one core to the server",
+        _between(1, 1024),
+    )
     chunk_timeout: float = _setting(600.0, "CHUNK_TIMEOUT", "seconds one chunk may take before its request fails", _between(0.01, 86400))
     shutdown_timeout: float = _setting(
         30.0, "SHUTDOWN_TIMEOUT", "seconds in-flight requests may finish at shutdown before they are cancelled", _between(0, 3600)

@@ -14,34 +14,52 @@ from pathlib import Path
 
 from . import engines, memory, pipeline
 from .config import Settings
-from .engines.base import Engine
 from .events import EventBus
 from .exceptions import Cancelled, EngineUnavailable, QueueFull
 from .pipeline import Job, ProgressBook
 from .planning import Planner, SpeechJob
+from .supervisor import EngineFacts, EngineProcess, EngineSpec
 from .tracker import StatusTracker
 from .voices import VoiceLibrary
-from .worker import Worker
+from .worker import EngineHost, Worker
 
 log = logging.getLogger(__name__)
 
 
+def engine_process(choice: engines.EngineChoice, settings: Settings) -> EngineProcess:
+    """The chosen engine in a process of its own; its facts, until the model has loaded,
+    are those of the engine class (building one here loads nothing)."""
+    kwargs = engines.build_kwargs(choice, settings)
+    unloaded = engines.build(**kwargs)  # type: ignore[arg-type]
+    facts = EngineFacts(
+        name=unloaded.name,
+        sample_rate=unloaded.sample_rate,
+        device=unloaded.device,
+        supports_cloning=unloaded.supports_cloning,
+        languages=dict(unloaded.languages),
+        speed_range=unloaded.speed_range,
+    )
+    spec = EngineSpec("chatterbox_status.engines:build", kwargs)
+    return EngineProcess(spec, facts, settings.engine_threads, settings.log_level)
+
+
 class Core:
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, host: EngineHost | None = None) -> None:
         self.settings = settings
-        if engine is None:
+        if host is None:
             self.choice = engines.choose(settings)
-            engine = engines.create(self.choice, settings)
+            self.host: EngineHost = engine_process(self.choice, settings)
         else:
-            self.choice = engines.EngineChoice(engine.name, settings.engine, "engine supplied by the caller")
-        self.engine = engine
+            self.choice = engines.EngineChoice(host.engine.name, settings.engine, "engine supplied by the caller")
+            self.host = host
+        self.engine = self.host.engine
         self.bus = EventBus(settings.event_replay_size, settings.sse_queue_size, settings.max_sse_subscribers)
         self.tracker = StatusTracker(settings.history_size)
         self.bus.add_listener(self.tracker.apply)
         self.progress = ProgressBook(self.bus, self.tracker)
-        self.worker: Worker[Job] = Worker(engine, self.bus, settings.max_queue_size)
+        self.worker: Worker[Job] = Worker(self.host, self.bus, settings.max_queue_size)
         self.voices = VoiceLibrary(Path(settings.voice_library_dir))
-        self.planner = Planner(settings, engine, self.voices)
+        self.planner = Planner(settings, self.engine, self.voices)
         self.started_at = time.time()
         self._processed = 0
 
@@ -80,7 +98,23 @@ class Core:
         self._processed += 1
         interval = self.settings.memory_cleanup_interval
         if interval and self._processed % interval == 0:
-            await self.worker.run(memory.release)
+            await self.worker.release()
+
+    def memory(self) -> dict:
+        """Memory now, of the server and its engine process (see memory.snapshot)."""
+        return memory.snapshot(self.host.memory_pid(), self.host.gpu)
+
+    def memory_report(self) -> dict:
+        """What the status API shows of memory (a note when monitoring is off)."""
+        if not self.settings.enable_memory_monitoring:
+            return memory.report(False)
+        return self.memory()
+
+    async def release_memory(self) -> None:
+        """Collect garbage here and in the engine process, and empty its CUDA cache
+        (resetting the peak)."""
+        await asyncio.to_thread(memory.release)
+        await self.worker.release(reset_peak=True)
 
     def check_engine(self) -> None:
         """Refuse new work when the engine failed to load (the tracker knows)."""

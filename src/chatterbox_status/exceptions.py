@@ -87,3 +87,11 @@ class EngineError(Refusal):
     """An engine failed in a way the client should hear about."""
 
     code = "generation_failed"
+
+
+class EngineOutOfMemory(EngineError):
+    """The engine ran out of memory on a chunk (torch's OutOfMemoryError, or MemoryError)."""
+
+
+class EngineDied(EngineError):
+    """The engine process is gone; what it was doing is lost."""

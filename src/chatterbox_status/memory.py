@@ -12,6 +12,8 @@ from typing import Any
 
 import psutil
 
+from .exceptions import EngineOutOfMemory
+
 _MB = 1024 * 1024
 _process = psutil.Process()
 
@@ -21,13 +23,18 @@ DISABLED = {
 }
 
 
-def snapshot() -> dict[str, Any]:
-    """Current memory use in MB; GPU figures are 0 without a CUDA device."""
-    rss = _process.memory_info().rss
+def snapshot(engine_pid: int | None = None, gpu: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Current memory use in MB: the CPU figures add the server and its engine process
+    (``engine_pid``), each also shown alone; the GPU figures are the engine process's last
+    report (``gpu``, from :func:`gpu_figures`), 0 without a CUDA device."""
+    server = _process.memory_info().rss
+    engine, engine_percent = _process_memory(engine_pid)
     system = psutil.virtual_memory()
     info: dict[str, Any] = {
-        "cpu_memory_mb": round(rss / _MB, 1),
-        "cpu_memory_percent": round(_process.memory_percent(), 2),
+        "cpu_memory_mb": round((server + engine) / _MB, 1),
+        "cpu_memory_percent": round(_process.memory_percent() + engine_percent, 2),
+        "server_memory_mb": round(server / _MB, 1),
+        "engine_memory_mb": round(engine / _MB, 1),
         "system_memory_total_mb": round(system.total / _MB, 1),
         "system_memory_available_mb": round(system.available / _MB, 1),
         "gpu_available": False,
@@ -35,20 +42,38 @@ def snapshot() -> dict[str, Any]:
         "gpu_memory_reserved_mb": 0.0,
         "gpu_memory_max_allocated_mb": 0.0,
     }
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        info.update(
-            gpu_available=True,
-            gpu_memory_allocated_mb=round(torch.cuda.memory_allocated() / _MB, 1),
-            gpu_memory_reserved_mb=round(torch.cuda.memory_reserved() / _MB, 1),
-            gpu_memory_max_allocated_mb=round(torch.cuda.max_memory_allocated() / _MB, 1),
-        )
+    if gpu:
+        info.update(gpu)
     return info
 
 
-def report(enabled: bool) -> dict[str, Any]:
+def _process_memory(pid: int | None) -> tuple[int, float]:
+    """Resident bytes and percent of RAM of process ``pid``; 0 when there is none."""
+    if pid is None:
+        return 0, 0.0
+    try:
+        process = psutil.Process(pid)
+        return process.memory_info().rss, process.memory_percent()
+    except psutil.Error:
+        return 0, 0.0
+
+
+def gpu_figures() -> dict[str, Any] | None:
+    """This process's CUDA figures in MB, or None without CUDA (never imports torch)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return {
+        "gpu_available": True,
+        "gpu_memory_allocated_mb": round(torch.cuda.memory_allocated() / _MB, 1),
+        "gpu_memory_reserved_mb": round(torch.cuda.memory_reserved() / _MB, 1),
+        "gpu_memory_max_allocated_mb": round(torch.cuda.max_memory_allocated() / _MB, 1),
+    }
+
+
+def report(enabled: bool, engine_pid: int | None = None, gpu: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the status API shows: a snapshot, or a note saying why there is none."""
-    return snapshot() if enabled else dict(DISABLED)
+    return snapshot(engine_pid, gpu) if enabled else dict(DISABLED)
 
 
 def release(reset_peak: bool = False) -> None:
@@ -63,5 +88,6 @@ def release(reset_peak: bool = False) -> None:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """MemoryError, or torch's OutOfMemoryError (CUDA), without importing torch."""
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    """MemoryError, or torch's OutOfMemoryError (CUDA), without importing torch, or the
+    engine process's report of either."""
+    return isinstance(exc, (MemoryError, EngineOutOfMemory)) or type(exc).__name__ == "OutOfMemoryError"

@@ -21,7 +21,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from .events import EventBus
 from .exceptions import Cancelled, EngineError, EngineUnavailable
 from .text import Chunking
 from .tracker import PAUSED, TERMINAL_STATUSES, StatusTracker
-from .worker import Worker
+from .worker import CANCEL_GRACE_SECONDS, CancelFlag, Worker
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +278,8 @@ class Job:
     chunking: Chunking | None = None
     # For streamed responses: encoded audio pieces as they are ready, then the end.
     stream: AudioStream | None = None
-    # Set by request_cancel(): checked by the engine thread, and awaitable on the loop.
-    cancel: threading.Event = field(default_factory=threading.Event)
-    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by request_cancel(): awaitable on the loop, and carried to the engine process.
+    cancel: CancelFlag = field(default_factory=CancelFlag)
     stop_reason: StopReason = "cancel"
     # Files that live exactly as long as the job (a one-off reference voice).
     temporary_files: list[Path] = field(default_factory=list)
@@ -290,7 +288,6 @@ class Job:
         if not self.cancel.is_set():
             self.stop_reason = reason
         self.cancel.set()
-        self.cancel_requested.set()
 
     def end(self) -> None:
         """Once the job reached its terminal status: close its stream, delete its files."""
@@ -368,19 +365,21 @@ class StreamedOutput(BufferedOutput):
         return b""
 
 
-async def await_chunk(call: asyncio.Future[np.ndarray], job: Job, timeout: float) -> np.ndarray:
+async def await_chunk(call: asyncio.Future[np.ndarray], job: Job, worker: Worker, timeout: float) -> np.ndarray:
     """A chunk's audio, failing the request if it takes longer than ``timeout``.
 
-    The thread cannot be interrupted, so on timeout the job's cancel flag is set: an engine
-    that checks it (per token) stops at once; one that does not holds the thread until it
-    returns, and later jobs wait for it.
+    On timeout the job is cancelled: an engine that checks (per token) stops at once; one
+    that has not stopped within the grace has its process killed and replaced, so the
+    next job never waits behind it.
     """
     try:
         return await asyncio.wait_for(asyncio.shield(call), timeout)
     except TimeoutError:
-        job.cancel.set()
         _discard(call)
-        raise EngineError(f"a chunk took longer than CHUNK_TIMEOUT ({timeout:g} s)") from None
+        message = f"a chunk took longer than CHUNK_TIMEOUT ({timeout:g} s)"
+        grace = min(CANCEL_GRACE_SECONDS, timeout)
+        await worker.abandon(call, job.cancel, grace, f"{message} and ignored cancellation for {grace:g} s")
+        raise EngineError(message) from None
 
 
 def _discard(call: asyncio.Future) -> None:
@@ -399,7 +398,7 @@ async def process(job: Job, worker: Worker, chunk_timeout: float) -> None:
     try:
         waiting = "Waiting for the model to load" if not worker.ready else "Starting request processing"
         progress.stage("initializing", waiting)
-        await worker.wait_loaded(job.cancel_requested)
+        await worker.wait_loaded(job.cancel)
         started = time.perf_counter()
         if job.chunks is None:
             assert job.chunking is not None
@@ -435,7 +434,7 @@ async def process(job: Job, worker: Worker, chunk_timeout: float) -> None:
         await _failed(job, str(exc), exc)
     except Exception as exc:
         if memory.is_out_of_memory(exc):
-            await worker.run(memory.release)
+            await worker.release()
             message = f"Generation failed: the engine ran out of memory ({exc}); its memory was released"
         else:
             if not isinstance(exc, EngineError):
@@ -468,8 +467,8 @@ async def _generate(job: Job, worker: Worker, chunks: Sequence[str], todo: list[
     ahead = job.priority == "interactive"
 
     def submit(index: int) -> asyncio.Future[np.ndarray]:
-        report = worker.on_loop(functools.partial(progress.within_chunk, index))
-        return worker.run(engine.synthesize, chunks[index], job.voice, params, report, job.cancel)
+        report = functools.partial(progress.within_chunk, index)
+        return worker.synthesize(chunks[index], job.voice, params, report, job.cancel)
 
     upcoming = submit(todo[0]) if ahead else None
     try:
@@ -478,13 +477,13 @@ async def _generate(job: Job, worker: Worker, chunks: Sequence[str], todo: list[
                 raise Cancelled()
             await output.chunk_started(index)
             if not ahead:
-                await worker.turn(job.cancel_requested)
+                await worker.turn(job.cancel)
                 upcoming = submit(index)  # no await since the turn came: the engine is ours
             progress.chunk_started(index)
             call = upcoming
             assert call is not None
             upcoming = submit(todo[position + 1]) if ahead and position + 1 < len(todo) else None
-            samples = await await_chunk(call, job, chunk_timeout)
+            samples = await await_chunk(call, job, worker, chunk_timeout)
             if not native:
                 samples = await asyncio.to_thread(audio.change_speed, samples, engine.sample_rate, speed)
             await output.add(index, np.asarray(samples, dtype=np.float32).reshape(-1))

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import voices
 from .config import Settings
-from .engines.base import Engine, SynthesisParams, Voice
+from .engines.base import EngineDescription, SynthesisParams, Voice
 from .exceptions import InvalidInput, NotFound
 from .schemas.speech import LongTextRequest, SpeechRequest
 from .text import Chunking, normalize
@@ -72,7 +72,7 @@ class LongTextPlan:
 class Planner:
     """Plans requests with the server's defaults, its voice library and its engine."""
 
-    def __init__(self, settings: Settings, engine: Engine, library: VoiceLibrary) -> None:
+    def __init__(self, settings: Settings, engine: EngineDescription, library: VoiceLibrary) -> None:
         self.settings = settings
         self.engine = engine
         self.library = library

@@ -1,30 +1,100 @@
-"""The worker: a FIFO job queue in front of one dedicated executor thread that owns the engine.
+"""The worker: a FIFO job queue in front of the engine, and the engine's supervision.
 
-The engine is touched only from that thread. Everything else (queue, status events,
-cancellation) lives on the event loop; progress reported by the engine from its thread
-is handed to the loop with ``call_soon_threadsafe``.
+The engine runs in a process of its own (:class:`~chatterbox_status.supervisor.EngineProcess`,
+behind the :class:`EngineHost` protocol); the queue, status events and cancellation live on
+the event loop. The worker loads the engine, warms it up, and when its process dies starts
+a new one, with a growing pause when it keeps dying; jobs meanwhile wait as
+``initializing``. A chunk that overruns CHUNK_TIMEOUT and ignores cancellation has its
+process killed and replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, Protocol, TypeVar
 
-from .engines.base import Engine, SynthesisParams, Voice
+import numpy as np
+
+from .engines.base import EngineDescription, ProgressFn, SynthesisParams, Voice
 from .events import EventBus
-from .exceptions import Cancelled, EngineUnavailable, QueueFull, ShuttingDown
+from .exceptions import Cancelled, EngineDied, EngineError, EngineUnavailable, QueueFull, ShuttingDown
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # A realistic sentence: its timing seeds the throughput estimate before any request ran.
 WARM_UP_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away."
+# Restarts after the engine process died: at once the first time, then after 1, 2, 4 ...
+# seconds, up to a minute, while it keeps dying within STABLE_SECONDS of being ready.
+RESTART_BACKOFF_FIRST = 1.0
+RESTART_BACKOFF_MAX = 60.0
+STABLE_SECONDS = 60.0
+# How long a chunk past CHUNK_TIMEOUT gets to honour its cancellation before its process
+# is killed (at most CHUNK_TIMEOUT itself).
+CANCEL_GRACE_SECONDS = 10.0
+
+
+class CancelFlag:
+    """Set once, on the loop: awaitable there, and carried to the engine by its host."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def set(self) -> None:
+        if self.event.is_set():
+            return
+        self.event.set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when the flag is set; returns what forgets it again."""
+        self._callbacks.append(callback)
+
+        def forget() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return forget
+
+
+class EngineHost(Protocol):
+    """Where the engine runs: what the worker needs of it."""
+
+    @property
+    def engine(self) -> EngineDescription: ...
+
+    @property
+    def gpu(self) -> dict[str, Any] | None:
+        """The engine process's last CUDA figures (None without CUDA)."""
+
+    async def load(self, progress: ProgressFn) -> None:
+        """Start the engine and load its model (raises EngineError when it cannot load)."""
+
+    def synthesize(
+        self, text: str, voice: Voice, params: SynthesisParams, progress: ProgressFn, cancel: CancelFlag
+    ) -> asyncio.Future[np.ndarray]:
+        """Hand one chunk to the engine now; progress is reported on the loop."""
+
+    async def release(self, reset_peak: bool = False) -> None: ...
+
+    def memory_pid(self) -> int | None: ...
+
+    async def ended(self) -> str:
+        """Once the engine is gone: why."""
+
+    async def kill(self, reason: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Queued(Protocol):
@@ -72,19 +142,22 @@ class JobQueue(Generic[Q]):
 class Worker(Generic[Q]):
     """Loads the engine in the background, then runs queued jobs one at a time."""
 
-    def __init__(self, engine: Engine, bus: EventBus, max_queue_size: int) -> None:
-        self.engine = engine
+    def __init__(self, host: EngineHost, bus: EventBus, max_queue_size: int) -> None:
+        self.host = host
         self.bus = bus
         self.queue: JobQueue[Q] = JobQueue(max_queue_size)
         self.current: Q | None = None
         self.load_error: str | None = None
         self.accepting = True
+        self.restarts = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._loaded = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def engine(self) -> EngineDescription:
+        return self.host.engine
 
     @property
     def ready(self) -> bool:
@@ -92,9 +165,8 @@ class Worker(Generic[Q]):
 
     def start(self, process: Callable[[Q], Awaitable[None]]) -> None:
         """Start loading the model and consuming jobs with ``process`` (the pipeline)."""
-        self._loop = asyncio.get_running_loop()
         self._tasks = [
-            asyncio.create_task(self._load(), name="engine-load"),
+            asyncio.create_task(self._supervise(), name="engine-supervisor"),
             asyncio.create_task(self._consume(process), name="job-consumer"),
         ]
 
@@ -102,46 +174,49 @@ class Worker(Generic[Q]):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.host.close()
 
-    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Run ``fn`` on the engine thread; it is handed over now, not when awaited, so the
-        engine never waits behind whatever else the loop has queued."""
-        assert self._loop is not None
-        return self._loop.run_in_executor(self._executor, fn, *args)
+    def synthesize(
+        self, text: str, voice: Voice, params: SynthesisParams, progress: ProgressFn, cancel: CancelFlag
+    ) -> asyncio.Future[np.ndarray]:
+        """Hand one chunk to the engine now, not when awaited, so the engine never waits
+        behind whatever else the loop has queued."""
+        return self.host.synthesize(text, voice, params, progress, cancel)
 
-    async def turn(self, cancel_requested: asyncio.Event) -> None:
+    async def release(self, reset_peak: bool = False) -> None:
+        """Give back the engine's free memory (a no-op while it is restarting)."""
+        with contextlib.suppress(EngineError):
+            await self.host.release(reset_peak)
+
+    async def abandon(self, call: asyncio.Future, cancel: CancelFlag, grace: float, reason: str) -> None:
+        """A chunk overran: cancel it, and if it has not ended within ``grace`` seconds,
+        kill the engine (it will be replaced) so no later job waits behind it."""
+        cancel.set()
+        done, _ = await asyncio.wait([call], timeout=grace)
+        if not done:
+            await self.host.kill(reason)
+
+    async def turn(self, cancel: CancelFlag) -> None:
         """Return once no interactive job is queued or running (raises Cancelled if
-        ``cancel_requested`` is set first).
+        ``cancel`` is set first).
 
         Background work (long-text chunks) yields to interactive requests: a caller hands
-        its chunk to :meth:`run` right after this returns, with no await in between, so a
-        waiting request is delayed by at most one such chunk.
+        its chunk to :meth:`synthesize` right after this returns, with no await in between,
+        so a waiting request is delayed by at most one such chunk.
         """
         while not self._idle.is_set():
-            await _first_of(self._idle, cancel_requested)
-            if cancel_requested.is_set():
+            await _first_of(self._idle, cancel.event)
+            if cancel.is_set():
                 raise Cancelled()
 
-    def on_loop(self, fn: Callable[..., None]) -> Callable[..., None]:
-        """Wrap ``fn`` so that calling it from the engine thread runs it on the loop."""
-        loop = self._loop
-        assert loop is not None
-
-        def hop(*args: Any) -> None:
-            loop.call_soon_threadsafe(fn, *args)
-
-        return hop
-
-    async def wait_loaded(self, cancel_requested: asyncio.Event | None = None) -> None:
+    async def wait_loaded(self, cancel: CancelFlag | None = None) -> None:
         """Wait for the model (raises EngineUnavailable if it failed to load), unless
-        ``cancel_requested`` is set first (raises Cancelled)."""
-        await _first_of(self._loaded, *([cancel_requested] if cancel_requested is not None else []))
-        if cancel_requested is not None and cancel_requested.is_set():
+        ``cancel`` is set first (raises Cancelled)."""
+        await _first_of(self._loaded, *([cancel.event] if cancel is not None else []))
+        if cancel is not None and cancel.is_set():
             raise Cancelled()
         if self.load_error is not None:
             raise EngineUnavailable(self.load_error)
-
 
     def submit(self, job: Q) -> None:
         if not self.accepting:
@@ -164,48 +239,77 @@ class Worker(Generic[Q]):
             job.request_cancel()
         return job
 
-    async def _load(self) -> None:
+    async def _supervise(self) -> None:
+        """Load the engine; whenever its process dies, start a new one, backing off while
+        it keeps dying soon after it was ready (or while loading)."""
+        failures = 0
+        while True:
+            ready_at = time.monotonic()
+            try:
+                if not await self._load():
+                    return
+                ready_at = time.monotonic()
+                reason = await self.host.ended()
+            except EngineDied as exc:  # while loading or warming up
+                reason = str(exc)
+            self._loaded.clear()
+            self.restarts += 1
+            failures = failures + 1 if time.monotonic() - ready_at < STABLE_SECONDS else 1
+            delay = 0.0 if failures == 1 else min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_FIRST * 2 ** (failures - 2))
+            log.error("engine %s: %s; restarting in %.0f s", self.engine.name, reason, delay)
+            self.bus.publish(
+                "engine",
+                {"state": "restarting", "load_progress": 0.0, "error": f"{reason}; restart {self.restarts} in {delay:g} s"},
+            )
+            await asyncio.sleep(delay)  # the backoff itself, not a wait for anything
+
+    async def _load(self) -> bool:
+        """One start of the engine: loaded and warmed up (True), or failed for good (False);
+        raises EngineDied when its process dies on the way."""
         name = self.engine.name
-        self.bus.publish("engine", {"name": name, "state": "loading", "load_progress": 0.0})
+        self.bus.publish("engine", {"name": name, "state": "loading", "load_progress": 0.0, "error": None})
+
         def load_progress(fraction: float) -> None:
             self.bus.publish("engine", {"load_progress": round(100 * fraction, 1)})
 
-        report = self.on_loop(load_progress)
         try:
             started = time.perf_counter()
-            await self.run(self.engine.load, report)
+            await self.host.load(load_progress)
             loaded = time.perf_counter()
             # The first call pays one-off costs; the second one measures steady throughput.
             await self._warm_up()
             warm = time.perf_counter()
             await self._warm_up()
             measured = time.perf_counter() - warm
-        except Exception as exc:
-            log.exception("engine %s failed to load", name)
+        except EngineDied:
+            raise
+        except EngineError as exc:
+            log.error("engine %s failed to load: %s", name, exc)
             self.load_error = f"engine {name} failed to load: {exc}"
             self.bus.publish("engine", {"state": "error", "error": self.load_error})
-        else:
-            log.info("engine %s loaded in %.1fs, warm-up took %.2fs", name, loaded - started, warm - loaded)
-            self.bus.publish(
-                "engine",
-                {
-                    "state": "ready",
-                    "load_progress": 100.0,
-                    "load_seconds": round(loaded - started, 3),
-                    "seconds_per_char": measured / len(WARM_UP_TEXT),
-                },
-            )
-        finally:
             self._loaded.set()
+            return False
+        log.info("engine %s loaded in %.1fs, warm-up took %.2fs", name, loaded - started, warm - loaded)
+        self.bus.publish(
+            "engine",
+            {
+                "state": "ready",
+                "load_progress": 100.0,
+                "error": None,
+                "load_seconds": round(loaded - started, 3),
+                "seconds_per_char": measured / len(WARM_UP_TEXT),
+            },
+        )
+        self._loaded.set()
+        return True
 
     async def _warm_up(self) -> None:
-        await self.run(
-            self.engine.synthesize,
+        await self.host.synthesize(
             WARM_UP_TEXT,
             Voice(),
             SynthesisParams(exaggeration=0.5, cfg_weight=0.5, temperature=0.8, seed=0),
             lambda fraction: None,
-            threading.Event(),
+            CancelFlag(),
         )
 
     async def _consume(self, process: Callable[[Q], Awaitable[None]]) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+from doubles import hosted
 
 from chatterbox_status.app import create_app
 from chatterbox_status.config import Settings
@@ -83,7 +84,7 @@ async def serve(engine: Any, directory: Path, **overrides: Any) -> AsyncIterator
     """
     defaults = {"enable_memory_monitoring": True, "voice_library_dir": str(Path(directory) / "voices")}
     settings = Settings(**{**defaults, **overrides})
-    async with TestClient(TestServer(create_app(settings, engine))) as client:
+    async with TestClient(TestServer(create_app(settings, hosted(engine)))) as client:
         core = core_of(client)
         await asyncio.wait_for(core.worker.wait_loaded(), LOAD_TIMEOUT)
         assert core.worker.load_error is None, core.worker.load_error

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from aiohttp import web
 
-from .. import __version__, memory, metrics
+from .. import __version__, metrics
 from ..exceptions import InvalidInput
 from ..schemas.meta import (
     Config,
@@ -150,8 +149,9 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
     responses={200: MemoryStatus},
 )
 async def memory_status(request: web.Request) -> web.Response:
-    snapshot = MemorySnapshot.model_validate(memory.snapshot())
-    return json_model(MemoryStatus(memory_info=snapshot, engine=request.app[CORE].engine.name))
+    core = request.app[CORE]
+    snapshot = MemorySnapshot.model_validate(core.memory())
+    return json_model(MemoryStatus(memory_info=snapshot, engine=core.engine.name))
 
 
 @api_route(
@@ -167,9 +167,10 @@ async def memory_reset(request: web.Request) -> web.Response:
     """Collect garbage and empty torch's CUDA cache (resetting its peak), on confirm=true."""
     if not query_bool(request, "confirm"):
         raise InvalidInput("Releasing memory needs confirm=true", param="confirm", code="confirmation_required")
-    before = MemorySnapshot.model_validate(memory.snapshot())
-    await asyncio.to_thread(memory.release, True)
-    after = MemorySnapshot.model_validate(memory.snapshot())
+    core = request.app[CORE]
+    before = MemorySnapshot.model_validate(core.memory())
+    await core.release_memory()
+    after = MemorySnapshot.model_validate(core.memory())
     return json_model(MemoryReset(success=True, memory_before=before, memory_after=after))
 
 

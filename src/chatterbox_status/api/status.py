@@ -10,7 +10,7 @@ import time
 
 from aiohttp import web
 
-from .. import __version__, memory
+from .. import __version__
 from ..core import Core
 from ..exceptions import InvalidInput, NotFound
 from ..schemas.status import (
@@ -40,7 +40,7 @@ REQUEST_ID = {"request_id": "The speech request's id"}
 
 
 def memory_info(core: Core) -> MemoryInfo:
-    return MemoryInfo.model_validate(memory.report(core.settings.enable_memory_monitoring))
+    return MemoryInfo.model_validate(core.memory_report())
 
 
 @api_route(
@@ -70,7 +70,7 @@ async def status(request: web.Request) -> web.Response:
     history_limit = query_int(request, "history_limit", 5, 1, 20)
     body = core.tracker.status()
     if include_memory:
-        body["memory_info"] = memory.report(core.settings.enable_memory_monitoring)
+        body["memory_info"] = core.memory_report()
     if include_history:
         body["request_history"] = core.tracker.history(history_limit)
     if include_stats:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ..engines.base import Engine
+from ..engines.base import EngineDescription
 from ..errors import ApiError
 from ..exceptions import Conflict, InvalidInput, NotFound
 from ..schemas.voices import (
@@ -156,7 +156,7 @@ async def list_voices(request: web.Request) -> web.Response:
     )
 
 
-def usable_voices(engine: Engine, library: VoiceLibrary) -> list[UsableVoice]:
+def usable_voices(engine: EngineDescription, library: VoiceLibrary) -> list[UsableVoice]:
     """'default' and the OpenAI names (the default voice), then the library's voices when
     the engine can clone them."""
     default = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import Settings, SettingsError
@@ -12,17 +11,16 @@ from .chatterbox import CLASSES, ChatterboxEngine
 from .hibari import HibariEngine
 
 
-def _chatterbox(kind: str) -> Callable[[Settings], Engine]:
-    def create(settings: Settings) -> Engine:
-        return ChatterboxEngine(kind, settings.device, settings.model_dir, settings.model_cache_dir)
+def build(name: str, device: str = "auto", model_dir: str | None = None, cache_dir: str | None = None, threads: int = 1) -> Engine:
+    """Engine ``name``, not loaded yet: what the engine process builds and loads."""
+    if name == "hibari":
+        return HibariEngine(threads)
+    if name in CLASSES:
+        return ChatterboxEngine(name, device, model_dir, cache_dir)
+    raise SettingsError(f"unknown engine {name!r}")
 
-    return create
 
-
-FACTORIES: dict[str, Callable[[Settings], Engine]] = {
-    "hibari": lambda settings: HibariEngine(),
-    **{kind: _chatterbox(kind) for kind in CLASSES},
-}
+NAMES = ("hibari", *CLASSES)
 
 
 @dataclass(frozen=True)
@@ -36,10 +34,10 @@ def choose(settings: Settings) -> EngineChoice:
     """Which engine to run, and why: ``auto`` prefers chatterbox when it is installed."""
     requested = settings.engine
     if requested != "auto":
-        if requested not in FACTORIES:
+        if requested not in NAMES:
             raise SettingsError(
                 f"ENGINE (--engine) {requested!r} is not available in this build; "
-                f"available: auto, {', '.join(sorted(FACTORIES))}"
+                f"available: auto, {', '.join(sorted(NAMES))}"
             )
         return EngineChoice(requested, requested, f"engine {requested!r} was requested")
     if not chatterbox_installed():
@@ -55,5 +53,17 @@ def chatterbox_installed() -> bool:
         return False
 
 
+def build_kwargs(choice: EngineChoice, settings: Settings) -> dict[str, object]:
+    """The arguments of :func:`build` for the chosen engine, as the engine process gets them."""
+    return {
+        "name": choice.name,
+        "device": settings.device,
+        "model_dir": settings.model_dir,
+        "cache_dir": settings.model_cache_dir,
+        "threads": settings.engine_threads,
+    }
+
+
 def create(choice: EngineChoice, settings: Settings) -> Engine:
-    return FACTORIES[choice.name](settings)
+    """The chosen engine, not loaded, in this process (the benchmark's direct baseline)."""
+    return build(**build_kwargs(choice, settings))  # type: ignore[arg-type]

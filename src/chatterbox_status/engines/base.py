@@ -17,7 +17,7 @@ import numpy as np
 
 from ..exceptions import Cancelled, EngineError
 
-__all__ = ["Cancelled", "EngineError", "Engine", "SynthesisParams", "Voice", "ProgressFn"]
+__all__ = ["Cancelled", "EngineError", "Engine", "EngineDescription", "SynthesisParams", "Voice", "ProgressFn"]
 
 ProgressFn = Callable[[float], None]
 
@@ -44,17 +44,31 @@ class Voice:
     path: str | None = None
 
 
-class Engine(Protocol):
-    name: str
-    sample_rate: int
-    device: str
-    supports_cloning: bool
-    languages: dict[str, str]
+class EngineDescription(Protocol):
+    """What the server knows of an engine without its model (the model lives in the engine
+    process): enough to plan requests and answer status questions."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def supports_cloning(self) -> bool: ...
+
+    @property
+    def languages(self) -> dict[str, str]: ...
 
     @property
     def speed_range(self) -> tuple[float, float] | None:
         """The speeds the engine speaks natively; None when it has no tempo control."""
 
+
+class Engine(EngineDescription, Protocol):
     def load(self, progress: ProgressFn) -> None:
         """Load the model (blocking, in the executor), reporting progress as a fraction."""
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 else:
     RecordStatus = Literal[tuple(s for s in STATUS_VALUES if s != "idle")]
     ActiveStatus = Literal[tuple(s for s in STATUS_VALUES if s != "idle" and s not in TERMINAL_STATUSES)]
-EngineState = Literal["not_started", "loading", "ready", "error"]
+EngineState = Literal["not_started", "loading", "ready", "restarting", "error"]
 
 Count = Annotated[int, Field(ge=0)]
 Percentage = Annotated[float, Field(ge=0, le=100)]
@@ -85,10 +85,13 @@ class Statistics(Body):
 
 
 class MemorySnapshot(Body):
-    """Memory in MB; the GPU figures are 0 without CUDA."""
+    """Memory in MB: the CPU figures add the server and its engine process; the GPU
+    figures are the engine process's, 0 without CUDA."""
 
-    cpu_memory_mb: float
+    cpu_memory_mb: float  # the server and its engine process together
     cpu_memory_percent: float
+    server_memory_mb: float
+    engine_memory_mb: float
     system_memory_total_mb: float
     system_memory_available_mb: float
     gpu_available: bool

@@ -1,0 +1,177 @@
+"""The engine process: one engine, loaded and driven here, away from the server's loop.
+
+Started by :class:`chatterbox_status.supervisor.EngineProcess` as
+``python -m chatterbox_status.engine_process``. Frames (see :mod:`ipc`) arrive on stdin and
+leave on the original stdout; fd 1 is pointed at stderr first, so whatever the model
+libraries print lands in the server's log, not in the protocol.
+
+The main thread loads the engine and runs ``synthesize`` calls one at a time, in order. A
+reader thread takes every frame as it arrives: a ``cancel`` sets the flag the engine checks
+per token at once, even while the main thread is deep in a chunk, and ``release`` frees
+memory without waiting for the chunk to end. When the server goes away (stdin ends), the
+process ends too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from . import ipc, memory
+from .engines.base import Engine, SynthesisParams, Voice
+from .exceptions import Cancelled, EngineError
+
+log = logging.getLogger("chatterbox_status.engine")
+
+
+class Channel:
+    """The frames out, from either thread, one whole frame at a time."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        data = ipc.frame(header, payload)
+        with self._lock:
+            self._out.write(data)
+            self._out.flush()
+
+
+def build(factory: str, kwargs: dict[str, Any]) -> Engine:
+    """The engine from ``"module:callable"`` and its keyword arguments."""
+    module, _, name = factory.partition(":")
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def engine_facts(engine: Engine) -> dict[str, Any]:
+    """What the server needs to know of a loaded engine."""
+    speed_range = engine.speed_range
+    return {
+        "name": engine.name,
+        "sample_rate": int(engine.sample_rate),
+        "device": engine.device,
+        "supports_cloning": bool(engine.supports_cloning),
+        "languages": dict(engine.languages),
+        "speed_range": list(speed_range) if speed_range is not None else None,
+    }
+
+
+def set_threads(threads: int) -> None:
+    """Hold torch to ``threads`` once a model imported it (onnxruntime takes it at load)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+class Host:
+    """The engine and the calls waiting for it."""
+
+    def __init__(self, engine: Engine, channel: Channel, threads: int) -> None:
+        self.engine = engine
+        self.channel = channel
+        self.threads = threads
+        self.calls: queue.Queue[tuple[dict[str, Any], threading.Event] | None] = queue.Queue()
+        self.cancels: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    # -- the reader thread ------------------------------------------------------------
+
+    def read(self, stream: BinaryIO) -> None:
+        while (got := ipc.read_blocking(stream)) is not None:
+            header, _ = got
+            kind = header["type"]
+            if kind == "synthesize":
+                cancel = threading.Event()
+                with self._lock:
+                    self.cancels[header["call"]] = cancel
+                self.calls.put((header, cancel))
+            elif kind == "cancel":
+                with self._lock:
+                    found = self.cancels.get(header["call"])
+                if found is not None:
+                    found.set()
+            elif kind == "release":
+                memory.release(bool(header.get("reset_peak")))
+                self.channel.send({"type": "released", "call": header["call"], "gpu": memory.gpu_figures()})
+        self.calls.put(None)  # the server is gone: stop after the running call
+
+    # -- the main thread --------------------------------------------------------------
+
+    def load(self) -> bool:
+        try:
+            self.engine.load(lambda fraction: self.channel.send({"type": "load_progress", "fraction": fraction}))
+            set_threads(self.threads)
+        except Exception as exc:
+            log.exception("engine %s failed to load", self.engine.name)
+            self.channel.send({"type": "load_failed", "message": str(exc) or type(exc).__name__})
+            return False
+        self.channel.send({"type": "loaded", "engine": engine_facts(self.engine), "gpu": memory.gpu_figures()})
+        return True
+
+    def serve(self) -> None:
+        while (item := self.calls.get()) is not None:
+            header, cancel = item
+            try:
+                self._synthesize(header, cancel)
+            finally:
+                with self._lock:
+                    self.cancels.pop(header["call"], None)
+
+    def _synthesize(self, header: dict[str, Any], cancel: threading.Event) -> None:
+        call = header["call"]
+        report: Callable[[float], None] = lambda fraction: self.channel.send(  # noqa: E731
+            {"type": "progress", "call": call, "fraction": fraction}
+        )
+        try:
+            samples = self.engine.synthesize(
+                header["text"], Voice(**header["voice"]), SynthesisParams(**header["params"]), report, cancel
+            )
+        except Cancelled:
+            self.channel.send({"type": "failed", "call": call, "kind": "cancelled", "message": "cancelled"})
+        except Exception as exc:
+            kind = "out_of_memory" if memory.is_out_of_memory(exc) else "engine"
+            if not isinstance(exc, EngineError) and kind == "engine":
+                log.exception("engine %s failed on a chunk", self.engine.name)
+            self.channel.send({"type": "failed", "call": call, "kind": kind, "message": str(exc) or type(exc).__name__})
+        else:
+            data = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1).tobytes()
+            self.channel.send({"type": "audio", "call": call, "gpu": memory.gpu_figures()}, data)
+
+
+def main() -> None:
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    stdin = sys.stdin.buffer
+    first = ipc.read_blocking(stdin)
+    if first is None:
+        return
+    start = first[0]
+    logging.basicConfig(level=start.get("log_level", "INFO"), format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s")
+    for entry in reversed(start.get("sys_path", [])):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    channel = Channel(out)
+    try:
+        engine = build(start["factory"], start["kwargs"])
+    except Exception as exc:
+        log.exception("the engine could not be built")
+        channel.send({"type": "load_failed", "message": f"the engine could not be built: {exc}"})
+        return
+    host = Host(engine, channel, int(start.get("threads", 1)))
+    threading.Thread(target=host.read, args=(stdin,), name="frames-in", daemon=True).start()
+    if host.load():
+        host.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""The server's side of the engine process: start it, talk to it, notice when it is gone.
+
+One :class:`EngineProcess` is one child running :mod:`chatterbox_status.engine_process`.
+Calls are frames written at once (the engine gets its next chunk without waiting on the
+loop); replies are read by one task and resolve the calls' futures, so progress arrives
+on the loop with no thread hop. When the child exits, every call still open fails with
+:class:`EngineDied` and :meth:`ended` returns why; the :class:`~chatterbox_status.worker.Worker`
+decides about restarting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import ipc
+from .engines.base import ProgressFn, SynthesisParams, Voice
+from .exceptions import Cancelled, EngineDied, EngineError, EngineOutOfMemory
+
+log = logging.getLogger(__name__)
+
+# Seconds the child gets to exit by itself after its stdin closes, before it is killed.
+EXIT_GRACE = 5.0
+# The reply buffer: a whole chunk's audio arrives in few reads.
+READ_LIMIT = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How the child builds its engine: ``"module:callable"`` and keyword arguments."""
+
+    factory: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EngineFacts:
+    """What the server knows of the engine, without the model: first from the engine class,
+    then from the child once the model has loaded."""
+
+    name: str
+    sample_rate: int
+    device: str
+    supports_cloning: bool
+    languages: dict[str, str]
+    speed_range: tuple[float, float] | None
+
+    def update(self, facts: dict[str, Any]) -> None:
+        speed_range = facts.pop("speed_range")
+        self.speed_range = tuple(speed_range) if speed_range is not None else None  # type: ignore[assignment]
+        for name, value in facts.items():
+            setattr(self, name, value)
+
+
+@dataclass
+class _Call:
+    future: asyncio.Future
+    progress: ProgressFn | None = None
+    forget_cancel: Callable[[], None] | None = None
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class EngineProcess:
+    """One engine child process and the calls open with it."""
+
+    def __init__(self, spec: EngineSpec, facts: EngineFacts, threads: int, log_level: str = "INFO") -> None:
+        self.spec = spec
+        self.engine = facts
+        self.threads = threads
+        self.log_level = log_level
+        self.gpu: dict[str, Any] | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._calls: dict[int, _Call] = {}
+        self._ids = itertools.count(1)
+        self._reader: asyncio.Task | None = None
+        self._loaded: asyncio.Future | None = None
+        self._load_progress: ProgressFn | None = None
+        self._ended: asyncio.Future[str] | None = None
+        self._kill_reason: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def load(self, progress: ProgressFn) -> None:
+        """Start a child and wait for its model (raises EngineError if it fails to load,
+        EngineDied if the child exits first)."""
+        loop = asyncio.get_running_loop()
+        env = {**os.environ, **{name: str(self.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+        self._kill_reason = None
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatterbox_status.engine_process",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, limit=READ_LIMIT,
+        )
+        self._loaded, self._ended, self._load_progress = loop.create_future(), loop.create_future(), progress
+        self._reader = asyncio.create_task(self._read(self._process), name="engine-replies")
+        self._send({
+            "type": "start", "factory": self.spec.factory, "kwargs": self.spec.kwargs,
+            "threads": self.threads, "log_level": self.log_level.upper(), "sys_path": sys.path,
+        })
+        await asyncio.shield(self._loaded)
+
+    def synthesize(
+        self, text: str, voice: Voice, params: SynthesisParams, progress: ProgressFn, cancel: Any
+    ) -> asyncio.Future[np.ndarray]:
+        """Hand the chunk to the engine now; the future gets its samples. ``cancel`` (a
+        :class:`~chatterbox_status.worker.CancelFlag`) reaches the engine while it works."""
+        call_id, future = self._open(progress)
+        self._send({"type": "synthesize", "call": call_id, "text": text, "voice": vars(voice), "params": vars(params)})
+        if cancel.is_set():
+            self._send({"type": "cancel", "call": call_id})
+        else:
+            self._calls[call_id].forget_cancel = cancel.on_set(lambda: self._send({"type": "cancel", "call": call_id}))
+        return future
+
+    async def release(self, reset_peak: bool = False) -> None:
+        """Free the engine's memory (garbage, CUDA cache), even while it works on a chunk."""
+        call_id, future = self._open(None)
+        self._send({"type": "release", "call": call_id, "reset_peak": reset_peak})
+        await future
+
+    def memory_pid(self) -> int | None:
+        """The child's pid while it runs, for the CPU figures."""
+        return self.pid if self._process is not None and self._process.returncode is None else None
+
+    async def ended(self) -> str:
+        """Once the child has exited: why, in words."""
+        assert self._ended is not None
+        return await asyncio.shield(self._ended)
+
+    async def kill(self, reason: str) -> None:
+        """End the child now (it hangs); :meth:`ended` then gives ``reason``."""
+        if self._process is None or self._process.returncode is not None:
+            return
+        self._kill_reason = reason
+        log.warning("killing engine process %s: %s", self._process.pid, reason)
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+        await self.ended()
+
+    async def close(self) -> None:
+        """Let the child finish and exit; kill it if it does not within EXIT_GRACE."""
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
+            if process.stdin is not None:
+                process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), EXIT_GRACE)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    # -- frames --------------------------------------------------------------------
+
+    def _open(self, progress: ProgressFn | None) -> tuple[int, asyncio.Future]:
+        if self._process is None or self._process.returncode is not None or self._ended is None or self._ended.done():
+            raise EngineDied("the engine process is not running")
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = _Call(future, progress)
+        return call_id, future
+
+    def _send(self, header: dict[str, Any]) -> None:
+        process = self._process
+        if process is not None and process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.write(ipc.frame(header))
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        try:
+            while True:
+                header, payload = await ipc.read(process.stdout)
+                self._on_frame(header, payload)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            returncode = await process.wait()
+            reason = self._kill_reason or f"the engine process {describe_exit(returncode)}"
+            self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        error = EngineDied(reason)
+        for call in self._calls.values():
+            if call.forget_cancel is not None:
+                call.forget_cancel()
+            if not call.future.done():
+                call.future.set_exception(error)
+        self._calls.clear()
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.set_exception(EngineDied(f"{reason} while loading the model"))
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(reason)
+
+    def _on_frame(self, header: dict[str, Any], payload: bytes) -> None:
+        kind = header["type"]
+        if "gpu" in header:
+            self.gpu = header["gpu"]
+        if kind == "load_progress":
+            if self._load_progress is not None:
+                self._load_progress(header["fraction"])
+            return
+        if kind in ("loaded", "load_failed"):
+            assert self._loaded is not None
+            if kind == "loaded":
+                self.engine.update(header["engine"])
+                self._loaded.set_result(None)
+            else:
+                self._loaded.set_exception(EngineError(header["message"]))
+            return
+        call = self._calls.get(header["call"])
+        if call is None:
+            return
+        if kind == "progress":
+            if call.progress is not None:
+                call.progress(header["fraction"])
+            return
+        del self._calls[header["call"]]
+        if call.forget_cancel is not None:
+            call.forget_cancel()
+        if call.future.done():
+            return
+        if kind == "audio":
+            call.future.set_result(np.frombuffer(payload, dtype=np.float32))
+        elif kind == "released":
+            call.future.set_result(None)
+        elif header["kind"] == "cancelled":
+            call.future.set_exception(Cancelled())
+        elif header["kind"] == "out_of_memory":
+            call.future.set_exception(EngineOutOfMemory(header["message"]))
+        else:
+            call.future.set_exception(EngineError(header["message"]))

@@ -1,0 +1,85 @@
+"""ChatterboxTTS in the product's own engine process: the real library behind the process
+boundary, with token progress, cancellation and a restart after the process is killed.
+
+The other modules here drive the engine object in the test's process (to spy on the
+model); this one goes through EngineProcess exactly as ``chatterbox-status serve`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+import pytest_asyncio
+from chatterbox_support.harness import TERMINAL, RequestEvents, core_of, decode_wav, serve
+
+from chatterbox_status.supervisor import EngineFacts, EngineProcess, EngineSpec
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+TEXT = "Hello there, this is the tiny model speaking."
+TIMEOUT = 300
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def english_process(checkpoint, tmp_path_factory):
+    spec = EngineSpec("chatterbox_support.harness:TinyChatterboxEngine", {"kind": "chatterbox", "checkpoint_dir": str(checkpoint("chatterbox"))})
+    facts = EngineFacts("chatterbox", 24_000, "auto", True, {"en": "English"}, None)
+    host = EngineProcess(spec, facts, threads=1)
+    async with serve(host, tmp_path_factory.mktemp("process")) as client:
+        yield client
+
+
+async def test_speech_with_token_progress_comes_from_the_engine_process(english_process, every_progress_event):
+    client = english_process
+    watch = RequestEvents(client)
+    watch.watch("process-speech-1")
+    response = await client.post("/v1/audio/speech", json={"input": TEXT, "seed": 3}, headers={"X-Request-ID": "process-speech-1"})
+    assert response.status == 200
+    rate, channels, frames = decode_wav(await response.read())
+    assert (rate, channels) == (24_000, 1) and frames > 0
+    progress = [e["progress_percentage"] for e in watch.of("process-speech-1", "progress")]
+    assert len(progress) >= 5 and progress == sorted(progress)  # per token, through the pipe
+    memory = (await (await client.get("/memory")).json())["memory_info"]
+    assert memory["engine_memory_mb"] > 100  # torch and the model live in the engine process
+    assert core_of(client).host.pid != os.getpid()
+
+
+async def test_cancel_mid_chunk_crosses_the_process_boundary(english_process):
+    client = english_process
+    watch = RequestEvents(client)
+    watch.watch("process-cancel-1")
+    request = asyncio.ensure_future(
+        client.post("/v1/audio/speech", json={"input": TEXT}, headers={"X-Request-ID": "process-cancel-1"})
+    )
+    first = await asyncio.wait_for(watch.first_progress("process-cancel-1"), TIMEOUT)
+    assert first.data["status"] == "generating_audio"
+    pid = core_of(client).host.pid
+    assert (await client.delete("/v1/audio/speech/process-cancel-1")).status == 200
+    response = await asyncio.wait_for(request, TIMEOUT)
+    # A token or a flow-matching step later the engine stopped: S3Gen takes seconds a chunk
+    # on this CPU, so a cancel that did not reach it would have let the chunk finish first.
+    assert response.status == 409
+    assert await watch.ended("process-cancel-1") == "cancelled"
+    assert core_of(client).host.pid == pid
+
+
+async def test_a_killed_engine_process_fails_its_request_and_a_new_one_serves_the_next(english_process):
+    client = english_process
+    watch = RequestEvents(client)
+    watch.watch("process-kill-1")
+    request = asyncio.ensure_future(
+        client.post("/v1/audio/speech", json={"input": TEXT}, headers={"X-Request-ID": "process-kill-1"})
+    )
+    await asyncio.wait_for(watch.first_progress("process-kill-1"), TIMEOUT)
+    pid = core_of(client).host.pid
+    os.kill(pid, signal.SIGKILL)
+    response = await asyncio.wait_for(request, TIMEOUT)
+    assert response.status == 500
+    assert "killed by SIGKILL" in (await response.json())["error"]["message"]
+    assert len([e for e in watch.of("process-kill-1", "status") if e["status"] in TERMINAL]) == 1
+    after = await asyncio.wait_for(client.post("/v1/audio/speech", json={"input": "A new engine speaks."}), TIMEOUT)
+    assert after.status == 200
+    assert core_of(client).host.pid != pid

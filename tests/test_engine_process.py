@@ -1,0 +1,163 @@
+"""The engine in a process of its own: killed, hung, cancelled and crashing, seen over HTTP.
+
+The engine here is tests/doubles.py's GatedEngine, built inside the real engine process
+(python -m chatterbox_status.engine_process) by the product's EngineProcess; a chunk whose
+text holds "HOLD" waits in the child until the test creates its gate file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+from conftest import core_of
+from doubles import GatedEngine, in_process_of_its_own
+from test_faults import assert_statistics_add_up, terminal_counter
+
+
+def watch(client, request_id: str, status: str) -> asyncio.Future:
+    """Resolves with the first bus event of ``request_id`` that shows ``status``."""
+    seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def listen(event) -> None:
+        if event.data.get("request_id") == request_id and event.data.get("status") == status and not seen.done():
+            if event.type == "progress" or status != "generating_audio":
+                seen.set_result(event.data)
+
+    core_of(client).bus.add_listener(listen)
+    return seen
+
+
+def engine_events(client) -> list[dict]:
+    seen: list[dict] = []
+    core_of(client).bus.add_listener(lambda e: seen.append(dict(e.data)) if e.type == "engine" else None)
+    return seen
+
+
+def speak(client, text: str, request_id: str):
+    return asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": text}, headers={"X-Request-ID": request_id}))
+
+
+async def test_a_worker_killed_mid_request_ends_it_as_error_once_and_the_queued_one_runs_on_a_new_worker(make_client, tmp_path):
+    host = in_process_of_its_own(GatedEngine, gate=str(tmp_path / "gate"))
+    client = await make_client(engine=host)
+    counts, engine = terminal_counter(client), engine_events(client)
+    first_pid = host.pid
+    working = watch(client, "doomed-one", "generating_audio")
+    doomed = speak(client, "HOLD on, this one is killed.", "doomed-one")
+    await asyncio.wait_for(working, 30)  # its first progress came from the child, mid-chunk
+    waiting = speak(client, "This one waits and then speaks.", "patient-one")
+    os.kill(first_pid, signal.SIGKILL)
+
+    failed = await doomed
+    assert failed.status == 500
+    message = (await failed.json())["error"]["message"]
+    assert "engine process killed by SIGKILL" in message, message
+    spoken = await waiting
+    assert spoken.status == 200 and len(await spoken.read()) > 1000
+    assert host.pid != first_pid
+    assert counts == {"doomed-one": 1, "patient-one": 1}
+    stats = await assert_statistics_add_up(client)
+    assert (stats["error_requests"], stats["completed_requests"]) == (1, 1)
+    restarting = [e for e in engine if e.get("state") == "restarting"]
+    assert len(restarting) == 1 and "killed by SIGKILL" in restarting[0]["error"]
+    assert engine[-1]["state"] == "ready"
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "healthy" and health["engine"]["error"] is None
+
+
+async def test_a_worker_that_hangs_past_chunk_timeout_is_killed_and_replaced(make_client, tmp_path):
+    host = in_process_of_its_own(GatedEngine, gate=str(tmp_path / "never"), ignore_cancel=True)
+    client = await make_client(engine=host, chunk_timeout=0.5)
+    counts, engine = terminal_counter(client), engine_events(client)
+    first_pid = host.pid
+    stuck = await client.post("/v1/audio/speech", json={"input": "HOLD forever, ignoring every cancel."})
+    assert stuck.status == 500
+    assert "CHUNK_TIMEOUT" in (await stuck.json())["error"]["message"]
+    fine = await client.post("/v1/audio/speech", json={"input": "The next request is not stuck behind it."})
+    assert fine.status == 200
+    assert host.pid != first_pid
+    assert sorted(counts.values()) == [1, 1]
+    await assert_statistics_add_up(client)
+    reasons = [e["error"] for e in engine if e.get("state") == "restarting"]
+    assert len(reasons) == 1 and "ignored cancellation" in reasons[0], reasons
+
+
+async def test_cancelling_mid_chunk_reaches_the_engine_process_and_keeps_it(make_client, tmp_path):
+    host = in_process_of_its_own(GatedEngine, gate=str(tmp_path / "never"))
+    client = await make_client(engine=host)
+    pid = host.pid
+    working = watch(client, "stop-me-now", "generating_audio")
+    held = speak(client, "HOLD until cancelled, mid chunk.", "stop-me-now")
+    await asyncio.wait_for(working, 30)
+    cancel = await client.delete("/v1/audio/speech/stop-me-now")
+    assert cancel.status == 200
+    assert (await held).status == 409  # the child stopped the chunk: nothing ever opened the gate
+    after = await client.post("/v1/audio/speech", json={"input": "Same worker, next request."})
+    assert after.status == 200
+    assert host.pid == pid
+    stats = await assert_statistics_add_up(client)
+    assert (stats["cancelled_requests"], stats["completed_requests"]) == (1, 1)
+
+
+async def test_a_worker_that_keeps_dying_is_restarted_with_growing_pauses_and_health_says_why(make_client):
+    host = in_process_of_its_own(GatedEngine, die_on_load=True)
+    client = await make_client(engine=host, wait_loaded=False)
+    engine = engine_events(client)
+    while len([e for e in engine if e.get("state") == "restarting"]) < 3:
+        await asyncio.sleep(0.05)  # each restart is a new process dying at load
+    pauses = [e["error"].rsplit(" in ", 1)[1] for e in engine if e.get("state") == "restarting"][:3]
+    assert pauses == ["0 s", "1 s", "2 s"]
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "initializing" and health["model_loaded"] is False
+    assert "killed by SIGKILL while loading the model" in health["initialization_error"]
+    waiting = watch(client, "waiting-one", "initializing")
+    queued = speak(client, "Still accepted, waiting for an engine.", "waiting-one")
+    await asyncio.wait_for(waiting, 10)
+    assert (await client.delete("/v1/audio/speech/waiting-one")).status == 200
+    assert (await queued).status == 409
+
+
+def test_the_server_process_never_imports_the_model_library(tmp_path):
+    """A real server on hibari: the engine process has onnxruntime mapped, the server has not."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, json, sys
+        from aiohttp.test_utils import TestClient, TestServer
+        from chatterbox_status.app import create_app
+        from chatterbox_status.config import Settings
+        from chatterbox_status.state import CORE
+
+        async def main():
+            settings = Settings(voice_library_dir={str(tmp_path / "v")!r}, enable_memory_monitoring=True)
+            async with TestClient(TestServer(create_app(settings))) as client:
+                core = client.server.app[CORE]
+                await core.worker.wait_loaded()
+                spoken = await client.post("/v1/audio/speech", json={{"input": "Hello from the other process."}})
+                memory = await (await client.get("/memory")).json()
+                maps = open(f"/proc/{{core.host.pid}}/maps").read()
+                print(json.dumps({{
+                    "status": spoken.status,
+                    "server_modules": sorted(m for m in ("onnxruntime", "hibari", "torch") if m in sys.modules),
+                    "engine_has_onnxruntime": "onnxruntime" in maps,
+                    "memory": memory["memory_info"],
+                }}))
+
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["status"] == 200
+    assert found["server_modules"] == []
+    assert found["engine_has_onnxruntime"] is True
+    memory = found["memory"]
+    assert memory["engine_memory_mb"] > 10 and memory["server_memory_mb"] > 10
+    assert abs(memory["cpu_memory_mb"] - memory["server_memory_mb"] - memory["engine_memory_mb"]) < 0.2
+
