@@ -6,14 +6,19 @@ pipeline runs for real; tests steer them through threading primitives, never sle
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from chatterbox_status import memory
 from chatterbox_status.engines.base import Cancelled, SynthesisParams, Voice
+from chatterbox_status.exceptions import EngineError
+from chatterbox_status.supervisor import EngineFacts, EngineProcess, EngineSpec
 
 
 class ScriptedEngine:
@@ -110,28 +115,22 @@ class ThreadHost:
     gpu = None
 
     def __init__(self, engine) -> None:
-        import asyncio
-        from concurrent.futures import ThreadPoolExecutor
-
         self.engine = engine
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self._asyncio = asyncio
         self._closed: asyncio.Future | None = None
 
     def _run(self, fn, *args):
-        return self._asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def load(self, progress) -> None:
-        self._closed = self._asyncio.get_running_loop().create_future()
+        self._closed = asyncio.get_running_loop().create_future()
         try:
             await self._run(self.engine.load, self._hop(progress))
         except Exception as exc:
-            from chatterbox_status.exceptions import EngineError
-
             raise EngineError(str(exc)) from exc
 
     def _hop(self, fn):
-        loop = self._asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         return lambda *args: loop.call_soon_threadsafe(fn, *args)
 
     def synthesize(self, text, voice, params, progress, cancel):
@@ -143,8 +142,6 @@ class ThreadHost:
         return self._run(self.engine.synthesize, text, voice, params, self._hop(progress), flag)
 
     async def release(self, reset_peak: bool = False) -> None:
-        from chatterbox_status import memory
-
         await self._run(memory.release, reset_peak)
 
     def memory_pid(self):
@@ -199,11 +196,5 @@ class GatedEngine(ScriptedEngine):
 def in_process_of_its_own(engine_class, **kwargs):
     """An EngineProcess that builds ``engine_class(**kwargs)`` (a class in this module) in
     its child, as the product does with its own engines."""
-    from chatterbox_status.supervisor import EngineFacts, EngineProcess, EngineSpec
-
-    model = engine_class(**kwargs)
-    facts = EngineFacts(
-        name=model.name, sample_rate=model.sample_rate, device=model.device, supports_cloning=model.supports_cloning,
-        languages=dict(model.languages), speed_range=model.speed_range,
-    )
+    facts = EngineFacts.of(engine_class(**kwargs))
     return EngineProcess(EngineSpec(f"{__name__}:{engine_class.__name__}", kwargs), facts, threads=1)

@@ -30,15 +30,7 @@ def engine_process(choice: engines.EngineChoice, settings: Settings) -> EnginePr
     """The chosen engine in a process of its own; its facts, until the model has loaded,
     are those of the engine class (building one here loads nothing)."""
     kwargs = engines.build_kwargs(choice, settings)
-    unloaded = engines.build(**kwargs)  # type: ignore[arg-type]
-    facts = EngineFacts(
-        name=unloaded.name,
-        sample_rate=unloaded.sample_rate,
-        device=unloaded.device,
-        supports_cloning=unloaded.supports_cloning,
-        languages=dict(unloaded.languages),
-        speed_range=unloaded.speed_range,
-    )
+    facts = EngineFacts.of(engines.build(**kwargs))  # type: ignore[arg-type]
     spec = EngineSpec("chatterbox_status.engines:build", kwargs)
     return EngineProcess(spec, facts, settings.engine_threads, settings.log_level)
 

@@ -14,6 +14,7 @@ process ends too.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -28,6 +29,7 @@ import numpy as np
 from . import ipc, memory
 from .engines.base import Engine, SynthesisParams, Voice
 from .exceptions import Cancelled, EngineError
+from .supervisor import EngineFacts
 
 log = logging.getLogger("chatterbox_status.engine")
 
@@ -50,19 +52,6 @@ def build(factory: str, kwargs: dict[str, Any]) -> Engine:
     """The engine from ``"module:callable"`` and its keyword arguments."""
     module, _, name = factory.partition(":")
     return getattr(importlib.import_module(module), name)(**kwargs)
-
-
-def engine_facts(engine: Engine) -> dict[str, Any]:
-    """What the server needs to know of a loaded engine."""
-    speed_range = engine.speed_range
-    return {
-        "name": engine.name,
-        "sample_rate": int(engine.sample_rate),
-        "device": engine.device,
-        "supports_cloning": bool(engine.supports_cloning),
-        "languages": dict(engine.languages),
-        "speed_range": list(speed_range) if speed_range is not None else None,
-    }
 
 
 def set_threads(threads: int) -> None:
@@ -114,7 +103,7 @@ class Host:
             log.exception("engine %s failed to load", self.engine.name)
             self.channel.send({"type": "load_failed", "message": str(exc) or type(exc).__name__})
             return False
-        self.channel.send({"type": "loaded", "engine": engine_facts(self.engine), "gpu": memory.gpu_figures()})
+        self.channel.send({"type": "loaded", "engine": dataclasses.asdict(EngineFacts.of(self.engine)), "gpu": memory.gpu_figures()})
         return True
 
     def serve(self) -> None:

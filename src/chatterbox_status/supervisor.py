@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import ipc
-from .engines.base import ProgressFn, SynthesisParams, Voice
+from .engines.base import EngineDescription, ProgressFn, SynthesisParams, Voice
 from .exceptions import Cancelled, EngineDied, EngineError, EngineOutOfMemory
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,18 @@ class EngineFacts:
     supports_cloning: bool
     languages: dict[str, str]
     speed_range: tuple[float, float] | None
+
+    @classmethod
+    def of(cls, engine: EngineDescription) -> EngineFacts:
+        """The facts of an engine object, loaded (in the engine process) or not (here)."""
+        return cls(
+            name=engine.name,
+            sample_rate=int(engine.sample_rate),
+            device=engine.device,
+            supports_cloning=bool(engine.supports_cloning),
+            languages=dict(engine.languages),
+            speed_range=engine.speed_range,
+        )
 
     def update(self, facts: dict[str, Any]) -> None:
         speed_range = facts.pop("speed_range")
