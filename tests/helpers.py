@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from chatterbox_status.config import Settings
+from chatterbox_status.protocol import JsonErrorAppRunner
 
 # Every status a whole-file request passes through, in order.
 LIFECYCLE = [
@@ -94,6 +97,16 @@ def wav_fields(data: bytes) -> tuple[dict[str, int], bytes]:
             return fields, data[body:] if size == 0xFFFFFFFF else data[body : body + size]
         offset = body + size + (size & 1)
     raise AssertionError("no data chunk in the WAV")
+
+
+class JsonErrorTestServer(TestServer):
+    """aiohttp's TestServer on the runner ``chatterbox-status serve`` uses, for tests of what
+    aiohttp's protocol layer answers itself: ``await aiohttp_client(JsonErrorTestServer(app))``
+    or ``async with JsonErrorTestServer(app) as server``. (pytest-aiohttp's ``aiohttp_client(app)``
+    builds a plain TestServer, whose protocol errors are aiohttp's text/plain.)"""
+
+    async def _make_runner(self, **kwargs) -> web.AppRunner:
+        return JsonErrorAppRunner(self.app, **kwargs)
 
 
 SETTING_ENV_NAMES = {f.metadata["env"] for f in dataclasses.fields(Settings)}

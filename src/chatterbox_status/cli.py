@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from aiohttp import web
 from pydantic import ValidationError
 
 from . import __version__
@@ -63,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     """Bind first, so a taken port fails at once instead of after the model loaded."""
     from .app import create_app
+    from .protocol import run_app
 
     port = settings.port
     try:
@@ -77,7 +77,8 @@ def serve(settings: Settings) -> int:
         return 1
     app = create_app(settings)
     log.info("chatterbox-status %s listening on http://%s:%d", __version__, settings.host, settings.port)
-    web.run_app(app, sock=sock, print=None, access_log=None, handler_cancellation=True)
+    # aiohttp's run_app, with the runner whose own protocol errors are JSON (protocol.py)
+    run_app(app, sock, access_log=None, handler_cancellation=True)
     return 0
 
 
