@@ -123,6 +123,8 @@ class ThreadHost:
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def load(self, progress) -> None:
+        if self._executor._shutdown:  # unloaded, and loaded again
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._closed = asyncio.get_running_loop().create_future()
         try:
             await self._run(self.engine.load, self._hop(progress))
@@ -160,7 +162,9 @@ class ThreadHost:
 
 def hosted(engine):
     """``engine`` behind a ThreadHost; a host (or None, for the product's own engine
-    process) as it is."""
+    process) as it is; a list of them (the default first), each so."""
+    if isinstance(engine, list):
+        return [hosted(one) for one in engine]
     return engine if engine is None or hasattr(engine, "memory_pid") else ThreadHost(engine)
 
 
@@ -170,8 +174,9 @@ class GatedEngine(ScriptedEngine):
     cancelled unless ``ignore_cancel`` (an engine that hangs). ``die_on_load`` kills its
     own process while loading, as a crashing native library would."""
 
-    def __init__(self, gate: str = "", ignore_cancel: bool = False, die_on_load: bool = False) -> None:
+    def __init__(self, gate: str = "", ignore_cancel: bool = False, die_on_load: bool = False, name: str = "scripted") -> None:
         super().__init__()
+        self.name = name
         self.gate = gate
         self.ignore_cancel = ignore_cancel
         self.die_on_load = die_on_load

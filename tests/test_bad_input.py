@@ -12,7 +12,7 @@ import json
 import pytest
 from conftest import assert_error_shape, core_of, decode_wav
 
-from chatterbox_status.worker import WARM_UP_TEXT
+from chatterbox_status.engine_pool import WARM_UP_TEXT
 
 MAX_TOTAL_LENGTH = 50
 MAX_BODY_SIZE = 2048

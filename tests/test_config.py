@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
+from chatterbox_status import engines
 from chatterbox_status.cli import build_parser
-from chatterbox_status.config import Settings, SettingsError
+from chatterbox_status.config import Settings, SettingsError, parse_duration
 
 # Every environment variable the server reads; a subprocess gets none of them from the
 # outer environment unless a test sets it, so a stray HOST or PORT cannot leak in.
@@ -100,6 +101,11 @@ ENVIRONMENT_CASES = [
     ("LONG_TEXT_SILENCE_PADDING_MS", "350", "long_text_silence_padding_ms", 350),
     ("MODEL_DIR", "/", "model_dir", "/"),
     ("MEMORY_CLEANUP_INTERVAL", "0", "memory_cleanup_interval", 0),
+    ("ENGINES", "hibari,chatterbox-turbo", "engines", "hibari,chatterbox-turbo"),
+    ("MODEL_ALIASES", "tts-1=hibari,fast=chatterbox-turbo", "model_aliases", "tts-1=hibari,fast=chatterbox-turbo"),
+    ("MODEL_KEEP_ALIVE", "90s", "model_keep_alive", "90s"),
+    ("MODEL_KEEP_ALIVE", "-1", "model_keep_alive", "-1"),
+    ("MAX_LOADED_MODELS", "1", "max_loaded_models", 1),
 ]
 
 
@@ -221,6 +227,12 @@ def test_say_accepts_the_same_setting_flags():
         ("MODEL_DIR", "/no/such/checkpoint"),
         ("BODY_READ_TIMEOUT", "0"),
         ("SEND_TIMEOUT", "-1"),
+        ("ENGINES", "hibari,kokoro"),
+        ("MODEL_ALIASES", "tts-1"),
+        ("MODEL_ALIASES", "tts-1=kokoro"),
+        ("MODEL_KEEP_ALIVE", "soon"),
+        ("MODEL_KEEP_ALIVE", "5d"),
+        ("MAX_LOADED_MODELS", "0"),
     ],
 )
 def test_invalid_environment_value_is_refused_naming_the_variable(env_name, raw):
@@ -252,3 +264,21 @@ def test_serve_with_an_invalid_environment_setting_exits_2_without_starting(tmp_
     # Refused before anything started: no listening line, no engine chosen.
     assert "listening" not in result.stderr + result.stdout
     assert "engine:" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("300", 300.0), ("90s", 90.0), ("5m", 300.0), ("1.5h", 5400.0), ("0", 0.0), ("-1", -1.0), ("-5m", -1.0), (30, 30.0)],
+)
+def test_keep_alive_durations_read_as_ollama_writes_them(raw, seconds):
+    assert parse_duration(raw) == seconds
+
+
+def test_an_alias_to_an_engine_that_is_not_configured_is_refused_at_start():
+    with pytest.raises(SettingsError, match="MODEL_ALIASES.*'chatterbox-turbo'.*ENGINES"):
+        engines.catalog("hibari", [], "tts-1=chatterbox-turbo")
+    offered = engines.catalog("hibari", ["chatterbox-turbo"], "tts-1-hd=chatterbox-turbo")
+    assert offered.engines == ("hibari", "chatterbox-turbo")
+    assert offered.engine_for(None) == offered.engine_for("tts-1") == "hibari"
+    assert offered.engine_for("tts-1-hd") == offered.engine_for("chatterbox-turbo") == "chatterbox-turbo"
+    assert offered.engine_for("chatterbox") is None

@@ -15,10 +15,10 @@ from doubles import ScriptedEngine
 
 from chatterbox_status.api.long_text import LONG_TEXT
 from chatterbox_status.config import Settings, SettingsError
+from chatterbox_status.engine_pool import WARM_UP_TEXT
 from chatterbox_status.longtext import files
 from chatterbox_status.longtext.config import LongTextConfig
 from chatterbox_status.longtext.manager import LongTextManager
-from chatterbox_status.worker import WARM_UP_TEXT
 
 SENTENCES = [
     "The first sentence of the long text is here.",

@@ -6,7 +6,7 @@ import asyncio
 
 from conftest import core_of, decode_wav, record_events
 
-from chatterbox_status.worker import WARM_UP_TEXT
+from chatterbox_status.engine_pool import WARM_UP_TEXT
 
 SENTENCES = [
     "Alpha team reports all clear.",

@@ -13,7 +13,7 @@ import pytest
 from conftest import assert_error_shape, core_of, decode_wav
 from doubles import ScriptedEngine
 
-from chatterbox_status.worker import EngineUnavailable
+from chatterbox_status.exceptions import EngineUnavailable
 
 # Two sentences that split into two chunks with max_chunk_length=60.
 HELD_TEXT = "The first sentence is held here. The second sentence follows it."

@@ -107,6 +107,10 @@ async def test_a_request_followed_on_the_stream_shows_every_transition_and_agree
 
     ids = [snapshot.id] + [e.id for e in events]
     assert ids == sorted(set(ids)), "event ids must increase strictly"
+    # Besides the request's own events, the engine's: in use while it runs, then idle.
+    engine = [e.json() for e in events if e.type == "engine"]
+    assert [(e["name"], e["in_use"], e["idle_since"] is None) for e in engine] == [("hibari", 1, True), ("hibari", 0, False)]
+    events = [e for e in events if e.type != "engine"]
     assert {e.type for e in events} == {"status", "progress"}
     assert transitions(events) == LIFECYCLE
     for event in events:
@@ -378,7 +382,7 @@ async def test_shutdown_cancels_a_request_running_past_the_timeout_then_ends_the
     await asyncio.wait_for(closing, 10)
     assert rest, "the stream ended without the request's terminal event"
     assert rest[-1].type == "status" and rest[-1].json()["status"] == "cancelled"
-    assert all(e.json()["status"] not in TERMINAL for e in rest[:-1])
+    assert all(e.json()["status"] not in TERMINAL for e in rest[:-1] if e.type == "status")
     response = await posted
     assert response.status == 409
     assert (await response.json())["error"]["code"] == "cancelled"

@@ -53,7 +53,7 @@ def ms_rounded(value: float) -> bool:
 async def test_a_fresh_server_reports_zeros_and_an_empty_queue(make_client, scripted):
     client = await make_client(engine=scripted)
     stats = await get_json(client, "/status/statistics")
-    assert stats == {
+    zeros = {
         "total_requests": 0,
         "completed_requests": 0,
         "error_requests": 0,
@@ -61,9 +61,10 @@ async def test_a_fresh_server_reports_zeros_and_an_empty_queue(make_client, scri
         "success_rate": 0.0,
         "average_duration_seconds": 0.0,
         "average_text_length": 0.0,
-        "is_processing": False,
     }
+    assert stats == {**zeros, "is_processing": False, "engines": {"scripted": zeros}}
     status = await get_json(client, "/status")
+    engines = status.pop("engines")
     assert status == {
         "status": "idle",
         "is_processing": False,
@@ -71,6 +72,8 @@ async def test_a_fresh_server_reports_zeros_and_an_empty_queue(make_client, scri
         "total_requests": 0,
         "queue": {"length": 0, "requests": []},
     }
+    assert [(e["name"], e["state"], e["in_use"]) for e in engines] == [("scripted", "ready", 0)]
+    assert engines[0]["idle_since"] is not None and engines[0]["unloads_at"] == round(engines[0]["idle_since"] + 300, 3)
 
 
 async def test_averages_are_the_means_of_what_the_history_shows(make_client, make_scripted):

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
+from chatterbox_status.engine_pool import CancelFlag
 from chatterbox_status.engines.base import SynthesisParams, Voice
 from chatterbox_status.supervisor import EngineFacts, EngineProcess, EngineSpec
-from chatterbox_status.worker import CancelFlag
 
 RATE = 24_000
 CALLS = 20

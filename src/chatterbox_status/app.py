@@ -11,13 +11,13 @@ from .auth import api_key_middleware
 from .config import Settings
 from .core import Core
 from .cors import OriginPolicy, setup_cors
+from .engine_pool import EngineHost
 from .errors import error_middleware
 from .guard import HostPolicy, setup_guard
 from .metrics import Metrics
 from .protocol import setup_server_header
 from .slow_clients import slow_client_middleware
 from .state import CORE, METRICS, SETTINGS, VOICE_LIBRARY
-from .worker import EngineHost
 from .wyoming_server import WyomingServer
 
 
@@ -34,7 +34,7 @@ def create_app(settings: Settings, host: EngineHost | None = None) -> web.Applic
     setup_server_header(app)
     app[SETTINGS] = settings
     core = app[CORE] = Core(settings, host)
-    app[METRICS] = Metrics(core.bus, core.tracker, core.engine.name)
+    app[METRICS] = Metrics(core.bus, core.tracker)
     app[VOICE_LIBRARY] = core.voices
     for module in (speech, status, stream, voices, meta, docs, dashboard):
         app.router.add_routes(module.routes)

@@ -56,6 +56,49 @@ def _audio_format(value: str) -> str | None:
     return None if value in FORMATS else f"must be one of {', '.join(FORMATS)}"
 
 
+def parse_duration(value: str | float) -> float:
+    """Seconds from ``300``, ``"300"``, ``"90s"``, ``"5m"`` or ``"1h"``; any negative value
+    means for ever (``-1``), as ollama's keep_alive does."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        unit = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if unit else text) * (unit or 1.0)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a duration (seconds, or a number with s, m or h)") from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(f"{value!r} is not a duration")
+    return -1.0 if seconds < 0 else seconds
+
+
+def _duration(value: str) -> str | None:
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _engine_list(value: str) -> str | None:
+    unknown = [name for name in names(value) if name not in ENGINE_CHOICES[1:]]
+    return f"names unknown engines {', '.join(unknown)}; known: {', '.join(ENGINE_CHOICES[1:])}" if unknown else None
+
+
+def _aliases(value: str) -> str | None:
+    for pair in names(value):
+        alias, sep, target = pair.partition("=")
+        if not sep or not alias.strip() or target.strip() not in ENGINE_CHOICES[1:]:
+            return f"must be NAME=ENGINE pairs with ENGINE one of {', '.join(ENGINE_CHOICES[1:])}"
+    return None
+
+
+def names(value: str) -> list[str]:
+    """The items of a comma-separated setting, stripped, empty ones left out."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 def _existing_dir(value: str | None) -> str | None:
     if value is None or Path(value).is_dir():
         return None
@@ -78,6 +121,30 @@ class Settings:
         0, "WYOMING_PORT", "TCP port for Home Assistant's Wyoming protocol, on HOST (10200 is its convention; 0: off)", _between(0, 65535)
     )
     engine: str = _setting("auto", "ENGINE", "TTS engine; auto prefers chatterbox when installed", _one_of(ENGINE_CHOICES))
+    engines: str = _setting(
+        "",
+        "ENGINES",
+        "comma-separated engines a request may choose with its model field, besides ENGINE (the default); "
+        "each loads on first use",
+        _engine_list,
+    )
+    model_aliases: str = _setting(
+        "",
+        "MODEL_ALIASES",
+        "comma-separated NAME=ENGINE pairs: model names that choose an engine (OpenAI's tts-1, tts-1-hd and "
+        "gpt-4o-mini-tts choose the default engine unless listed here)",
+        _aliases,
+    )
+    model_keep_alive: str = _setting(
+        "5m",
+        "MODEL_KEEP_ALIVE",
+        "how long an engine stays loaded after its last request: seconds or 30s, 5m, 1h; 0 unloads after each "
+        "request, -1 keeps it for ever",
+        _duration,
+    )
+    max_loaded_models: int = _setting(
+        2, "MAX_LOADED_MODELS", "engines loaded at once; the least recently used idle one is unloaded first", _between(1, 64)
+    )
     device: str = _setting("auto", "DEVICE", "torch device for chatterbox engines: auto, cpu, cuda, cuda:N, mps", _device)
     exaggeration: float = _setting(0.5, "EXAGGERATION", "default emotion exaggeration", _between(0.25, 2.0))
     cfg_weight: float = _setting(0.5, "CFG_WEIGHT", "default classifier-free guidance weight", _between(0.0, 1.0))

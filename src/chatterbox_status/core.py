@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import engines, memory, pipeline
-from .config import Settings
+from .config import Settings, names, parse_duration
+from .engine_pool import CancelFlag, EngineHost, EnginePool, EngineSlot
 from .events import EventBus
 from .exceptions import Cancelled, EngineUnavailable, QueueFull
 from .pipeline import Job, ProgressBook
@@ -21,37 +23,45 @@ from .planning import Planner, SpeechJob
 from .supervisor import EngineFacts, EngineProcess, EngineSpec
 from .tracker import StatusTracker
 from .voices import VoiceLibrary
-from .worker import EngineHost, Worker
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
 
-def engine_process(choice: engines.EngineChoice, settings: Settings) -> EngineProcess:
-    """The chosen engine in a process of its own; its facts, until the model has loaded,
+def engine_process(name: str, settings: Settings) -> EngineProcess:
+    """Engine ``name`` in a process of its own; its facts, until the model has loaded,
     are those of the engine class (building one here loads nothing)."""
-    kwargs = engines.build_kwargs(choice, settings)
+    kwargs = engines.build_kwargs(name, settings)
     facts = EngineFacts.of(engines.build(**kwargs))  # type: ignore[arg-type]
     spec = EngineSpec("chatterbox_status.engines:build", kwargs)
     return EngineProcess(spec, facts, settings.engine_threads, settings.log_level)
 
 
 class Core:
-    def __init__(self, settings: Settings, host: EngineHost | None = None) -> None:
+    """``host`` (one, or several with the default first) stands in for the engine processes
+    the settings would start: tests hand in their own."""
+
+    def __init__(self, settings: Settings, host: EngineHost | Sequence[EngineHost] | None = None) -> None:
         self.settings = settings
         if host is None:
             self.choice = engines.choose(settings)
-            self.host: EngineHost = engine_process(self.choice, settings)
+            self.catalog = engines.catalog(self.choice.name, names(settings.engines), settings.model_aliases)
+            hosts: list[EngineHost] = [engine_process(name, settings) for name in self.catalog.engines]
         else:
-            self.choice = engines.EngineChoice(host.engine.name, settings.engine, "engine supplied by the caller")
-            self.host = host
+            hosts = list(host) if isinstance(host, Sequence) else [host]
+            self.choice = engines.EngineChoice(hosts[0].engine.name, settings.engine, "engine supplied by the caller")
+            self.catalog = engines.catalog(self.choice.name, [h.engine.name for h in hosts[1:]], settings.model_aliases)
+        self.host = hosts[0]
         self.engine = self.host.engine
         self.bus = EventBus(settings.event_replay_size, settings.sse_queue_size, settings.max_sse_subscribers)
-        self.tracker = StatusTracker(settings.history_size)
+        self.tracker = StatusTracker(settings.history_size, self.catalog.default)
         self.bus.add_listener(self.tracker.apply)
         self.progress = ProgressBook(self.bus, self.tracker)
-        self.worker: Worker[Job] = Worker(self.host, self.bus, settings.max_queue_size)
+        keep_alive = parse_duration(settings.model_keep_alive)
+        self.engines = EnginePool([EngineSlot(h, self.bus, keep_alive) for h in hosts], settings.max_loaded_models)
+        self.worker: Worker[Job] = Worker(self.engines, self.bus, settings.max_queue_size)
         self.voices = VoiceLibrary(Path(settings.voice_library_dir))
-        self.planner = Planner(settings, self.engine, self.voices)
+        self.planner = Planner(settings, self.catalog, {h.engine.name: h.engine for h in hosts}, self.voices)
         self.started_at = time.time()
         self._processed = 0
 
@@ -93,8 +103,8 @@ class Core:
             await self.worker.release()
 
     def memory(self) -> dict:
-        """Memory now, of the server and its engine process (see memory.snapshot)."""
-        return memory.snapshot(self.host.memory_pid(), self.host.gpu)
+        """Memory now, of the server and its engine processes (see memory.snapshot)."""
+        return memory.snapshot([(slot.host.memory_pid(), slot.host.gpu) for slot in self.engines.slots.values()])
 
     def memory_report(self) -> dict:
         """What the status API shows of memory (a note when monitoring is off)."""
@@ -108,17 +118,26 @@ class Core:
         await asyncio.to_thread(memory.release)
         await self.worker.release(reset_peak=True)
 
-    def check_engine(self) -> None:
-        """Refuse new work when the engine failed to load (the tracker knows)."""
-        if self.tracker.engine.get("state") == "error":
-            raise EngineUnavailable(self.tracker.engine.get("error") or "the engine failed to load")
+    async def load_engine(self, name: str) -> None:
+        """Load engine ``name`` now (raises EngineUnavailable if it cannot); its keep-alive
+        starts once it is ready."""
+        slot = await self.engines.acquire(name, CancelFlag())
+        await self.engines.release(slot)
+
+    def check_engine(self, name: str | None = None) -> None:
+        """Refuse new work for an engine (the default one unless named) that failed to load
+        (the tracker knows)."""
+        state = self.tracker.engine_state(name or self.catalog.default)
+        if state.get("state") == "error":
+            raise EngineUnavailable(state.get("error") or "the engine failed to load")
 
     def submit(self, request_id: str, speech: SpeechJob, temporary_files: list[Path] | None = None) -> Job:
         """Queue a job (raises QueueFull, ShuttingDown or EngineUnavailable) and announce it.
 
         Await ``job.result`` for the audio; a streamed job's audio comes through ``job.stream``.
         """
-        self.check_engine()
+        engine = speech.engine or self.catalog.default
+        self.check_engine(engine)
         stream = pipeline.AudioStream() if speech.stream_format else None
         output = (
             pipeline.StreamedOutput(speech.response_format, stream)
@@ -137,6 +156,8 @@ class Core:
             result=asyncio.get_running_loop().create_future(),
             stream=stream,
             temporary_files=temporary_files or [],
+            engine=engine,
+            keep_alive=speech.keep_alive,
         )
         try:
             self.worker.submit(job)
@@ -149,7 +170,7 @@ class Core:
         except BaseException:
             self.progress.forget(request_id)
             raise
-        job.progress.queued("Waiting in queue", speech.voice.source, speech.parameters_view, self.engine.name)
+        job.progress.queued("Waiting in queue", speech.voice.source, speech.parameters_view, engine)
         return job
 
     def _queue_wait(self) -> float:

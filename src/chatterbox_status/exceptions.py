@@ -43,6 +43,12 @@ class Conflict(Refusal):
     """The thing exists but its state does not allow the action."""
 
 
+class ModelBusy(Conflict):
+    """The engine cannot be unloaded while requests use it."""
+
+    code = "model_in_use"
+
+
 class Cancelled(Conflict):
     """The request was cancelled before it finished (raised inside engines, too)."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import psutil
@@ -23,12 +24,20 @@ DISABLED = {
 }
 
 
-def snapshot(engine_pid: int | None = None, gpu: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Current memory use in MB: the CPU figures add the server and its engine process
-    (``engine_pid``), each also shown alone; the GPU figures are the engine process's last
-    report (``gpu``, from :func:`gpu_figures`), 0 without a CUDA device."""
+def snapshot(engines: Sequence[tuple[int | None, dict[str, Any] | None]] = ()) -> dict[str, Any]:
+    """Current memory use in MB: the CPU figures add the server and its engine processes
+    (``engines``: each running one's pid and last CUDA report, from :func:`gpu_figures`),
+    each side also shown alone; the GPU figures add the engine processes', 0 without CUDA."""
     server = _process.memory_info().rss
-    engine, engine_percent = _process_memory(engine_pid)
+    engine, engine_percent = 0, 0.0
+    gpu: dict[str, Any] = {}
+    for pid, figures in engines:
+        if pid is None:  # not running: whatever it last reported is gone with it
+            continue
+        rss, percent = _process_memory(pid)
+        engine, engine_percent = engine + rss, engine_percent + percent
+        for name, value in (figures or {}).items():
+            gpu[name] = value if name == "gpu_available" else round(gpu.get(name, 0.0) + value, 1)
     system = psutil.virtual_memory()
     info: dict[str, Any] = {
         "cpu_memory_mb": round((server + engine) / _MB, 1),
@@ -42,8 +51,7 @@ def snapshot(engine_pid: int | None = None, gpu: dict[str, Any] | None = None) -
         "gpu_memory_reserved_mb": 0.0,
         "gpu_memory_max_allocated_mb": 0.0,
     }
-    if gpu:
-        info.update(gpu)
+    info.update(gpu)
     return info
 
 
@@ -71,9 +79,9 @@ def gpu_figures() -> dict[str, Any] | None:
     }
 
 
-def report(enabled: bool, engine_pid: int | None = None, gpu: dict[str, Any] | None = None) -> dict[str, Any]:
+def report(enabled: bool, engines: Sequence[tuple[int | None, dict[str, Any] | None]] = ()) -> dict[str, Any]:
     """What the status API shows: a snapshot, or a note saying why there is none."""
-    return snapshot(engine_pid, gpu) if enabled else dict(DISABLED)
+    return snapshot(engines) if enabled else dict(DISABLED)
 
 
 def release(reset_peak: bool = False) -> None:

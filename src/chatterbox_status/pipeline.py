@@ -30,12 +30,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from . import audio, memory
+from .engine_pool import CancelFlag, EngineSlot
 from .engines.base import SynthesisParams, Voice
 from .events import EventBus
 from .exceptions import Cancelled, EngineError, EngineUnavailable
 from .text import Chunking
 from .tracker import PAUSED, TERMINAL_STATUSES, StatusTracker
-from .worker import CANCEL_GRACE_SECONDS, CancelFlag, Worker
+from .worker import CANCEL_GRACE_SECONDS, Worker
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Progress:
         self.generation_started: float | None = None
         self.last_progress_event = 0.0
         self.reported_chunk = 0
+        self.engine: str | None = None
 
     @property
     def total_chars(self) -> int:
@@ -105,7 +107,7 @@ class Progress:
 
     def _advance(self, percentage: float) -> None:
         self.percentage = max(self.percentage, round(min(percentage, 99.9), 1))
-        spc = self.book.tracker.seconds_per_char
+        spc = self.book.tracker.seconds_per_char_of(self.engine)
         if spc is None or self.status in ("queued", PAUSED):
             return
         if self.done_chars and self.generation_started is not None:
@@ -126,6 +128,7 @@ class Progress:
     def queued(self, step: str, voice_source: str, parameters: dict[str, Any], engine: str) -> None:
         """The request enters a queue: the event that makes it known, with what the
         status API shows of it for its whole life."""
+        self.engine = engine
         self.stage(
             "queued",
             step,
@@ -283,6 +286,10 @@ class Job:
     stop_reason: StopReason = "cancel"
     # Files that live exactly as long as the job (a one-off reference voice).
     temporary_files: list[Path] = field(default_factory=list)
+    # The engine that speaks it (the default when empty), and how long that engine stays
+    # loaded after it (None: as it is).
+    engine: str = ""
+    keep_alive: float | None = None
 
     def request_cancel(self, reason: StopReason = "cancel") -> None:
         if not self.cancel.is_set():
@@ -365,7 +372,9 @@ class StreamedOutput(BufferedOutput):
         return b""
 
 
-async def await_chunk(call: asyncio.Future[np.ndarray], job: Job, worker: Worker, timeout: float) -> np.ndarray:
+async def await_chunk(
+    call: asyncio.Future[np.ndarray], job: Job, worker: Worker, slot: EngineSlot, timeout: float
+) -> np.ndarray:
     """A chunk's audio, failing the request if it takes longer than ``timeout``.
 
     On timeout the job is cancelled: an engine that checks (per token) stops at once; one
@@ -378,7 +387,7 @@ async def await_chunk(call: asyncio.Future[np.ndarray], job: Job, worker: Worker
         _discard(call)
         message = f"a chunk took longer than CHUNK_TIMEOUT ({timeout:g} s)"
         grace = min(CANCEL_GRACE_SECONDS, timeout)
-        await worker.abandon(call, job.cancel, grace, f"{message} and ignored cancellation for {grace:g} s")
+        await worker.abandon(slot, call, job.cancel, grace, f"{message} and ignored cancellation for {grace:g} s")
         raise EngineError(message) from None
 
 
@@ -394,28 +403,14 @@ async def process(job: Job, worker: Worker, chunk_timeout: float) -> None:
     through ``job.stream`` chunk by chunk instead.
     """
     progress, output = job.progress, job.output
-    engine = worker.engine
+    slot = worker.engines[job.engine] if job.engine else worker.engines.default
+    engine = slot.engine
     try:
-        waiting = "Waiting for the model to load" if not worker.ready else "Starting request processing"
+        waiting = "Waiting for the model to load" if not slot.ready else "Starting request processing"
         progress.stage("initializing", waiting)
-        await worker.wait_loaded(job.cancel)
-        started = time.perf_counter()
-        if job.chunks is None:
-            assert job.chunking is not None
-            progress.stage("processing_text", "Validating and preparing text")
-            progress.stage("chunking", "Splitting text into chunks")
-            chunks: Sequence[str] = await asyncio.to_thread(job.chunking.plan, job.spoken)
-        else:
-            chunks = job.chunks
-        todo = await output.start(engine.sample_rate, chunks)
-        progress.plan(chunks, done=sorted(set(range(len(chunks))) - set(todo)))
-        generated = 0
-        while todo:
-            await _generate(job, worker, chunks, todo, chunk_timeout)
-            generated += sum(len(chunks[i]) for i in todo)
-            todo = await output.check()
-            for index in todo:
-                progress.redo(index)
+        async with worker.engines.using(slot.name, job.cancel, job.keep_alive):
+            started = time.perf_counter()
+            generated = await _speak(job, worker, slot, chunk_timeout)
         if job.cancel.is_set():  # cancelled while the last chunk was finishing
             raise Cancelled()
         data = await output.finish(progress)
@@ -452,14 +447,38 @@ async def process(job: Job, worker: Worker, chunk_timeout: float) -> None:
         job.end()
 
 
-async def _generate(job: Job, worker: Worker, chunks: Sequence[str], todo: list[int], chunk_timeout: float) -> None:
+async def _speak(job: Job, worker: Worker, slot: EngineSlot, chunk_timeout: float) -> int:
+    """Plan the job's chunks and speak those its output still needs; the characters spoken."""
+    progress, output = job.progress, job.output
+    if job.chunks is None:
+        assert job.chunking is not None
+        progress.stage("processing_text", "Validating and preparing text")
+        progress.stage("chunking", "Splitting text into chunks")
+        chunks: Sequence[str] = await asyncio.to_thread(job.chunking.plan, job.spoken)
+    else:
+        chunks = job.chunks
+    todo = await output.start(slot.engine.sample_rate, chunks)
+    progress.plan(chunks, done=sorted(set(range(len(chunks))) - set(todo)))
+    generated = 0
+    while todo:
+        await _generate(job, worker, slot, chunks, todo, chunk_timeout)
+        generated += sum(len(chunks[i]) for i in todo)
+        todo = await output.check()
+        for index in todo:
+            progress.redo(index)
+    return generated
+
+
+async def _generate(
+    job: Job, worker: Worker, slot: EngineSlot, chunks: Sequence[str], todo: list[int], chunk_timeout: float
+) -> None:
     """Speak the chunks ``todo`` into the job's output, in order.
 
     An interactive job hands the engine its next chunk while it speaks the current one, so
     the engine never idles between chunks waiting on a busy loop. A background job asks
     for its turn before each chunk, so interactive requests wait at most one of its chunks.
     """
-    progress, output, engine = job.progress, job.output, worker.engine
+    progress, output, engine = job.progress, job.output, slot.engine
     low, high = engine.speed_range or (1.0, 1.0)
     speed = job.params.speed
     native = low <= speed <= high
@@ -468,7 +487,7 @@ async def _generate(job: Job, worker: Worker, chunks: Sequence[str], todo: list[
 
     def submit(index: int) -> asyncio.Future[np.ndarray]:
         report = functools.partial(progress.within_chunk, index)
-        return worker.synthesize(chunks[index], job.voice, params, report, job.cancel)
+        return slot.host.synthesize(chunks[index], job.voice, params, report, job.cancel)
 
     upcoming = submit(todo[0]) if ahead else None
     try:
@@ -477,13 +496,13 @@ async def _generate(job: Job, worker: Worker, chunks: Sequence[str], todo: list[
                 raise Cancelled()
             await output.chunk_started(index)
             if not ahead:
-                await worker.turn(job.cancel)
+                await worker.turn(job.cancel, slot)
                 upcoming = submit(index)  # no await since the turn came: the engine is ours
             progress.chunk_started(index)
             call = upcoming
             assert call is not None
             upcoming = submit(todo[position + 1]) if ahead and position + 1 < len(todo) else None
-            samples = await await_chunk(call, job, worker, chunk_timeout)
+            samples = await await_chunk(call, job, worker, slot, chunk_timeout)
             if not native:
                 samples = await asyncio.to_thread(audio.change_speed, samples, engine.sample_rate, speed)
             await output.add(index, np.asarray(samples, dtype=np.float32).reshape(-1))

@@ -8,11 +8,13 @@ the limits that apply to them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import voices
-from .config import Settings
+from .config import Settings, parse_duration
+from .engines import Catalog
 from .engines.base import EngineDescription, SynthesisParams, Voice
 from .exceptions import InvalidInput, NotFound
 from .schemas.speech import LongTextRequest, SpeechRequest
@@ -45,6 +47,10 @@ class SpeechJob:
     chunking: Chunking
     # None for a whole file; "audio" or "sse" for a response streamed as chunks are made.
     stream_format: str | None = None
+    # The engine the request's model chose, and how long it stays loaded after this
+    # request (None: as it is).
+    engine: str = ""
+    keep_alive: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,44 +76,66 @@ class LongTextPlan:
 
 
 class Planner:
-    """Plans requests with the server's defaults, its voice library and its engine."""
+    """Plans requests with the server's defaults, its voice library and its engines."""
 
-    def __init__(self, settings: Settings, engine: EngineDescription, library: VoiceLibrary) -> None:
+    def __init__(
+        self, settings: Settings, catalog: Catalog, engines: Mapping[str, EngineDescription], library: VoiceLibrary
+    ) -> None:
         self.settings = settings
-        self.engine = engine
+        self.catalog = catalog
+        self.engines = engines
         self.library = library
 
-    def resolve_voice(self, name: str) -> Voice | None:
+    @property
+    def engine(self) -> EngineDescription:
+        """The default engine."""
+        return self.engines[self.catalog.default]
+
+    def engine_for(self, model: str | None) -> str:
+        """The engine a request's ``model`` chooses; an unknown name is a 400 that lists the known ones."""
+        name = self.catalog.engine_for(model)
+        if name is None:
+            raise InvalidInput(
+                f"model {model!r} is not one this server offers; known: {', '.join(self.catalog.model_names)} (see /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
+        return name
+
+    def resolve_voice(self, name: str, engine: str | None = None) -> Voice | None:
         """The voice a request names, or None. Engines that cannot clone speak with their
         own voice: VOICE_SAMPLE_PATH and a library default do not apply to them."""
-        if not self.engine.supports_cloning:
+        if not self.engines[engine or self.catalog.default].supports_cloning:
             return voices.resolve(name, None)
         return voices.resolve(name, self.settings.voice_sample_path, self.library)
 
-    def voice(self, name: str) -> Voice:
-        voice = self.resolve_voice(name)
+    def voice(self, name: str, engine: str | None = None) -> Voice:
+        voice = self.resolve_voice(name, engine)
         if voice is not None:
             return voice
         if self.library.get(name) is not None:
             raise InvalidInput(
-                f"Voice {name!r} is a cloned voice, and engine {self.engine.name} cannot clone voices",
+                f"Voice {name!r} is a cloned voice, and engine {engine or self.catalog.default} cannot clone voices",
                 param="voice",
                 code="cloning_unsupported",
             )
         raise NotFound(f"Voice {name!r} not found", param="voice")
 
     def speech(self, body: SpeechRequest, max_length: int, default_stream_format: str | None = None) -> SpeechJob:
-        """Check ``body`` against the limits and the engine; ``max_length`` counts the
-        normalised text, which is what the engine speaks."""
+        """Check ``body`` against the limits and the engine its model chooses; ``max_length``
+        counts the normalised text, which is what the engine speaks."""
+        engine_name = self.engine_for(body.model)
+        engine = self.engines[engine_name]
         spoken = spoken_text(body.input, max_length)
         settings = self.settings
         response_format = body.response_format or settings.default_response_format
-        if body.language is not None and body.language.lower() not in self.engine.languages:
+        if body.language is not None and body.language.lower() not in engine.languages:
             raise InvalidInput(
-                f"language {body.language!r} is not one engine {self.engine.name} speaks; see /languages",
+                f"language {body.language!r} is not one engine {engine.name} speaks; see /languages",
                 param="language",
             )
-        voice = self.voice(body.voice)
+        keep_alive = None if body.keep_alive is None else parse_duration(body.keep_alive)
+        voice = self.voice(body.voice, engine_name)
         params = SynthesisParams(
             exaggeration=settings.exaggeration if body.exaggeration is None else body.exaggeration,
             cfg_weight=settings.cfg_weight if body.cfg_weight is None else body.cfg_weight,
@@ -131,7 +159,9 @@ class Planner:
         }
         stream_format = body.stream_format or default_stream_format
         chunking = streaming_chunking(body) if stream_format else Chunking(settings.max_chunk_length)
-        return SpeechJob(body.input, spoken, voice, params, response_format, view, chunking, stream_format)
+        return SpeechJob(
+            body.input, spoken, voice, params, response_format, view, chunking, stream_format, engine_name, keep_alive
+        )
 
     def long_text(self, body: LongTextRequest, max_length: int, default_padding_ms: int) -> LongTextPlan:
         """A long-text job's plan, chunks included (its store keeps them); blocking work
@@ -151,8 +181,16 @@ class Planner:
             speech.voice,
             speech.params,
             speech.response_format,
-            {**speech.parameters_view, "chunk_size": size, "chunking_strategy": strategy, "silence_padding_ms": padding},
+            {
+                **speech.parameters_view,
+                "chunk_size": size,
+                "chunking_strategy": strategy,
+                "silence_padding_ms": padding,
+                "engine": speech.engine,  # the job's store keeps it, for its runs after a restart
+            },
             chunking,
+            engine=speech.engine,
+            keep_alive=speech.keep_alive,
         )
         plan = LongTextPlan(speech, chunking.plan(speech.spoken), padding)
         allowed = max(plan.speech_seconds, SILENCE_ALLOWANCE_SECONDS)

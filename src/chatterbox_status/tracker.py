@@ -44,6 +44,16 @@ RECORD_FIELDS = (
     "error_message",
     "audio_duration_seconds",
 )
+# What is known of an engine before its events say more.
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "state": "not_started",
+    "load_progress": 0.0,
+    "error": None,
+    "in_use": 0,
+    "idle_since": None,
+    "unloads_at": None,
+    "keep_alive_seconds": -1.0,
+}
 # Weight of the newest measurement in the seconds-per-character moving average.
 THROUGHPUT_ALPHA = 0.3
 
@@ -121,24 +131,56 @@ class Statistics:
 
 
 class StatusTracker:
-    """Folds events into current state; every public method is a read-only view."""
+    """Folds events into current state; every public method is a read-only view.
 
-    def __init__(self, history_size: int) -> None:
+    Engines are known by name (``default_engine`` is the one a request gets when its model
+    names none); each has its state, its measured throughput and its own statistics.
+    """
+
+    def __init__(self, history_size: int, default_engine: str = "") -> None:
         self._active: dict[str, RequestRecord] = {}
         self._paused: dict[str, RequestRecord] = {}
         self._history: collections.deque[RequestRecord] = collections.deque(maxlen=history_size)
         self._finished: dict[str, RequestRecord] = {}
         self.stats = Statistics()
-        self.seconds_per_char: float | None = None
-        self.engine: dict[str, Any] = {"state": "not_started", "load_progress": 0.0}
+        self.default_engine = default_engine
+        self.engines: dict[str, dict[str, Any]] = {}
+        self.engine_stats: dict[str, Statistics] = {}
+        self.throughput: dict[str, float] = {}  # seconds per character, by engine
+
+    @property
+    def engine(self) -> dict[str, Any]:
+        """The default engine's state."""
+        return self.engine_state(self.default_engine)
+
+    def engine_state(self, name: str) -> dict[str, Any]:
+        """Engine ``name`` as its events left it: the residency fields always, and what
+        else they said (load_seconds, seconds_per_char, why it was unloaded)."""
+        return {"name": name, **ENGINE_DEFAULTS, **self.engines.get(name, {})}
+
+    def engine_states(self) -> list[dict[str, Any]]:
+        """Every engine the events named, in the order they first did (the default first)."""
+        return [self.engine_state(name) for name in self.engines]
+
+    @property
+    def seconds_per_char(self) -> float | None:
+        """The default engine's measured throughput."""
+        return self.seconds_per_char_of(self.default_engine)
+
+    def seconds_per_char_of(self, engine: str | None) -> float | None:
+        """An engine's measured throughput; the default engine's until it has its own."""
+        return self.throughput.get(engine or self.default_engine, self.throughput.get(self.default_engine))
 
     # -- the fold ---------------------------------------------------------------
 
     def apply(self, event: Event) -> None:
         if event.type == "engine":
-            self.engine.update({k: v for k, v in event.data.items() if k != "timestamp"})
+            name = event.data.get("name", self.default_engine)
+            state = self.engines.setdefault(name, {})
+            self._engine_stats(name)
+            state.update({k: v for k, v in event.data.items() if k != "timestamp"})
             if "seconds_per_char" in event.data:
-                self.seconds_per_char = event.data["seconds_per_char"]
+                self.throughput[name] = event.data["seconds_per_char"]
         elif event.type in ("status", "progress"):
             self._apply_request(event.data)
         elif event.type == "history_cleared":
@@ -155,6 +197,7 @@ class StatusTracker:
                 return
             record = self._active[request_id] = RequestRecord(request_id, data["timestamp"])
             self.stats.total_requests += 1
+            self._engine_stats(data.get("engine")).total_requests += 1
         record.status = data["status"]
         record.fields.update((k, data[k]) for k in RECORD_FIELDS if k in data)
         record.progress.update((k, data[k]) for k in PROGRESS_FIELDS if k in data)
@@ -163,6 +206,9 @@ class StatusTracker:
         elif record.status in TERMINAL_STATUSES:
             self._finish(record, data)
 
+    def _engine_stats(self, engine: str | None) -> Statistics:
+        return self.engine_stats.setdefault(engine or self.default_engine, Statistics())
+
     def _finish(self, record: RequestRecord, data: dict[str, Any]) -> None:
         record.end_time = data["timestamp"]
         del self._active[record.request_id]
@@ -170,23 +216,26 @@ class StatusTracker:
             self._finished.pop(self._history[0].request_id, None)
         self._history.append(record)
         self._finished[record.request_id] = record
+        engine = record.fields.get("engine")
+        for stats in (self.stats, self._engine_stats(engine)):
+            if record.status == "completed":
+                stats.completed_requests += 1
+                stats.completed_duration_sum += record.duration(record.end_time)
+                stats.completed_text_length_sum += record.fields.get("text_length", 0)
+            elif record.status == "error":
+                stats.error_requests += 1
+            else:
+                stats.cancelled_requests += 1
         if record.status == "completed":
-            self.stats.completed_requests += 1
-            self.stats.completed_duration_sum += record.duration(record.end_time)
-            self.stats.completed_text_length_sum += record.fields.get("text_length", 0)
-            self._measure_throughput(data)
-        elif record.status == "error":
-            self.stats.error_requests += 1
-        else:
-            self.stats.cancelled_requests += 1
+            self._measure_throughput(engine or self.default_engine, data)
 
-    def _measure_throughput(self, data: dict[str, Any]) -> None:
+    def _measure_throughput(self, engine: str, data: dict[str, Any]) -> None:
         seconds, chars = data.get("generation_seconds"), data.get("generated_characters")
         if not seconds or not chars:
             return
         sample = seconds / chars
-        previous = self.seconds_per_char
-        self.seconds_per_char = sample if previous is None else previous + THROUGHPUT_ALPHA * (sample - previous)
+        previous = self.throughput.get(engine)
+        self.throughput[engine] = sample if previous is None else previous + THROUGHPUT_ALPHA * (sample - previous)
 
     # -- views --------------------------------------------------------------------
 
@@ -198,6 +247,14 @@ class StatusTracker:
     def active_count(self) -> int:
         """Requests queued or running (a paused job is neither)."""
         return len(self._active)
+
+    def active_by_engine(self) -> dict[str, int]:
+        """Requests queued or running, by engine (every engine known, with 0)."""
+        counts = dict.fromkeys(self.engines, 0)
+        for record in self._active.values():
+            engine = record.fields.get("engine") or self.default_engine
+            counts[engine] = counts.get(engine, 0) + 1
+        return counts
 
     def current(self) -> RequestRecord | None:
         """The request the engine is on: the oldest one past the queue, else the head of the queue."""
@@ -213,7 +270,6 @@ class StatusTracker:
     def queue_view(self, now: float | None = None) -> dict[str, Any]:
         """Queue positions with start and completion estimates from measured throughput."""
         now = time.time() if now is None else now
-        spc = self.seconds_per_char
         clock: float | None = now
         for record in self._active.values():
             if record.status != QUEUED:
@@ -222,6 +278,7 @@ class StatusTracker:
         entries = []
         for position, record in enumerate(self.queued(), start=1):
             start = clock
+            spc = self.seconds_per_char_of(record.fields.get("engine"))
             done = None if (start is None or spc is None) else round(start + record.fields.get("text_length", 0) * spc, 3)
             entries.append(
                 {
@@ -243,7 +300,8 @@ class StatusTracker:
         return [record.view(now) for _, record in zip(range(limit), newest_first)]
 
     def statistics(self) -> dict[str, Any]:
-        return {**self.stats.view(), "is_processing": self.is_processing}
+        by_engine = {name: stats.view() for name, stats in sorted(self.engine_stats.items())}
+        return {**self.stats.view(), "is_processing": self.is_processing, "engines": by_engine}
 
     def status(self) -> dict[str, Any]:
         """The /status body: the current request in the documented shape, or idle."""
@@ -256,12 +314,14 @@ class StatusTracker:
                 "message": "No active TTS requests",
                 "total_requests": self.stats.total_requests,
                 "queue": self.queue_view(now),
+                "engines": self.engine_states(),
             }
         return {
             **record.view(now),
             "is_processing": True,
             "total_requests": self.stats.total_requests,
             "queue": self.queue_view(now),
+            "engines": self.engine_states(),
         }
 
     def progress(self) -> dict[str, Any]:

@@ -83,3 +83,39 @@ async def test_a_killed_engine_process_fails_its_request_and_a_new_one_serves_th
     after = await asyncio.wait_for(client.post("/v1/audio/speech", json={"input": "A new engine speaks."}), TIMEOUT)
     assert after.status == 200
     assert core_of(client).host.pid != pid
+
+
+async def test_keep_alive_zero_unloads_the_model_and_all_its_memory_goes_back(english_process):
+    """The real library's memory (torch, the model, its caches) leaves with the engine
+    process; the next request loads the model again."""
+    client = english_process
+    core = core_of(client)
+
+    async def figures() -> dict:
+        return (await (await client.get("/memory")).json())["memory_info"]
+
+    unloaded: asyncio.Future = asyncio.get_running_loop().create_future()
+    core.bus.add_listener(
+        lambda e: unloaded.done() or (e.type == "engine" and e.data.get("state") == "unloaded" and unloaded.set_result(e.data))
+    )
+    loaded = await figures()
+    pid = core.host.pid
+    response = await asyncio.wait_for(client.post("/v1/audio/speech", json={"input": TEXT, "keep_alive": 0}), TIMEOUT)
+    assert response.status == 200
+    assert "keep-alive (0 s)" in (await asyncio.wait_for(unloaded, TIMEOUT))["unload_reason"]
+    after = await figures()
+    print(
+        f"\nchatterbox (tiny checkpoint) loaded: {loaded['cpu_memory_mb']} MB (server {loaded['server_memory_mb']}, "
+        f"engine {loaded['engine_memory_mb']}); unloaded: {after['cpu_memory_mb']} MB (server {after['server_memory_mb']}, "
+        f"engine {after['engine_memory_mb']})"
+    )
+    assert loaded["engine_memory_mb"] > 100 and after["engine_memory_mb"] == 0
+    assert after["cpu_memory_mb"] == after["server_memory_mb"]  # nothing of the engine is left
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "healthy" and health["model_loaded"] is False
+
+    again = await asyncio.wait_for(client.post("/v1/audio/speech", json={"input": "Loaded again.", "keep_alive": "5m"}), TIMEOUT)
+    assert again.status == 200 and core.host.pid not in (None, pid)
+    assert (await (await client.get("/health")).json())["model_loaded"] is True

@@ -7,7 +7,9 @@ import time
 from aiohttp import web
 
 from .. import __version__, metrics
-from ..exceptions import InvalidInput
+from ..config import parse_duration
+from ..core import Core
+from ..exceptions import EngineUnavailable, InvalidInput, ModelBusy, NotFound
 from ..schemas.meta import (
     Config,
     DefaultsConfig,
@@ -27,7 +29,7 @@ from ..schemas.meta import (
     Ping,
     ServerConfig,
 )
-from ..schemas.status import MemorySnapshot
+from ..schemas.status import EngineResidency, MemorySnapshot
 from ..state import CORE, METRICS
 from .params import bool_param, query_bool
 from .routing import Reply, api_route, json_model
@@ -35,8 +37,7 @@ from .status import engine_view, memory_info
 
 routes = web.RouteTableDef()
 
-# OpenAI's speech model names, accepted so OpenAI clients work unchanged.
-OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+MODEL_NAME = {"model": "An engine's name, or a model name that chooses one (see /v1/models)"}
 
 
 @api_route(
@@ -50,7 +51,7 @@ async def health(request: web.Request) -> web.Response:
     engine = engine_view(core)
     if engine.state == "error":
         status, initialization_state = "error", "error"
-    elif engine.state == "ready":
+    elif engine.state in ("ready", "unloading", "unloaded"):  # unloaded: it loads again on the next request
         status, initialization_state = "healthy", "ready"
     else:
         status, initialization_state = "initializing", "initializing"
@@ -63,6 +64,7 @@ async def health(request: web.Request) -> web.Response:
         initialization_progress=f"{engine.load_progress:.0f}%",
         initialization_error=engine.error,
         engine=engine,
+        engines=[EngineResidency.model_validate(state) for state in core.tracker.engine_states()],
         queue_length=len(core.tracker.queued()),
         version=__version__,
         config=HealthConfig(
@@ -91,10 +93,70 @@ async def ping(request: web.Request) -> web.Response:
 )
 async def models(request: web.Request) -> web.Response:
     core = request.app[CORE]
-    created = int(core.started_at)
-    ids = (core.engine.name, *OPENAI_MODELS)
-    data = [Model(id=model_id, object="model", created=created, owned_by="chatterbox-status") for model_id in ids]
-    return json_model(ModelList(object="list", data=data))
+    return json_model(ModelList(object="list", data=[model_view(core, name) for name in core.catalog.model_names]))
+
+
+@api_route(
+    routes, "GET", "/v1/models/{model}", "/models/{model}",
+    operation_id="getModel", summary="One model: the engine it chooses and that engine's state", tag="service",
+    responses={200: Model}, errors=(NotFound,), path_params=MODEL_NAME,
+)
+async def get_model(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    return json_model(model_view(core, _model(request)))
+
+
+@api_route(
+    routes, "POST", "/v1/models/{model}/load", "/models/{model}/load",
+    operation_id="loadModel",
+    summary="Load a model's engine now (unloading the least recently used idle one if MAX_LOADED_MODELS are loaded); "
+    "answers once it is ready, and its keep-alive starts",
+    tag="service",
+    responses={200: Model}, errors=(NotFound, EngineUnavailable), path_params=MODEL_NAME,
+)
+async def load_model(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    name = _model(request)
+    await core.load_engine(core.catalog.engine_for(name) or name)
+    return json_model(model_view(core, name))
+
+
+@api_route(
+    routes, "POST", "/v1/models/{model}/unload", "/models/{model}/unload",
+    operation_id="unloadModel",
+    summary="Unload a model's engine now, ending its process and giving back its memory (a 409 while requests use it); "
+    "the next request for it loads it again",
+    tag="service",
+    responses={200: Model}, errors=(NotFound, ModelBusy), path_params=MODEL_NAME,
+)
+async def unload_model(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    name = _model(request)
+    await core.engines[core.catalog.engine_for(name) or name].unload("unloaded on request (POST /v1/models/{model}/unload)")
+    return json_model(model_view(core, name))
+
+
+def _model(request: web.Request) -> str:
+    """The model the path names (a 404 listing the known ones when there is none)."""
+    core = request.app[CORE]
+    name = request.match_info["model"]
+    if name not in core.catalog.model_names:
+        raise NotFound(f"Model {name!r} not found; known: {', '.join(core.catalog.model_names)}", param="model")
+    return name
+
+
+def model_view(core: Core, name: str) -> Model:
+    engine = core.catalog.engine_for(name)
+    assert engine is not None
+    return Model(
+        id=name,
+        object="model",
+        created=int(core.started_at),
+        owned_by="chatterbox-status",
+        engine=engine,
+        default=engine == core.catalog.default,
+        engine_state=EngineResidency.model_validate(core.tracker.engine_state(engine)),
+    )
 
 
 @api_route(
@@ -113,6 +175,10 @@ async def config(request: web.Request) -> web.Response:
                 device=core.engine.device,
                 voice_sample_path=settings.voice_sample_path,
                 model_cache_dir=settings.model_cache_dir,
+                engines=list(core.catalog.engines),
+                model_aliases=core.catalog.aliases,
+                keep_alive_seconds=parse_duration(settings.model_keep_alive),
+                max_loaded_models=settings.max_loaded_models,
             ),
             defaults=DefaultsConfig(
                 exaggeration=settings.exaggeration,

@@ -134,9 +134,10 @@ async def speak_form(request: web.Request, default_stream_format: str | None) ->
     speech = _plan(core, parse_form(SpeechRequest, form.fields), default_stream_format)
     if form.data is None:
         return await run_speech(request, core, speech)
-    if not core.engine.supports_cloning:
+    engine = core.planner.engines[speech.engine]
+    if not engine.supports_cloning:
         raise InvalidInput(
-            f"Engine {core.engine.name} cannot clone voices, so it cannot use voice_file",
+            f"Engine {engine.name} cannot clone voices, so it cannot use voice_file",
             param="voice_file",
             code="cloning_unsupported",
         )

@@ -14,6 +14,7 @@ from .. import __version__
 from ..core import Core
 from ..exceptions import InvalidInput, NotFound
 from ..schemas.status import (
+    EngineResidency,
     EngineView,
     History,
     HistoryCleared,
@@ -199,7 +200,9 @@ async def info(request: web.Request) -> web.Response:
     tracker = core.tracker
     stats = Statistics.model_validate(tracker.statistics())
     engine = engine_view(core)
-    state = {"error": "error", "ready": "operational"}.get(engine.state or "", "initializing")
+    state = {"error": "error", "ready": "operational", "unloading": "operational", "unloaded": "operational"}.get(
+        engine.state, "initializing"
+    )
     return json_model(
         Info(
             api_name=API_NAME,
@@ -223,15 +226,13 @@ async def info(request: web.Request) -> web.Response:
 
 
 def engine_view(core: Core) -> EngineView:
-    """Which engine runs, why it was chosen, and how far its model has loaded."""
+    """The default engine: which it is, why it was chosen, how far its model has loaded
+    and when it unloads."""
     state = core.tracker.engine
     return EngineView(
-        name=core.choice.name,
+        **{name: state[name] for name in EngineResidency.model_fields if name in state},
         requested=core.choice.requested,
         reason=core.choice.reason,
         device=core.engine.device,
         sample_rate=core.engine.sample_rate,
-        state=state.get("state"),
-        load_progress=state.get("load_progress", 0.0),
-        error=state.get("error"),
     )

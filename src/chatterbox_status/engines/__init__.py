@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import Settings, SettingsError
+from ..config import Settings, SettingsError, names
 from .base import Engine
 from .chatterbox import CLASSES, ChatterboxEngine
 from .hibari import HibariEngine
@@ -45,6 +46,52 @@ def choose(settings: Settings) -> EngineChoice:
     return EngineChoice("chatterbox", requested, "chatterbox-tts is installed")
 
 
+# OpenAI's speech model names: they choose the default engine unless MODEL_ALIASES says otherwise.
+OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The engines a server offers (the default first) and the model names that choose them."""
+
+    engines: tuple[str, ...]
+    aliases: dict[str, str]
+
+    @property
+    def default(self) -> str:
+        return self.engines[0]
+
+    def engine_for(self, model: str | None) -> str | None:
+        """The engine a request's ``model`` chooses (the default when it names none), or
+        None when no engine goes by that name."""
+        if model is None or model == "":
+            return self.default
+        return model if model in self.engines else self.aliases.get(model)
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every name a request may send as ``model``."""
+        return [*self.engines, *self.aliases]
+
+
+def catalog(default: str, others: Sequence[str], model_aliases: str) -> Catalog:
+    """The default engine first, then the others (ENGINES); OpenAI's names choose the default
+    and MODEL_ALIASES maps more names (or OpenAI's) onto these engines."""
+    engines = [default, *(name for name in dict.fromkeys(others) if name != default)]
+    aliases = {name: default for name in OPENAI_MODELS}
+    for pair in names(model_aliases):
+        alias, _, target = (part.strip() for part in pair.partition("="))
+        if target not in engines:
+            raise SettingsError(
+                f"MODEL_ALIASES (--model-aliases) maps {alias!r} to {target!r}, which is not configured; "
+                f"add it to ENGINES or use one of {', '.join(engines)}"
+            )
+        aliases[alias] = target
+    for name in engines:
+        aliases.pop(name, None)
+    return Catalog(tuple(engines), aliases)
+
+
 def chatterbox_installed() -> bool:
     """chatterbox-tts and torch importable, without importing them (torch takes seconds)."""
     try:
@@ -53,10 +100,10 @@ def chatterbox_installed() -> bool:
         return False
 
 
-def build_kwargs(choice: EngineChoice, settings: Settings) -> dict[str, object]:
-    """The arguments of :func:`build` for the chosen engine, as the engine process gets them."""
+def build_kwargs(name: str, settings: Settings) -> dict[str, object]:
+    """The arguments of :func:`build` for engine ``name``, as the engine process gets them."""
     return {
-        "name": choice.name,
+        "name": name,
         "device": settings.device,
         "model_dir": settings.model_dir,
         "cache_dir": settings.model_cache_dir,
@@ -66,4 +113,4 @@ def build_kwargs(choice: EngineChoice, settings: Settings) -> dict[str, object]:
 
 def create(choice: EngineChoice, settings: Settings) -> Engine:
     """The chosen engine, not loaded, in this process (the benchmark's direct baseline)."""
-    return build(**build_kwargs(choice, settings))  # type: ignore[arg-type]
+    return build(**build_kwargs(choice.name, settings))  # type: ignore[arg-type]

@@ -145,10 +145,10 @@ class LongTextManager:
             )
 
     async def create(self, plan: LongTextPlan, session_id: str | None = None, display_name: str | None = None) -> JobRecord:
-        self.core.check_engine()
-        self._check_room()
         speech = plan.speech
-        rate = self.core.engine.sample_rate
+        self.core.check_engine(speech.engine)
+        self._check_room()
+        rate = self.core.planner.engines[speech.engine].sample_rate
         # Chunk files are float32; the final file is the format's size for speech and silence.
         needed = plan.speech_seconds * rate * 4 + plan.output_seconds * audio.bytes_per_second(speech.response_format, rate)
         await self.check_quota(int(needed))
@@ -307,8 +307,12 @@ class LongTextManager:
         chunks = await self._db("chunks", record.job_id)
         progress = self.core.progress.open(record.job_id, record.text)
         progress.plan([c.text for c in chunks], done=[c.index for c in chunks if c.done])
-        progress.queued("Waiting for a long-text slot", record.voice, record.parameters, self.core.engine.name)
+        progress.queued("Waiting for a long-text slot", record.voice, record.parameters, self._engine(record))
         run.task = asyncio.create_task(self._run(run, record, chunks, progress), name=f"long-text-{record.job_id}")
+
+    def _engine(self, record: JobRecord) -> str:
+        """The engine the job's model chose (jobs stored before there was a choice: the default)."""
+        return record.parameters.get("engine") or self.core.catalog.default
 
     def _end_paused(self, job: JobRecord) -> None:
         """A paused job that is cancelled or deleted ends in the status API as cancelled,
@@ -340,13 +344,21 @@ class LongTextManager:
         output = ChunkFileOutput(self._db, self.root, record, chunks, self.check_quota)
         try:
             async with self._slots:
-                # Background work waits for the model as queued, behind interactive requests
-                # that wait as initializing; a failed load is the pipeline's to report.
-                with contextlib.suppress(EngineUnavailable):
-                    await self.core.worker.wait_loaded()
-                voice = self.core.planner.resolve_voice(record.voice)
+                engine = self._engine(record)
+                # Background work waits for a model that is loading as queued, behind
+                # interactive requests that wait as initializing; a failed load is the
+                # pipeline's to report.
+                slot = self.core.engines.slots.get(engine)
+                if slot is not None and slot.running:
+                    with contextlib.suppress(EngineUnavailable):
+                        await slot.wait_loaded()
+                voice = self.core.planner.resolve_voice(record.voice, engine) if slot is not None else None
                 if voice is None:
-                    message = f"Generation failed: voice {record.voice!r} is not available any more"
+                    message = (
+                        f"Generation failed: engine {engine!r} is not configured any more (see ENGINES)"
+                        if slot is None
+                        else f"Generation failed: voice {record.voice!r} is not available any more"
+                    )
                     await output.failed(message)
                     progress.finish("error", "Failed", error_message=message)
                     return
@@ -362,6 +374,7 @@ class LongTextManager:
                     result=result,
                     priority="background",
                     chunks=[c.text for c in chunks],
+                    engine=engine,
                 )
                 if run.reason is not None:
                     run.job.request_cancel(run.reason)

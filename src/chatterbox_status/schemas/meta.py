@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import Body
-from .status import Count, EngineView, MemoryInfo, MemorySnapshot, Timestamp
+from .status import Count, EngineResidency, EngineView, MemoryInfo, MemorySnapshot, Timestamp
 
 
 class HealthConfig(Body):
@@ -29,6 +29,7 @@ class Health(Body):
     initialization_progress: Annotated[str, Field(pattern="^[0-9]+%$")]
     initialization_error: str | None
     engine: EngineView
+    engines: list[EngineResidency] = Field(description="Every engine a request may choose: loaded, loading, idle since, unloaded")
     queue_length: Count
     version: str
     config: HealthConfig
@@ -42,14 +43,20 @@ class Ping(Body):
 
 
 class Model(Body):
+    """OpenAI's model object, with the engine the name chooses and that engine's state."""
+
     id: str
     object: Literal["model"]
     created: Count
     owned_by: str
+    engine: str = Field(description="The engine a request naming this model gets")
+    default: bool = Field(description="Whether it is the engine a request naming no model gets")
+    engine_state: EngineResidency
 
 
 class ModelList(Body):
-    """OpenAI's model list: the engine and OpenAI's speech model names."""
+    """OpenAI's model list: every engine this server offers, then the names that choose one
+    (OpenAI's and MODEL_ALIASES)."""
 
     object: Literal["list"]
     data: list[Model]
@@ -67,6 +74,10 @@ class ModelConfig(Body):
     device: str
     voice_sample_path: str | None
     model_cache_dir: str
+    engines: list[str] = Field(description="Every engine a request may choose, the default first")
+    model_aliases: dict[str, str] = Field(description="Model names that choose an engine, besides the engines' own")
+    keep_alive_seconds: float = Field(description="MODEL_KEEP_ALIVE in seconds; -1: for ever")
+    max_loaded_models: int
 
 
 class DefaultsConfig(Body):

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from ..audio import FORMATS
+from ..config import parse_duration
 from ..text import STRATEGIES
 from . import Body
 from .errors import ErrorDetail
@@ -41,7 +42,15 @@ class SpeechRequest(BaseModel):
 
     input: str = Field(description="The text to speak")
     model: Annotated[str, Field(max_length=200)] | None = Field(
-        None, description="Accepted, any name: the server runs one engine"
+        None,
+        description="The engine that speaks: an engine name (chatterbox, chatterbox-turbo, chatterbox-multilingual, hibari) "
+        "or a name MODEL_ALIASES maps to one; OpenAI's tts-1, tts-1-hd and gpt-4o-mini-tts choose the default engine "
+        "unless mapped. Absent: the default engine. Unknown: a 400 listing the known names (see /v1/models)",
+    )
+    keep_alive: float | Annotated[str, Field(max_length=32)] | None = Field(
+        None,
+        description="How long the engine stays loaded after this request, as ollama takes it: seconds, or 30s, 5m, 1h; "
+        "0 unloads it at once, a negative value keeps it for ever. Absent: as it is (MODEL_KEEP_ALIVE to begin with)",
     )
     voice: VoiceName = Field(
         "alloy",
@@ -67,6 +76,13 @@ class SpeechRequest(BaseModel):
     streaming_chunk_size: Annotated[int, Field(ge=50, le=500)] | None = None
     streaming_strategy: ChunkingStrategy | None = None
     streaming_quality: Quality | None = None
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: float | str | None) -> float | str | None:
+        if value is not None:
+            parse_duration(value)  # raises ValueError: a 400 naming the field
+        return value
 
     @field_validator("voice", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 else:
     RecordStatus = Literal[tuple(s for s in STATUS_VALUES if s != "idle")]
     ActiveStatus = Literal[tuple(s for s in STATUS_VALUES if s != "idle" and s not in TERMINAL_STATUSES)]
-EngineState = Literal["not_started", "loading", "ready", "restarting", "error"]
+EngineState = Literal["not_started", "loading", "ready", "restarting", "error", "unloading", "unloaded"]
 
 Count = Annotated[int, Field(ge=0)]
 Percentage = Annotated[float, Field(ge=0, le=100)]
@@ -71,8 +71,8 @@ class Queue(Body):
     requests: list[QueueEntry]
 
 
-class Statistics(Body):
-    """Lifetime request counters."""
+class EngineStatistics(Body):
+    """Lifetime request counters of one engine."""
 
     total_requests: Count
     completed_requests: Count
@@ -81,7 +81,13 @@ class Statistics(Body):
     success_rate: Percentage
     average_duration_seconds: Seconds
     average_text_length: Annotated[float, Field(ge=0)]
+
+
+class Statistics(EngineStatistics):
+    """Lifetime request counters, of the server and of each engine that ran requests."""
+
     is_processing: bool
+    engines: dict[str, EngineStatistics] = Field(description="The same counters for each engine, by name")
 
 
 class MemorySnapshot(Body):
@@ -121,12 +127,32 @@ class _Sections(Body):
     statistics: Statistics = sometimes()
 
 
+class EngineResidency(Body):
+    """Whether an engine is loaded, how far its loading is, who uses it and when its
+    keep-alive unloads it."""
+
+    name: str
+    state: EngineState
+    load_progress: Percentage
+    error: str | None
+    in_use: Count = Field(description="Requests using it now")
+    idle_since: Timestamp | None = Field(description="Since when no request uses it (null while in use or not loaded)")
+    unloads_at: Timestamp | None = Field(
+        description="When its keep-alive ends and it is unloaded, unless a request comes (null: in use, kept for ever or not loaded)"
+    )
+    keep_alive_seconds: float = Field(description="How long it stays loaded after its last request; -1: for ever")
+    load_seconds: Seconds = sometimes(description="How long its last load took")
+    seconds_per_char: Annotated[float, Field(ge=0)] = sometimes(description="Its throughput measured when it first loaded")
+    unload_reason: str = sometimes(description="Why it was last unloaded")
+
+
 class IdleStatus(_Sections):
     status: Literal["idle"]
     is_processing: Literal[False]
     message: str
     total_requests: Count
     queue: Queue
+    engines: list[EngineResidency] = Field(description="Every engine: loaded, loading, idle since, unloaded")
 
 
 class BusyStatus(RequestRecord, _Sections):
@@ -134,6 +160,7 @@ class BusyStatus(RequestRecord, _Sections):
     is_processing: Literal[True]
     total_requests: Count
     queue: Queue
+    engines: list[EngineResidency] = Field(description="Every engine: loaded, loading, idle since, unloaded")
 
 
 class Status(RootModel[Annotated[IdleStatus | BusyStatus, Field(discriminator="status")]]):
@@ -171,17 +198,13 @@ class HistoryCleared(Body):
     cleared_records: Count
 
 
-class EngineView(Body):
-    """Which engine runs, why it was chosen, and how far its model has loaded."""
+class EngineView(EngineResidency):
+    """The default engine: which it is, why it was chosen, and how far its model has loaded."""
 
-    name: str
     requested: str
     reason: str
     device: str
     sample_rate: Annotated[int, Field(ge=1)]
-    state: EngineState | None
-    load_progress: Percentage
-    error: str | None
 
 
 class UptimeInfo(Body):

@@ -1,0 +1,275 @@
+"""Several engines in one server: the request's model chooses one, it loads on first use,
+and it is unloaded (its process ended) after its keep-alive, or to make room when
+MAX_LOADED_MODELS are loaded; seen over HTTP and on the event bus.
+
+The default engine is the product's own hibari engine process; the second is
+tests/doubles.py's GatedEngine, named "gated", built inside a real engine process (a chunk
+whose text holds "HOLD" waits there until the test creates its gate file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import wave
+
+from conftest import core_of
+from doubles import GatedEngine, in_process_of_its_own
+from test_faults import assert_statistics_add_up
+
+from chatterbox_status.api.long_text import LONG_TEXT
+from chatterbox_status.config import Settings
+from chatterbox_status.core import engine_process
+
+HIBARI_RATE, GATED_RATE = 24_000, 16_000
+
+
+def engines(tmp_path, **gated) -> list:
+    """The real hibari engine (the default) and the gated double, each in a process of its own."""
+    hibari = engine_process("hibari", Settings(engine_threads=1))
+    return [hibari, in_process_of_its_own(GatedEngine, name="gated", gate=str(tmp_path / "gate"), **gated)]
+
+
+def rate_of(data: bytes) -> int:
+    with wave.open(io.BytesIO(data)) as w:
+        assert w.getnframes() > 0
+        return w.getframerate()
+
+
+async def speak(client, text: str, request_id: str | None = None, **fields):
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    return await client.post("/v1/audio/speech", json={"input": text, **fields}, headers=headers)
+
+
+def engine_event(client, name: str, state: str) -> asyncio.Future:
+    """Resolves with the first engine event that puts ``name`` in ``state``."""
+    seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def listen(event) -> None:
+        if event.type == "engine" and event.data.get("name") == name and event.data.get("state") == state and not seen.done():
+            seen.set_result(dict(event.data))
+
+    core_of(client).bus.add_listener(listen)
+    return seen
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a child that exited but was not reaped yet is no longer running either
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def models(client) -> dict[str, dict]:
+    body = await (await client.get("/v1/models")).json()
+    assert body["object"] == "list"
+    return {model["id"]: model for model in body["data"]}
+
+
+async def test_the_model_chooses_the_engine_and_every_record_says_which(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path))
+    listed = await models(client)
+    assert list(listed) == ["hibari", "gated", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
+    assert {name: m["engine"] for name, m in listed.items()} == {
+        "hibari": "hibari", "gated": "gated", "tts-1": "hibari", "tts-1-hd": "hibari", "gpt-4o-mini-tts": "hibari",
+    }
+    assert listed["hibari"]["default"] and not listed["gated"]["default"]
+    assert listed["hibari"]["engine_state"]["state"] == "ready"
+    assert listed["gated"]["engine_state"]["state"] == "not_started"  # loads on first use
+
+    assert rate_of(await (await speak(client, "Spoken by the double.", "by-gated", model="gated")).read()) == GATED_RATE
+    assert rate_of(await (await speak(client, "Spoken by hibari.", "by-openai-name", model="tts-1")).read()) == HIBARI_RATE
+    assert rate_of(await (await speak(client, "No model named.", "by-default")).read()) == HIBARI_RATE
+
+    history = {r["request_id"]: r for r in (await (await client.get("/status/history")).json())["request_history"]}
+    assert {rid: history[rid]["engine"] for rid in history} == {"by-gated": "gated", "by-openai-name": "hibari", "by-default": "hibari"}
+    stats = await assert_statistics_add_up(client)
+    assert stats["completed_requests"] == 3
+    assert {name: s["completed_requests"] for name, s in stats["engines"].items()} == {"hibari": 2, "gated": 1}
+    metrics = await (await client.get("/metrics")).text()
+    assert 'chatterbox_requests_total{engine="gated",status="completed"} 1.0' in metrics
+    assert 'chatterbox_requests_total{engine="hibari",status="completed"} 2.0' in metrics
+
+
+async def test_an_unknown_model_is_a_400_that_lists_the_known_ones_and_counts_nothing(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path))
+    response = await speak(client, "Which model?", model="tts-2")
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["param"] == "model" and error["code"] == "model_not_found"
+    for name in ("hibari", "gated", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"):
+        assert name in error["message"]
+    assert (await client.get("/v1/models/tts-2")).status == 404
+    assert (await client.post("/v1/models/tts-2/load")).status == 404
+    stats = await (await client.get("/status/statistics")).json()
+    assert stats["total_requests"] == 0 and stats["engines"]["gated"]["total_requests"] == 0
+
+
+async def test_model_aliases_map_names_onto_configured_engines(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path), model_aliases="tts-1-hd=hibari,narrator=hibari")
+    listed = await models(client)
+    assert listed["narrator"]["engine"] == "hibari" and listed["tts-1-hd"]["engine"] == "hibari"
+    response = await speak(client, "Read by the narrator.", model="narrator")
+    assert response.status == 200 and rate_of(await response.read()) == HIBARI_RATE
+
+
+async def test_an_engine_loads_on_first_use_while_its_request_waits_as_initializing(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path))
+    core = core_of(client)
+    seen: list = []
+    core.bus.add_listener(lambda e: seen.append((e.type, dict(e.data))))
+    response = await speak(client, "The first words of the double.", "first-use", model="gated")
+    assert response.status == 200
+
+    mine = [data for kind, data in seen if kind == "status" and data["request_id"] == "first-use"]
+    waiting = next(d for d in mine if d["status"] == "initializing")
+    assert waiting["current_step"] == "Waiting for the model to load"
+    gated = [data for kind, data in seen if kind == "engine" and data["name"] == "gated"]
+    states = [d["state"] for d in gated if "state" in d]
+    assert states == ["loading", "ready"]
+    assert any("load_progress" in d and "state" not in d for d in gated)  # load progress reported on the way
+    # It loaded while the request waited: between the request's initializing and its first chunk.
+    order = [
+        (kind, data.get("state") or data.get("status"))
+        for kind, data in seen
+        if data.get("name") == "gated" or data.get("request_id") == "first-use"
+    ]
+    assert order.index(("status", "initializing")) < order.index(("engine", "ready")) < order.index(("status", "generating_audio"))
+    assert (await models(client))["gated"]["engine_state"]["state"] == "ready"
+
+
+async def test_keep_alive_zero_unloads_the_engine_after_its_request_and_the_next_one_loads_it_again(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path))
+    core = core_of(client)
+    gated_host = core.engines["gated"].host
+    unloaded = engine_event(client, "gated", "unloaded")
+    response = await speak(client, "Spoken once, then let go.", model="gated", keep_alive=0)
+    assert response.status == 200
+    first_pid = gated_host.pid
+    event = await asyncio.wait_for(unloaded, 30)
+    assert "keep-alive (0 s)" in event["unload_reason"]
+    assert not pid_alive(first_pid)  # its process ended: every byte of its memory went back
+    state = (await models(client))["gated"]["engine_state"]
+    assert state["state"] == "unloaded" and state["idle_since"] is None and state["unloads_at"] is None
+    memory = await (await client.get("/memory")).json()
+    hibari_alone = core.engines["hibari"].host.memory_pid()
+    assert hibari_alone is not None and gated_host.memory_pid() is None
+    assert memory["memory_info"]["engine_memory_mb"] > 0  # hibari's process, still loaded
+
+    response = await speak(client, "And spoken again.", model="gated", keep_alive="5m")
+    assert response.status == 200 and gated_host.pid != first_pid
+    state = (await models(client))["gated"]["engine_state"]
+    assert state["state"] == "ready" and state["keep_alive_seconds"] == 300
+    assert state["unloads_at"] == round(state["idle_since"] + 300, 3)
+
+
+async def test_model_keep_alive_unloads_an_idle_engine_when_it_ends(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path), model_keep_alive="0.2s")
+    unloaded = engine_event(client, "hibari", "unloaded")  # the default engine, loaded at start
+    event = await asyncio.wait_for(unloaded, 30)
+    assert "keep-alive (0.2 s)" in event["unload_reason"]
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "healthy" and health["model_loaded"] is False
+    assert {e["name"]: e["state"] for e in health["engines"]} == {"hibari": "unloaded", "gated": "not_started"}
+    response = await speak(client, "It loads again for me.")
+    assert response.status == 200 and rate_of(await response.read()) == HIBARI_RATE
+
+
+async def test_a_negative_keep_alive_keeps_the_engine_for_ever(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path), model_keep_alive="0")
+    unloaded = engine_event(client, "gated", "unloaded")
+    assert (await speak(client, "Keep me loaded.", model="gated", keep_alive=-1)).status == 200
+    state = (await models(client))["gated"]["engine_state"]
+    assert state["state"] == "ready" and state["keep_alive_seconds"] == -1 and state["unloads_at"] is None
+    assert not unloaded.done()
+    bad = await speak(client, "Keep me how long?", model="gated", keep_alive="a while")
+    assert bad.status == 400 and (await bad.json())["error"]["param"] == "keep_alive"
+
+
+async def test_max_loaded_models_unloads_the_least_recently_used_idle_engine_first(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path), max_loaded_models=1)
+    core = core_of(client)
+    hibari_pid = core.engines["hibari"].host.pid
+    hibari_out = engine_event(client, "hibari", "unloaded")
+    assert (await speak(client, "Room for the double.", model="gated")).status == 200
+    assert "making room for gated" in (await asyncio.wait_for(hibari_out, 10))["unload_reason"]
+    assert not pid_alive(hibari_pid)
+    gated_pid = core.engines["gated"].host.pid
+    gated_out = engine_event(client, "gated", "unloaded")
+    assert (await speak(client, "And back to hibari.")).status == 200
+    assert "making room for hibari" in (await asyncio.wait_for(gated_out, 10))["unload_reason"]
+    assert not pid_alive(gated_pid)
+    states = {m["id"]: m["engine_state"]["state"] for m in (await models(client)).values()}
+    assert (states["hibari"], states["gated"]) == ("ready", "unloaded")
+
+
+async def test_unload_and_load_on_request_and_no_unload_while_in_use(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path))
+    core = core_of(client)
+    hibari_pid = core.engines["hibari"].host.pid
+    response = await client.post("/v1/models/tts-1/unload")  # OpenAI's name: its engine, hibari
+    assert response.status == 200
+    body = await response.json()
+    assert body["id"] == "tts-1" and body["engine"] == "hibari" and body["engine_state"]["state"] == "unloaded"
+    assert not pid_alive(hibari_pid)
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "healthy" and health["model_loaded"] is False and health["engine"]["state"] == "unloaded"
+
+    response = await client.post("/v1/models/hibari/load")
+    assert response.status == 200 and (await response.json())["engine_state"]["state"] == "ready"
+    assert (await (await client.get("/health")).json())["model_loaded"] is True
+
+    holding = asyncio.ensure_future(speak(client, "HOLD this one a while.", "held-one", model="gated"))
+    generating = asyncio.get_running_loop().create_future()
+    core.bus.add_listener(
+        lambda e: generating.done() or (e.data.get("request_id") == "held-one" and e.type == "progress" and generating.set_result(None))
+    )
+    await asyncio.wait_for(generating, 30)
+    busy = await client.post("/v1/models/gated/unload")
+    assert busy.status == 409
+    assert (await busy.json())["error"]["code"] == "model_in_use"
+    (tmp_path / "gate").touch()
+    assert (await holding).status == 200
+    assert (await client.post("/v1/models/gated/unload")).status == 200
+
+
+async def test_a_long_text_job_on_one_engine_yields_to_a_request_for_another_with_room_for_one(make_long, tmp_path):
+    """With MAX_LOADED_MODELS=1, a request for hibari arrives while a job speaks on the
+    double: the job lets go of its engine while it waits for its turn, so the request may
+    unload it and load hibari; then the job loads its engine again and finishes."""
+    client = await make_long(engines(tmp_path), settings={"max_loaded_models": 1})
+    core = core_of(client)
+    seen: list = []
+    core.bus.add_listener(lambda e: seen.append((e.type, dict(e.data))))
+    text = "HOLD the first part of the story here. The second part of the story follows. And a third part ends it."
+    response = await client.post("/audio/speech/long", json={"input": text, "response_format": "wav", "chunk_size": 45, "model": "gated"})
+    assert response.status == 200, await response.text()
+    job_id = (await response.json())["job_id"]
+    generating = asyncio.get_running_loop().create_future()
+    core.bus.add_listener(
+        lambda e: generating.done() or (e.data.get("request_id") == job_id and e.type == "progress" and generating.set_result(None))
+    )
+    await asyncio.wait_for(generating, 30)
+    interactive = asyncio.ensure_future(speak(client, "Hibari, in between.", "in-between"))
+    queued = asyncio.get_running_loop().create_future()
+    core.bus.add_listener(lambda e: queued.done() or (e.data.get("request_id") == "in-between" and queued.set_result(None)))
+    await asyncio.wait_for(queued, 10)
+    (tmp_path / "gate").touch()
+
+    response = await asyncio.wait_for(interactive, 60)
+    assert response.status == 200 and rate_of(await response.read()) == HIBARI_RATE
+    await asyncio.wait_for(client.server.app[LONG_TEXT].wait(job_id), 60)
+    job = await (await client.get(f"/audio/speech/long/{job_id}")).json()
+    assert job["status"] == "completed", job
+    states = [(data["name"], data["state"]) for kind, data in seen if kind == "engine" and "state" in data]
+    expected = [("hibari", "unloaded"), ("gated", "ready"), ("gated", "unloaded"), ("hibari", "ready"), ("hibari", "unloaded"), ("gated", "ready")]
+    found = iter(states)
+    assert all(step in found for step in expected), states  # in this order, other states between
+    records = {r["request_id"]: r for r in (await (await client.get("/status/history")).json())["request_history"]}
+    assert records[job_id]["engine"] == "gated" and records["in-between"]["engine"] == "hibari"
