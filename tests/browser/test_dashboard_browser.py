@@ -12,8 +12,14 @@ import re
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+import aiohttp
 from aiohttp import web
+from doubles import ScriptedEngine, ThreadHost
 from playwright.async_api import Page, expect
+
+from chatterbox_status.app import create_app
+from chatterbox_status.config import Settings
+from chatterbox_status.core import engine_process
 
 from .dashboard_harness import PageLog, dashboard_app, with_dashboard
 
@@ -318,3 +324,24 @@ async def test_live_state_folds_events_into_queue_positions(serve, open_page):
     assert result["mergedStatus"] == ["generating_audio", "initializing", 99]
     assert result["reconciled"] == ["completed", None, None]
     assert result["listed"] == ["aaaaaaaa", "eeeeeeee", "bbbbbbbb"]
+
+
+async def test_dashboard_shows_each_engine_loading_idle_and_unloaded_as_it_happens(serve, open_page):
+    """A second engine, chosen by a request's model: its badge follows its events live."""
+    engines = [engine_process("hibari", Settings(engine_threads=1)), ThreadHost(ScriptedEngine())]
+    served = await serve(with_dashboard(create_app(Settings(enable_memory_monitoring=True), engines)))
+    page, log = await open_page(served.url)
+    badge = page.locator('#engines .badge[data-engine="scripted"]')
+    await expect(page.locator("#engine")).to_contain_text("hibari · ready")
+    await expect(badge).to_have_text("scripted · not_started")
+
+    async with aiohttp.ClientSession() as session:
+        body = {"input": "Spoken by the second engine.", "model": "scripted"}
+        async with session.post(f"{served.url}v1/audio/speech", json=body) as response:
+            assert response.status == 200
+        await expect(badge).to_have_text("scripted · ready · idle")
+        async with session.post(f"{served.url}v1/models/scripted/unload") as response:
+            assert response.status == 200
+    await expect(badge).to_have_text("scripted · unloaded")
+    await expect(badge).to_have_attribute("title", re.compile("unloaded on request"))
+    assert page_errors(log) == []

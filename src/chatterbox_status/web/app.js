@@ -21,7 +21,8 @@ const state = {
   api: new Api(),
   source: null, // the EventSource
   live: new LiveRequests(),
-  engine: {},
+  engine: {}, // the default engine (the header's badge)
+  engines: {}, // every engine by name: loaded, loading, in use, idle, unloaded
   sampleRate: 24000,
   clockOffset: 0, // the server's clock minus ours, in seconds
   pending: new Set(), // ids of this page's syntheses still waiting for their audio
@@ -60,8 +61,13 @@ function onSnapshot(event) {
 
 function onEngine(event) {
   const data = JSON.parse(event.data);
-  Object.assign(state.engine, data);
-  render.renderEngine(state.engine);
+  const name = data.name || state.engine.name;
+  state.engines[name] = { ...state.engines[name], ...data };
+  if (!state.engine.name || name === state.engine.name) {
+    Object.assign(state.engine, data);
+    render.renderEngine(state.engine);
+  }
+  render.renderEngines(state.engines, state.engine.name);
 }
 
 function connect() {
@@ -287,8 +293,10 @@ async function loadConfig() {
 async function loadHealth() {
   const health = await state.api.json("health", { accept: [503] });
   state.engine = { ...health.engine, ...state.engine };
+  for (const engine of health.engines || []) state.engines[engine.name] = { ...engine, ...state.engines[engine.name] };
   state.sampleRate = health.engine?.sample_rate || state.sampleRate;
   render.renderEngine(state.engine);
+  render.renderEngines(state.engines, state.engine.name);
 }
 
 async function loadVoices() {

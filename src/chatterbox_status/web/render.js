@@ -177,6 +177,28 @@ export function renderEngine(engine) {
   badge.title = engine.error || engine.reason || "engine";
 }
 
+// The other engines a request's model may choose, each with its state: loading, ready
+// (in use, or idle until its keep-alive unloads it), unloaded.
+export function renderEngines(engines, defaultName) {
+  const badges = Object.values(engines)
+    .filter((engine) => engine.name !== defaultName)
+    .map((engine) => {
+      const badge = document.createElement("span");
+      const state = engine.state || "unknown";
+      badge.className = "badge";
+      badge.dataset.state = state;
+      badge.dataset.engine = engine.name;
+      let text = `${engine.name} · ${state}`;
+      if (state === "loading") text += ` ${Math.round(engine.load_progress || 0)}%`;
+      if (state === "ready") text += engine.in_use ? " · in use" : " · idle";
+      badge.textContent = text;
+      const unloads = engine.unloads_at ? `unloads at ${new Date(engine.unloads_at * 1000).toLocaleTimeString()}` : "";
+      badge.title = engine.error || engine.unload_reason || unloads || "engine";
+      return badge;
+    });
+  byId("engines").replaceChildren(...badges);
+}
+
 export function renderConnection(state) {
   const badge = byId("connection");
   badge.dataset.state = state;
