@@ -35,17 +35,34 @@ log = logging.getLogger("chatterbox_status.engine")
 
 
 class Channel:
-    """The frames out, from either thread, one whole frame at a time."""
+    """The frames out, from any thread, in order, without waiting on the pipe.
+
+    A writer thread drains them: when the server's loop is busy (fanning events out to a
+    thousand streams), the pipe fills and only that thread waits, while the engine goes on
+    with its next chunk (the server hands it over ahead) instead of stalling mid-report.
+    """
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._lock = threading.Lock()
+        self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name="frames-out", daemon=True)
+        self._writer.start()
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        data = ipc.frame(header, payload)
-        with self._lock:
-            self._out.write(data)
-            self._out.flush()
+        self._frames.put(ipc.frame(header, payload))
+
+    def close(self) -> None:
+        """Write every frame sent so far, then stop."""
+        self._frames.put(None)
+        self._writer.join()
+
+    def _write(self) -> None:
+        while (data := self._frames.get()) is not None:
+            try:
+                self._out.write(data)
+                self._out.flush()
+            except OSError:  # the server is gone; the reader thread ends the process
+                return
 
 
 def build(factory: str, kwargs: dict[str, Any]) -> Engine:
@@ -151,15 +168,18 @@ def main() -> None:
             sys.path.insert(0, entry)
     channel = Channel(out)
     try:
-        engine = build(start["factory"], start["kwargs"])
-    except Exception as exc:
-        log.exception("the engine could not be built")
-        channel.send({"type": "load_failed", "message": f"the engine could not be built: {exc}"})
-        return
-    host = Host(engine, channel, int(start.get("threads", 1)))
-    threading.Thread(target=host.read, args=(stdin,), name="frames-in", daemon=True).start()
-    if host.load():
-        host.serve()
+        try:
+            engine = build(start["factory"], start["kwargs"])
+        except Exception as exc:
+            log.exception("the engine could not be built")
+            channel.send({"type": "load_failed", "message": f"the engine could not be built: {exc}"})
+            return
+        host = Host(engine, channel, int(start.get("threads", 1)))
+        threading.Thread(target=host.read, args=(stdin,), name="frames-in", daemon=True).start()
+        if host.load():
+            host.serve()
+    finally:
+        channel.close()
 
 
 if __name__ == "__main__":
