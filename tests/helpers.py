@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -120,6 +121,21 @@ def clean_environ() -> dict[str, str]:
 def tail(path: Path, chars: int = 6000) -> str:
     """The end of a log, for a failure message."""
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def start_serve(cwd: Path, port: int, *args: str) -> tuple[subprocess.Popen, Path]:
+    """``chatterbox-status serve`` as a user starts it, on 127.0.0.1:``port`` with ``args``;
+    its output goes to ``cwd/serve.log`` (returned with the process)."""
+    log_path = cwd / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chatterbox_status", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+            cwd=cwd,
+            env=clean_environ(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return process, log_path
 
 
 def wait_healthy(base: str, process: subprocess.Popen, log_path: Path, deadline_s: float) -> dict:

@@ -18,6 +18,7 @@ from helpers import (
     clean_environ,
     free_port,
     http,
+    start_serve,
     stop,
     wait_healthy,
 )
@@ -101,15 +102,7 @@ def test_say_to_an_unsupported_format_fails_clearly(tmp_path):
 def test_serve_answers_speech_and_stops_on_signal(tmp_path, stop_signal):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "chatterbox_status", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=clean_environ(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process, log_path = start_serve(tmp_path, port)
     try:
         health = wait_healthy(base, process, log_path, deadline_s=60)
         assert health["model_loaded"] is True

@@ -19,15 +19,13 @@ import inspect
 import json
 import re
 import signal
-import subprocess
-import sys
 from contextlib import suppress
 
 import pytest
 from aiohttp import web
 from conftest import assert_error_shape
 from doubles import hosted
-from helpers import JsonErrorTestServer, clean_environ, free_port, stop, wait_healthy
+from helpers import JsonErrorTestServer, free_port, start_serve, stop, wait_healthy
 
 from chatterbox_status.app import create_app
 from chatterbox_status.config import Settings
@@ -191,15 +189,7 @@ def test_run_app_has_the_defaults_of_aiohttps_run_app():
 async def test_serve_answers_protocol_errors_in_json_and_goes_on(tmp_path):
     """The real command: cli.serve runs the app with the JSON-error runner, and still stops on SIGTERM."""
     port = free_port()
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "chatterbox_status", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=clean_environ(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process, log_path = start_serve(tmp_path, port)
     try:
         await asyncio.to_thread(wait_healthy, f"http://127.0.0.1:{port}", process, log_path, 60)
         for name in ("request line too long", "too many headers", "bad chunked body"):

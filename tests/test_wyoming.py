@@ -15,7 +15,7 @@ import aiohttp
 import numpy as np
 import pytest
 from conftest import core_of
-from helpers import clean_environ, free_port, stop, wait_healthy, wav_tone
+from helpers import clean_environ, free_port, start_serve, stop, wait_healthy, wav_tone
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
@@ -285,15 +285,7 @@ async def test_a_client_that_hangs_up_cancels_its_request(make_client, scripted)
 async def test_serve_with_the_flag_answers_wyoming_beside_http(tmp_path):
     """``serve --wyoming-port``, as a user starts it: the Wyoming port answers on HOST."""
     port, wyoming_port = free_port(), free_port()
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "chatterbox_status", "serve", "--port", str(port), "--wyoming-port", str(wyoming_port)],
-            cwd=tmp_path,
-            env=clean_environ(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process, log_path = start_serve(tmp_path, port, "--wyoming-port", str(wyoming_port))
     try:
         await asyncio.to_thread(wait_healthy, f"http://127.0.0.1:{port}", process, log_path, 60)
         async with AsyncTcpClient("127.0.0.1", wyoming_port) as client:

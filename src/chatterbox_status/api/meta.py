@@ -102,8 +102,8 @@ async def models(request: web.Request) -> web.Response:
     responses={200: Model}, errors=(NotFound,), path_params=MODEL_NAME,
 )
 async def get_model(request: web.Request) -> web.Response:
-    core = request.app[CORE]
-    return json_model(model_view(core, _model(request)))
+    name, _ = _model(request)
+    return json_model(model_view(request.app[CORE], name))
 
 
 @api_route(
@@ -115,10 +115,9 @@ async def get_model(request: web.Request) -> web.Response:
     responses={200: Model}, errors=(NotFound, EngineUnavailable), path_params=MODEL_NAME,
 )
 async def load_model(request: web.Request) -> web.Response:
-    core = request.app[CORE]
-    name = _model(request)
-    await core.load_engine(core.catalog.engine_for(name) or name)
-    return json_model(model_view(core, name))
+    name, engine = _model(request)
+    await request.app[CORE].load_engine(engine)
+    return json_model(model_view(request.app[CORE], name))
 
 
 @api_route(
@@ -130,19 +129,20 @@ async def load_model(request: web.Request) -> web.Response:
     responses={200: Model}, errors=(NotFound, ModelBusy), path_params=MODEL_NAME,
 )
 async def unload_model(request: web.Request) -> web.Response:
-    core = request.app[CORE]
-    name = _model(request)
-    await core.engines[core.catalog.engine_for(name) or name].unload("unloaded on request (POST /v1/models/{model}/unload)")
-    return json_model(model_view(core, name))
+    name, engine = _model(request)
+    await request.app[CORE].engines[engine].unload("unloaded on request (POST /v1/models/{model}/unload)")
+    return json_model(model_view(request.app[CORE], name))
 
 
-def _model(request: web.Request) -> str:
-    """The model the path names (a 404 listing the known ones when there is none)."""
-    core = request.app[CORE]
+def _model(request: web.Request) -> tuple[str, str]:
+    """The model the path names and the engine it chooses (a 404 listing the known models
+    when there is none)."""
+    catalog = request.app[CORE].catalog
     name = request.match_info["model"]
-    if name not in core.catalog.model_names:
-        raise NotFound(f"Model {name!r} not found; known: {', '.join(core.catalog.model_names)}", param="model")
-    return name
+    engine = catalog.engine_for(name)
+    if engine is None:
+        raise NotFound(f"Model {name!r} not found; known: {', '.join(catalog.model_names)}", param="model")
+    return name, engine
 
 
 def model_view(core: Core, name: str) -> Model:
