@@ -15,7 +15,7 @@ import os
 import wave
 
 from conftest import core_of
-from doubles import GatedEngine, in_process_of_its_own
+from doubles import GatedEngine, ThreadHost, in_process_of_its_own
 from test_faults import assert_statistics_add_up
 
 from chatterbox_status.api.long_text import LONG_TEXT
@@ -273,3 +273,43 @@ async def test_a_long_text_job_on_one_engine_yields_to_a_request_for_another_wit
     assert all(step in found for step in expected), states  # in this order, other states between
     records = {r["request_id"]: r for r in (await (await client.get("/status/history")).json())["request_history"]}
     assert records[job_id]["engine"] == "gated" and records["in-between"]["engine"] == "hibari"
+
+
+class SlowToClose(ThreadHost):
+    """An engine whose process takes as long to end as the test says."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self.closing = asyncio.Event()
+        self.may_close = asyncio.Event()
+
+    async def close(self) -> None:
+        self.closing.set()
+        await self.may_close.wait()
+        await super().close()
+
+
+async def test_a_request_that_comes_while_its_engine_unloads_waits_then_loads_it_again(make_client, make_scripted):
+    host = SlowToClose(make_scripted())
+    client = await make_client(engine=host)
+    core = core_of(client)
+    seen: list = []
+    core.bus.add_listener(lambda e: seen.append((e.type, dict(e.data))))
+    unloading = asyncio.ensure_future(client.post("/v1/models/scripted/unload"))
+    await asyncio.wait_for(host.closing.wait(), 10)
+    waiting = asyncio.get_running_loop().create_future()
+
+    def listen(event) -> None:
+        if event.data.get("request_id") == "during-unload" and event.data.get("status") == "initializing" and not waiting.done():
+            waiting.set_result(None)
+
+    core.bus.add_listener(listen)
+    speech = asyncio.ensure_future(speak(client, "Wait for the unload, then load me again.", "during-unload"))
+    await asyncio.wait_for(waiting, 10)
+    assert not speech.done()
+    host.may_close.set()
+    assert (await unloading).status == 200
+    response = await asyncio.wait_for(speech, 30)
+    assert response.status == 200 and rate_of(await response.read()) == 16_000
+    states = [data["state"] for kind, data in seen if kind == "engine" and "state" in data]
+    assert states == ["unloading", "unloaded", "loading", "ready"]

@@ -288,20 +288,23 @@ class EngineSlot:
     def _expire(self) -> None:
         self._expiry = None
         if self.leases == 0 and self.running and self._unloading is None:
-            self._unloading = asyncio.create_task(self.unload(f"idle for its keep-alive ({self.keep_alive:g} s)"))
+            self._unloading = asyncio.create_task(self._unload(f"idle for its keep-alive ({self.keep_alive:g} s)"))
 
     async def unload(self, reason: str) -> None:
         """End its process and give back its memory (only while no request uses it)."""
         if self.leases:
             raise ModelBusy(f"Model {self.name!r} is in use by {self.leases} request(s); unload it once they end")
-        if self._unloading is not None and self._unloading is not asyncio.current_task():
-            await asyncio.shield(self._unloading)  # its keep-alive ended a moment ago: that unload finishes
-            return
-        self._cancel_expiry()
-        task, self._supervisor = self._supervisor, None
+        if self._unloading is None:
+            self._unloading = asyncio.create_task(self._unload(reason))
+        await asyncio.shield(self._unloading)
+
+    async def _unload(self, reason: str) -> None:
+        """The one unload under way (a load waits for it to end), unless a request came first."""
         try:
-            if task is None:
+            if self.leases or self._supervisor is None:
                 return
+            self._cancel_expiry()
+            task, self._supervisor = self._supervisor, None
             log.info("unloading engine %s: %s", self.name, reason)
             self._publish(state="unloading", idle_since=None, unloads_at=None)
             task.cancel()
@@ -310,8 +313,7 @@ class EngineSlot:
             self._loaded.clear()
             self._publish(state="unloaded", load_progress=0.0, error=None, unload_reason=reason, in_use=0, idle_since=None, unloads_at=None)
         finally:
-            if self._unloading is asyncio.current_task():
-                self._unloading = None
+            self._unloading = None
 
     async def stop(self) -> None:
         """At shutdown: stop supervising and end the process."""
