@@ -313,3 +313,35 @@ async def test_a_request_that_comes_while_its_engine_unloads_waits_then_loads_it
     assert response.status == 200 and rate_of(await response.read()) == 16_000
     states = [data["state"] for kind, data in seen if kind == "engine" and "state" in data]
     assert states == ["unloading", "unloaded", "loading", "ready"]
+
+
+async def test_each_engine_is_estimated_at_its_own_measured_pace(make_client, make_scripted):
+    """A queued request's estimate uses the pace of the engine its model chose."""
+    fast = make_scripted(work_seconds_per_char=0.0005)
+    slow = make_scripted(work_seconds_per_char=0.005)
+    slow.name = "slow"
+    client = await make_client(engine=[fast, slow])
+    core = core_of(client)
+    assert (await speak(client, "The slow engine loads and measures itself.", model="slow")).status == 200
+    fast.hold()
+    running = asyncio.ensure_future(speak(client, "Held in the default engine.", "held-in-fast"))
+    await asyncio.to_thread(fast.wait_started)
+    text = "A sentence of a fair length, waiting for its turn in the queue, behind the held one."
+    queued = {
+        "queued-for-fast": asyncio.ensure_future(speak(client, text, "queued-for-fast")),
+        "queued-for-slow": asyncio.ensure_future(speak(client, text, "queued-for-slow", model="slow")),
+    }
+    for request_id, task in queued.items():
+        async with asyncio.timeout(10):
+            while (await client.get(f"/status/requests/{request_id}")).status != 200:
+                assert not task.done()
+                await asyncio.sleep(0)  # until its queued event is folded: the next loop turn
+    entries = {e["request_id"]: e for e in (await (await client.get("/status")).json())["queue"]["requests"]}
+    pace = core.tracker.throughput
+    assert pace["slow"] > 5 * pace["scripted"]
+    for request_id, engine in (("queued-for-fast", "scripted"), ("queued-for-slow", "slow")):
+        entry = entries[request_id]
+        took = entry["estimated_completion"] - entry["estimated_start"]
+        assert abs(took - len(text) * pace[engine]) < 0.002, (request_id, took, len(text) * pace[engine])
+    fast.release(100)
+    assert [r.status for r in await asyncio.gather(running, *queued.values())] == [200, 200, 200]
