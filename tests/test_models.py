@@ -345,3 +345,15 @@ async def test_each_engine_is_estimated_at_its_own_measured_pace(make_client, ma
         assert abs(took - len(text) * pace[engine]) < 0.002, (request_id, took, len(text) * pace[engine])
     fast.release(100)
     assert [r.status for r in await asyncio.gather(running, *queued.values())] == [200, 200, 200]
+
+
+async def test_a_long_text_job_with_keep_alive_zero_unloads_its_engine_when_it_ends(make_long, tmp_path):
+    client = await make_long(engines(tmp_path))
+    unloaded = engine_event(client, "gated", "unloaded")
+    body = {"input": "A first part of the story. And a second part of it.", "response_format": "wav", "model": "gated", "keep_alive": 0}
+    response = await client.post("/audio/speech/long", json=body)
+    assert response.status == 200, await response.text()
+    job_id = (await response.json())["job_id"]
+    await asyncio.wait_for(client.server.app[LONG_TEXT].wait(job_id), 60)
+    assert (await (await client.get(f"/audio/speech/long/{job_id}")).json())["status"] == "completed"
+    assert "keep-alive (0 s)" in (await asyncio.wait_for(unloaded, 30))["unload_reason"]

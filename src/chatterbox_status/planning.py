@@ -186,7 +186,9 @@ class Planner:
                 "chunk_size": size,
                 "chunking_strategy": strategy,
                 "silence_padding_ms": padding,
-                "engine": speech.engine,  # the job's store keeps it, for its runs after a restart
+                # The job's store keeps these, for its runs after a restart.
+                "engine": speech.engine,
+                **({"keep_alive": speech.keep_alive} if speech.keep_alive is not None else {}),
             },
             chunking,
             engine=speech.engine,

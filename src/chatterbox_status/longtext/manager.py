@@ -375,6 +375,7 @@ class LongTextManager:
                     priority="background",
                     chunks=[c.text for c in chunks],
                     engine=engine,
+                    keep_alive=record.parameters.get("keep_alive"),
                 )
                 if run.reason is not None:
                     run.job.request_cancel(run.reason)
