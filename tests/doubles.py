@@ -7,6 +7,7 @@ pipeline runs for real; tests steer them through threading primitives, never sle
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import queue
 import threading
@@ -45,8 +46,10 @@ class ScriptedEngine:
         cloning: bool = False,
         cancel_within_chunk: bool = True,
         work_seconds_per_char: float = 0.0,
+        streams: bool = False,
     ) -> None:
         self.supports_cloning = cloning
+        self.streams_within_chunk = streams
         self.cancel_within_chunk = cancel_within_chunk
         self.work_seconds_per_char = work_seconds_per_char
         self.fail_on = fail_on
@@ -79,7 +82,7 @@ class ScriptedEngine:
             raise RuntimeError(self.load_error)
         progress(1.0)
 
-    def synthesize(self, text: str, voice: Voice, params: SynthesisParams, progress, cancel: threading.Event):
+    def synthesize(self, text: str, voice: Voice, params: SynthesisParams, progress, cancel: threading.Event, on_audio=None):
         if cancel.is_set():  # as the real engines do before they start a chunk
             raise Cancelled()
         self.calls.append(text)
@@ -95,7 +98,14 @@ class ScriptedEngine:
         if self.fail_on is not None and self.fail_on in text:
             raise RuntimeError(f"scripted failure on {self.fail_on!r}")
         progress(1.0)
-        return self.tone(text, params.speed)
+        samples = self.tone(text, params.speed)
+        if on_audio is None:
+            return samples
+        # Streaming within the chunk: its first third and second third as windows, the rest returned.
+        third = len(samples) // 3
+        on_audio(samples[:third])
+        on_audio(samples[third : 2 * third])
+        return samples[2 * third :]
 
     def tone(self, text: str, speed: float = 1.0) -> np.ndarray:
         """The exact samples spoken for ``text``: tests compare what reaches the wire with them."""
@@ -135,13 +145,14 @@ class ThreadHost:
         loop = asyncio.get_running_loop()
         return lambda *args: loop.call_soon_threadsafe(fn, *args)
 
-    def synthesize(self, text, voice, params, progress, cancel):
+    def synthesize(self, text, voice, params, progress, cancel, on_audio=None):
         flag = threading.Event()
         if cancel.is_set():
             flag.set()
         else:
             cancel.on_set(flag.set)
-        return self._run(self.engine.synthesize, text, voice, params, self._hop(progress), flag)
+        streaming = {"on_audio": self._hop(on_audio)} if on_audio is not None else {}
+        return self._run(functools.partial(self.engine.synthesize, **streaming), text, voice, params, self._hop(progress), flag)
 
     async def release(self, reset_peak: bool = False) -> None:
         await self._run(memory.release, reset_peak)

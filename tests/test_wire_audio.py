@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from helpers import pcm16_reference, wav_fields
 
+from chatterbox_status.engine_pool import WARM_UP_TEXT
+
 HIBARI_RATE = 24_000
 TEXT = "Every byte on the wire counts."
 
@@ -64,3 +66,24 @@ async def test_the_samples_on_the_wire_are_exactly_what_the_engine_spoke(make_cl
         fields, data = wav_fields(data)
         assert_mono_16_bit(fields, scripted.sample_rate)
     assert data == expected
+
+
+async def test_a_chunk_streamed_in_windows_reaches_the_wire_whole_and_in_order(make_client, make_scripted):
+    """An engine that hands each chunk out in windows (its next chunk's windows may come
+    before this one's end is added): the streamed bytes are every chunk's samples in order,
+    with the pause between chunks, the same bytes as a whole file."""
+    engine = make_scripted(streams=True)
+    client = await make_client(engine=engine, max_chunk_length=40)
+    text = "The first sentence is short. A second one follows it. And a third ends the text."
+    streamed = await client.post("/v1/audio/speech/stream", json={"input": text, "response_format": "pcm", "streaming_chunk_size": 50})
+    assert streamed.status == 200
+    pieces = []
+    async for piece in streamed.content.iter_any():
+        pieces.append(piece)
+    spoken = [call for call in engine.calls if call != WARM_UP_TEXT]
+    assert len(spoken) == 3
+    gap = np.zeros(int(round(0.2 * engine.sample_rate)), dtype=np.float32)  # the pause between chunks
+    expected = np.concatenate([part for n, chunk in enumerate(spoken) for part in ([gap] if n else []) + [engine.tone(chunk)]])
+    assert b"".join(pieces) == pcm16_reference(expected)
+    whole = await client.post("/v1/audio/speech", json={"input": text, "response_format": "pcm"})
+    assert await whole.read() == pcm16_reference(expected)  # a whole file takes no windows

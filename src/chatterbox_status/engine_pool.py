@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .engines.base import EngineDescription, ProgressFn, SynthesisParams, Voice
+from .engines.base import AudioFn, EngineDescription, ProgressFn, SynthesisParams, Voice
 from .events import EventBus
 from .exceptions import Cancelled, EngineDied, EngineError, EngineUnavailable, ModelBusy
 
@@ -83,9 +83,10 @@ class EngineHost(Protocol):
         """Start the engine and load its model (raises EngineError when it cannot load)."""
 
     def synthesize(
-        self, text: str, voice: Voice, params: SynthesisParams, progress: ProgressFn, cancel: CancelFlag
+        self, text: str, voice: Voice, params: SynthesisParams, progress: ProgressFn, cancel: CancelFlag, on_audio: AudioFn | None = None
     ) -> asyncio.Future[np.ndarray]:
-        """Hand one chunk to the engine now; progress is reported on the loop."""
+        """Hand one chunk to the engine now; progress (and, with ``on_audio``, the chunk's
+        audio a window at a time, where the engine streams within a chunk) comes on the loop."""
 
     async def release(self, reset_peak: bool = False) -> None: ...
 

@@ -137,9 +137,14 @@ class Host:
         report: Callable[[float], None] = lambda fraction: self.channel.send(  # noqa: E731
             {"type": "progress", "call": call, "fraction": fraction}
         )
+        streaming: dict[str, Any] = {}
+        if header.get("stream") and getattr(self.engine, "streams_within_chunk", False):
+            streaming["on_audio"] = lambda samples: self.channel.send(
+                {"type": "audio_window", "call": call}, np.ascontiguousarray(samples, dtype=np.float32).reshape(-1).tobytes()
+            )
         try:
             samples = self.engine.synthesize(
-                header["text"], Voice(**header["voice"]), SynthesisParams(**header["params"]), report, cancel
+                header["text"], Voice(**header["voice"]), SynthesisParams(**header["params"]), report, cancel, **streaming
             )
         except Cancelled:
             self.channel.send({"type": "failed", "call": call, "kind": "cancelled", "message": "cancelled"})

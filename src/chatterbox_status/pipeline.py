@@ -341,13 +341,23 @@ class BufferedOutput:
 
 
 class StreamedOutput(BufferedOutput):
-    """Encodes each chunk as it arrives and hands the bytes to the response at once."""
+    """Encodes each chunk as it arrives and hands the bytes to the response at once; from an
+    engine that streams within a chunk, each window of it as it arrives.
+
+    Windows come on the loop as the engine makes them, and may belong to the next chunk
+    (handed to the engine ahead) before this one's end is added: they wait until their chunk
+    is the current one, and are encoded in order, one after another.
+    """
 
     def __init__(self, response_format: str, stream: AudioStream) -> None:
         super().__init__(response_format)
         self.stream = stream
         self.encoder: audio.StreamEncoder | None = None
         self.gap = np.zeros(0, dtype=np.float32)
+        self.current: int | None = None
+        self.windows: dict[int, list[np.ndarray]] = {}
+        self.pending: asyncio.Future | None = None
+        self.begun: set[int] = set()
 
     def _send(self, data: bytes) -> None:
         if data:
@@ -359,11 +369,55 @@ class StreamedOutput(BufferedOutput):
         self._send(await asyncio.to_thread(self.encoder.header))
         return await super().start(sample_rate, chunks)
 
+    async def chunk_started(self, index: int) -> None:
+        self.current = index
+        if self.windows.get(index):
+            self._drain_later()
+
+    def window(self, index: int, samples: np.ndarray) -> None:
+        """A window of chunk ``index``, as the engine made it (called on the loop)."""
+        self.windows.setdefault(index, []).append(samples)
+        if index == self.current:
+            self._drain_later()
+
+    def _drain_later(self) -> None:
+        assert self.current is not None
+        self.pending = asyncio.ensure_future(self._drain(self.pending, self.current))
+
+    async def _drain(self, before: asyncio.Future | None, index: int) -> None:
+        if before is not None:
+            await before
+        for samples in self.windows.pop(index, []):
+            await self._feed(index, samples)
+
     async def add(self, index: int, samples: np.ndarray) -> None:
+        """The chunk's end: after its windows, in order."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            await pending
+        for window in self.windows.pop(index, []):
+            await self._feed(index, window)
+        await self._feed(index, samples)
+
+    async def _feed(self, index: int, samples: np.ndarray) -> None:
         assert self.encoder is not None
-        piece = np.concatenate([self.gap, samples]) if self.samples else samples
+        first_of_chunk = index not in self.begun
+        self.begun.add(index)
+        piece = np.concatenate([self.gap, samples]) if self.samples and first_of_chunk else samples
         self.samples += len(piece)
         self._send(await asyncio.to_thread(self.encoder.feed, piece))
+
+    async def _settle(self) -> None:
+        """A stream that ended early: windows still being encoded no longer matter."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+
+    async def failed(self, message: str) -> None:
+        await self._settle()
+
+    async def stopped(self, reason: StopReason) -> None:
+        await self._settle()
 
     async def finish(self, progress: Progress) -> bytes:
         assert self.encoder is not None
@@ -484,10 +538,13 @@ async def _generate(
     native = low <= speed <= high
     params = job.params if native else dataclasses.replace(job.params, speed=1.0)
     ahead = job.priority == "interactive"
+    # A streamed response takes each chunk's audio a window at a time from an engine that can.
+    windows = output if native and engine.streams_within_chunk and isinstance(output, StreamedOutput) else None
 
     def submit(index: int) -> asyncio.Future[np.ndarray]:
         report = functools.partial(progress.within_chunk, index)
-        return slot.host.synthesize(chunks[index], job.voice, params, report, job.cancel)
+        streaming = {"on_audio": functools.partial(windows.window, index)} if windows is not None else {}
+        return slot.host.synthesize(chunks[index], job.voice, params, report, job.cancel, **streaming)
 
     upcoming = submit(todo[0]) if ahead else None
     try:

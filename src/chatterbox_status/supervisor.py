@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import ipc
-from .engines.base import EngineDescription, ProgressFn, SynthesisParams, Voice
+from .engines.base import AudioFn, EngineDescription, ProgressFn, SynthesisParams, Voice
 from .exceptions import Cancelled, EngineDied, EngineError, EngineOutOfMemory
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class EngineFacts:
     supports_cloning: bool
     languages: dict[str, str]
     speed_range: tuple[float, float] | None
+    # Whether a chunk's audio can come out in windows as it is generated (see engines.chatterbox_stream).
+    streams_within_chunk: bool = False
 
     @classmethod
     def of(cls, engine: EngineDescription) -> EngineFacts:
@@ -65,6 +67,7 @@ class EngineFacts:
             supports_cloning=bool(engine.supports_cloning),
             languages=dict(engine.languages),
             speed_range=engine.speed_range,
+            streams_within_chunk=bool(getattr(engine, "streams_within_chunk", False)),
         )
 
     def update(self, facts: dict[str, Any]) -> None:
@@ -79,6 +82,7 @@ class _Call:
     future: asyncio.Future
     progress: ProgressFn | None = None
     forget_cancel: Callable[[], None] | None = None
+    on_audio: AudioFn | None = None
 
 
 def describe_exit(returncode: int) -> str:
@@ -131,12 +135,18 @@ class EngineProcess:
         await asyncio.shield(self._loaded)
 
     def synthesize(
-        self, text: str, voice: Voice, params: SynthesisParams, progress: ProgressFn, cancel: Any
+        self, text: str, voice: Voice, params: SynthesisParams, progress: ProgressFn, cancel: Any, on_audio: AudioFn | None = None
     ) -> asyncio.Future[np.ndarray]:
         """Hand the chunk to the engine now; the future gets its samples. ``cancel`` (a
-        :class:`~chatterbox_status.worker.CancelFlag`) reaches the engine while it works."""
+        :class:`~chatterbox_status.engine_pool.CancelFlag`) reaches the engine while it works.
+        With ``on_audio`` (an engine that streams within a chunk), the chunk's audio comes
+        there a window at a time, on the loop, and the future gets the last window."""
         call_id, future = self._open(progress)
-        self._send({"type": "synthesize", "call": call_id, "text": text, "voice": vars(voice), "params": vars(params)})
+        self._calls[call_id].on_audio = on_audio
+        self._send({
+            "type": "synthesize", "call": call_id, "text": text, "voice": vars(voice), "params": vars(params),
+            "stream": on_audio is not None,
+        })
         if cancel.is_set():
             self._send({"type": "cancel", "call": call_id})
         else:
@@ -248,6 +258,10 @@ class EngineProcess:
         if kind == "progress":
             if call.progress is not None:
                 call.progress(header["fraction"])
+            return
+        if kind == "audio_window":
+            if call.on_audio is not None:
+                call.on_audio(np.frombuffer(payload, dtype=np.float32))
             return
         del self._calls[header["call"]]
         if call.forget_cancel is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 import pytest_asyncio
@@ -83,6 +84,31 @@ async def test_a_killed_engine_process_fails_its_request_and_a_new_one_serves_th
     after = await asyncio.wait_for(client.post("/v1/audio/speech", json={"input": "A new engine speaks."}), TIMEOUT)
     assert after.status == 200
     assert core_of(client).host.pid != pid
+
+
+async def test_a_streamed_chunk_speaks_from_its_first_window_and_adds_up_to_the_whole_chunk(english_process):
+    """Speech tokens are vocoded in windows as T3 samples them: the first audio reaches the
+    client before the chunk is done, and the streamed samples are as many as the whole chunk's."""
+    client = english_process
+    core = core_of(client)
+    finalizing: dict[str, float] = {}
+
+    def listen(event) -> None:
+        if event.data.get("request_id") == "process-window-1" and event.data.get("status") == "finalizing":
+            finalizing.setdefault("at", time.perf_counter())
+
+    core.bus.add_listener(listen)
+    body = {"input": TEXT, "response_format": "pcm", "seed": 3}
+    response = await client.post("/v1/audio/speech/stream", json=body, headers={"X-Request-ID": "process-window-1"})
+    assert response.status == 200
+    first_at, streamed = None, b""
+    async for piece in response.content.iter_any():
+        first_at = first_at or time.perf_counter()
+        streamed += piece
+    assert first_at is not None and first_at < finalizing["at"]  # spoken before the chunk ended
+    whole = await asyncio.wait_for(client.post("/v1/audio/speech", json=body), TIMEOUT)
+    assert whole.status == 200
+    assert len(streamed) == len(await whole.read()) > 0  # the same tokens, the same samples
 
 
 async def test_keep_alive_zero_unloads_the_model_and_all_its_memory_goes_back(english_process):

@@ -4,9 +4,10 @@ Importing this module needs neither torch nor chatterbox-tts (they are imported 
 model loads), so the test modules can be collected, and skipped, where they are missing.
 
 * ``TinyChatterboxEngine(kind, checkpoint_dir)`` is the product's ``ChatterboxEngine``
-  with one change: ``_load_model`` runs the real ``from_local`` inside
+  with two changes: ``_load_model`` runs the real ``from_local`` inside
   ``tiny_model.loading()`` (the tiny T3 backbone config), and for turbo caps the
-  speech tokens for good (turbo's random weights never stop by themselves).
+  speech tokens for good (turbo's random weights never stop by themselves); and it streams
+  within a chunk on the CPU too, as the product does only on a GPU.
 * ``serve(engine, directory)`` runs one app on it, like ``tests/conftest.py``'s
   ``make_client`` but for as long as the ``async with`` lasts: a model loads (and warms
   up twice) once per test module, not once per test.
@@ -31,7 +32,7 @@ from doubles import hosted
 
 from chatterbox_status.app import create_app
 from chatterbox_status.config import Settings
-from chatterbox_status.engines.chatterbox import ChatterboxEngine
+from chatterbox_status.engines.chatterbox import STREAMING_ENGINES, ChatterboxEngine
 from chatterbox_status.state import CORE
 
 # Turbo's speech tokens per generate: tiny_model.cap_tokens(model, N) gives N + 1, and
@@ -48,6 +49,12 @@ class TinyChatterboxEngine(ChatterboxEngine):
     def __init__(self, kind: str, checkpoint_dir: Path, device: str = "auto") -> None:
         super().__init__(kind, device=device, model_dir=str(checkpoint_dir))
         self.checkpoint_dir = Path(checkpoint_dir)
+
+    def load(self, progress: Any) -> None:
+        super().load(progress)
+        # The product streams within a chunk on a GPU only; here, on the CPU, the same code
+        # runs so the tests see it (windows take longer here, not wrongly).
+        self.streams_within_chunk = self.name in STREAMING_ENGINES
 
     def _load_model(self, cls: Any, device: str) -> Any:
         from chatterbox_support import tiny_model

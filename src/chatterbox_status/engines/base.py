@@ -17,9 +17,11 @@ import numpy as np
 
 from ..exceptions import Cancelled, EngineError
 
-__all__ = ["Cancelled", "EngineError", "Engine", "EngineDescription", "SynthesisParams", "Voice", "ProgressFn"]
+__all__ = ["AudioFn", "Cancelled", "EngineError", "Engine", "EngineDescription", "SynthesisParams", "Voice", "ProgressFn"]
 
 ProgressFn = Callable[[float], None]
+# Audio of the chunk being generated, handed out before the chunk ends (float32 mono).
+AudioFn = Callable[[np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class EngineDescription(Protocol):
     @property
     def speed_range(self) -> tuple[float, float] | None:
         """The speeds the engine speaks natively; None when it has no tempo control."""
+
+    @property
+    def streams_within_chunk(self) -> bool:
+        """Whether ``synthesize`` takes ``on_audio`` and hands a chunk's audio out as it is made."""
 
 
 class Engine(EngineDescription, Protocol):

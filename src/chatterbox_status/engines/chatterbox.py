@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Cancelled, EngineError, ProgressFn, SynthesisParams, Voice
+from .base import AudioFn, Cancelled, EngineError, ProgressFn, SynthesisParams, Voice
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,24 @@ INITIAL_TOKENS_PER_CHAR = 25 / 14
 TOKENS_PER_CHAR_ALPHA = 0.3
 # Share of a chunk's progress earned by the token loop; S3Gen's vocoding earns the rest.
 TOKEN_SHARE = 0.8
+# What ChatterboxTTS.generate samples with when a request leaves these out.
+GENERATE_DEFAULTS = {"repetition_penalty": 1.2, "min_p": 0.05, "top_p": 1.0}
+# The engines whose chunks can be spoken as they are generated (chatterbox_stream.py): the
+# multilingual model's token loop also steers by attention (its alignment analyser) and
+# turbo samples through another loop (``inference_turbo``), so those speak whole chunks.
+# Only on a GPU: there T3's token loop takes most of a chunk's time, so the first window is
+# heard early; on a CPU, S3Gen's fixed cost per pass (the voice prompt's frames) dominates,
+# and windows would make a streamed chunk slower to finish and hardly faster to start
+# (docs/benchmarks.rst, "Streaming within a chunk").
+STREAMING_ENGINES = ("chatterbox",)
 # ChatterboxTTS crashes with cfg_weight=0 (it builds one text row for a two-row batch),
 # so "no guidance" runs with a weight too small to change the result.
 NO_GUIDANCE = 1e-6
+
+
+def kind_streams(kind: str, device: str) -> bool:
+    """Whether chunks of ``kind`` on ``device`` are spoken a window at a time (see STREAMING_ENGINES)."""
+    return kind in STREAMING_ENGINES and device != "cpu"
 
 
 def pick_device(requested: str, torch: Any) -> str:
@@ -85,6 +100,7 @@ class ChatterboxEngine:
         if kind not in CLASSES:
             raise ValueError(f"unknown chatterbox engine {kind!r}")
         self.name = kind
+        self.streams_within_chunk = False  # decided once the device is known (load)
         self.device = device
         self.sample_rate = 24_000
         self.languages: dict[str, str] = {"en": "English"}
@@ -109,6 +125,7 @@ class ChatterboxEngine:
         cls = getattr(importlib.import_module(module_name), class_name)
         progress(0.1)
         self.device = pick_device(self.device, torch)
+        self.streams_within_chunk = kind_streams(self.name, self.device)
         self.model = self._load_model(cls, self.device)
         progress(0.9)
         self.sample_rate = int(self.model.sr)
@@ -166,7 +183,10 @@ class ChatterboxEngine:
         params: SynthesisParams,
         progress: ProgressFn,
         cancel: threading.Event,
+        on_audio: AudioFn | None = None,
     ) -> np.ndarray:
+        """One chunk; with ``on_audio`` (engines that stream within a chunk), its audio goes
+        out a window at a time as it is generated and the return value is the last window."""
         if self.model is None:
             raise EngineError(f"{self.name} engine used before load()")
         if cancel.is_set():
@@ -180,7 +200,10 @@ class ChatterboxEngine:
         self._chunk = _Chunk(max(1.0, len(text) * self.tokens_per_char), progress, cancel)
         hooks_before = _forward_hooks(self.model.t3.tfmr)
         try:
-            wav = self.model.generate(text, **self._generate_kwargs(params))
+            if on_audio is not None and self.streams_within_chunk:
+                wav = self._generate_in_windows(text, params, on_audio)
+            else:
+                wav = self.model.generate(text, **self._generate_kwargs(params))
             tokens = self._chunk.tokens
         finally:
             self._chunk = None
@@ -190,6 +213,39 @@ class ChatterboxEngine:
             self.tokens_per_char += TOKENS_PER_CHAR_ALPHA * (sample - self.tokens_per_char)
         progress(1.0)
         return wav.squeeze(0).detach().cpu().numpy().astype(np.float32)
+
+    def _generate_in_windows(self, text: str, params: SynthesisParams, on_audio: AudioFn) -> Any:
+        """What ``ChatterboxTTS.generate`` does, with T3's tokens vocoded in windows as they
+        are sampled (chatterbox_stream.WindowedVocoder); the chunk's last window is returned."""
+        from chatterbox.models.t3.modules.cond_enc import T3Cond
+        from chatterbox.tts import punc_norm
+
+        from .chatterbox_stream import WindowedVocoder
+
+        torch, model = self._torch, self.model
+        kwargs = {**GENERATE_DEFAULTS, **self._generate_kwargs(params)}
+        exaggeration = kwargs.pop("exaggeration")
+        if exaggeration != model.conds.t3.emotion_adv[0, 0, 0]:
+            cond = model.conds.t3
+            model.conds.t3 = T3Cond(
+                speaker_emb=cond.speaker_emb,
+                cond_prompt_speech_tokens=cond.cond_prompt_speech_tokens,
+                emotion_adv=exaggeration * torch.ones(1, 1, 1),
+            ).to(device=model.device)
+        text_tokens = model.tokenizer.text_to_tokens(punc_norm(text)).to(model.device)
+        if kwargs["cfg_weight"] > 0.0:
+            text_tokens = torch.cat([text_tokens, text_tokens], dim=0)  # the guidance pair
+        text_tokens = torch.nn.functional.pad(text_tokens, (1, 0), value=model.t3.hp.start_text_token)
+        text_tokens = torch.nn.functional.pad(text_tokens, (0, 1), value=model.t3.hp.stop_text_token)
+        vocoder = WindowedVocoder(model, on_audio)
+        hook = model.t3.speech_emb.register_forward_hook(vocoder.on_embedding)
+        try:
+            with torch.inference_mode():
+                model.t3.inference(t3_cond=model.conds.t3, text_tokens=text_tokens, max_new_tokens=1000, **kwargs)
+                last = vocoder.finish()
+        finally:
+            hook.remove()
+        return torch.from_numpy(last).unsqueeze(0)
 
     def _generate_kwargs(self, params: SynthesisParams) -> dict[str, Any]:
         sampling = {

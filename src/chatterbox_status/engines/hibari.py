@@ -24,6 +24,7 @@ class HibariEngine:
     device = "cpu"
     supports_cloning = False
     speed_range = (0.5, 2.0)
+    streams_within_chunk = False  # a chunk takes it well under a second
     languages = {"en": "English"}
 
     def __init__(self, threads: int = 1) -> None:
