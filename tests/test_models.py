@@ -15,7 +15,7 @@ import os
 import wave
 
 from conftest import core_of
-from doubles import GatedEngine, ThreadHost, in_process_of_its_own
+from doubles import GatedEngine, ScriptedEngine, ThreadHost, in_process_of_its_own
 from test_faults import assert_statistics_add_up
 
 from chatterbox_status.api.long_text import LONG_TEXT
@@ -233,10 +233,23 @@ async def test_unload_and_load_on_request_and_no_unload_while_in_use(make_client
     await asyncio.wait_for(generating, 30)
     busy = await client.post("/v1/models/gated/unload")
     assert busy.status == 409
-    assert (await busy.json())["error"]["code"] == "model_in_use"
+    error = (await busy.json())["error"]
+    assert error["code"] == "model_in_use"
+    assert "'gated'" in error["message"] and "in use by 1 request(s)" in error["message"]
     (tmp_path / "gate").touch()
     assert (await holding).status == 200
     assert (await client.post("/v1/models/gated/unload")).status == 200
+
+
+async def test_unloading_an_engine_that_never_loaded_changes_nothing(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path))
+    seen: list = []
+    core_of(client).bus.add_listener(lambda e: seen.append(dict(e.data)) if e.type == "engine" else None)
+    response = await client.post("/v1/models/gated/unload")
+    assert response.status == 200
+    assert (await response.json())["engine_state"]["state"] == "not_started"
+    assert seen == []  # no unloading, no unloaded: there was nothing to end
+    assert rate_of(await (await speak(client, "Loaded on first use after all.", model="gated")).read()) == GATED_RATE
 
 
 async def test_a_long_text_job_on_one_engine_yields_to_a_request_for_another_with_room_for_one(make_long, tmp_path):
@@ -313,3 +326,44 @@ async def test_a_request_that_comes_while_its_engine_unloads_waits_then_loads_it
     assert response.status == 200 and rate_of(await response.read()) == 16_000
     states = [data["state"] for kind, data in seen if kind == "engine" and "state" in data]
     assert states == ["unloading", "unloaded", "loading", "ready"]
+
+
+async def test_a_long_text_job_cancelled_while_its_engine_loads_again_for_its_turn_ends_at_once(make_long):
+    """MAX_LOADED_MODELS=1: a request for the default engine unloads the job's engine while
+    the job waits for its turn; when the turn comes the job's engine loads again (held here).
+    Cancelling the job then ends it at once, not once its engine has loaded."""
+    default, other = ScriptedEngine(), ScriptedEngine()
+    other.name = "other"
+    client = await make_long([default, other], settings={"max_loaded_models": 1, "max_chunk_length": 45})
+    try:
+        loading = asyncio.Queue()
+        core_of(client).bus.add_listener(
+            lambda e: loading.put_nowait(None) if e.type == "engine" and e.data.get("name") == "other" and e.data.get("state") == "loading" else None
+        )
+        default.hold()
+        other.hold()
+        other.release(2)  # its two warm-up chunks, when it loads the first time
+        text = "The first part of the story is here. The second part of the story follows."
+        response = await client.post("/audio/speech/long", json={"input": text, "response_format": "wav", "chunk_size": 45, "model": "other"})
+        assert response.status == 200, await response.text()
+        job_id = (await response.json())["job_id"]
+        await asyncio.wait_for(loading.get(), 10)
+        started = [await asyncio.to_thread(other.wait_started) for _ in range(3)]
+        assert started[2] == "The first part of the story is here."
+        speech = asyncio.ensure_future(speak(client, "The default engine, in between.", "in-between"))
+        other.load_gate.clear()  # the next load of the job's engine waits
+        other.release(1)  # the job's chunk 1 ends: it waits for its turn and lets its engine go
+        assert await asyncio.to_thread(default.wait_started) == "The default engine, in between."
+        default.release(10)
+        assert (await asyncio.wait_for(speech, 30)).status == 200
+        await asyncio.wait_for(loading.get(), 10)  # the job's turn: its engine loads again
+
+        cancel = await asyncio.wait_for(client.delete(f"/audio/speech/long/{job_id}"), 10)
+        assert cancel.status == 200
+        job = await (await client.get(f"/audio/speech/long/{job_id}")).json()
+        assert job["status"] == "cancelled" and job["progress"]["completed_chunks"] == 1
+        assert other.calls[2:] == ["The first part of the story is here."]  # chunk 2 never ran
+    finally:
+        for engine in (default, other):
+            engine.load_gate.set()
+            engine.release(10_000)

@@ -123,6 +123,27 @@ async def test_cancel_queued_and_running_requests(make_client, scripted):
     assert unknown.status == 404
 
 
+async def test_cancelling_another_id_leaves_the_running_request_alone(make_client, scripted):
+    """While one request speaks, a DELETE naming an unknown id (404) or a finished request
+    (409) cancels nothing: the running request is spoken to its end."""
+    client = await make_client(engine=scripted)
+    done = await client.post("/v1/audio/speech", json={"input": "Spoken and done."}, headers={"X-Request-ID": "finished-001"})
+    assert done.status == 200
+    scripted.hold()
+    running = asyncio.ensure_future(
+        client.post("/v1/audio/speech", json={"input": "Still speaking here."}, headers={"X-Request-ID": "running-0002"})
+    )
+    assert await asyncio.to_thread(scripted.wait_started) == "Still speaking here."
+    assert (await client.delete("/v1/audio/speech/unknown-0002")).status == 404
+    assert (await client.delete("/v1/audio/speech/finished-001")).status == 409
+    scripted.release()
+    response = await running
+    assert response.status == 200
+    assert decode_wav(await response.read())[2] == len(scripted.tone("Still speaking here."))
+    record = await (await client.get("/status/requests/running-0002")).json()
+    assert record["status"] == "completed"
+
+
 async def test_engine_failure_ends_request_in_error_and_server_keeps_serving(make_client):
     from doubles import ScriptedEngine
 
