@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import wave
 
@@ -144,7 +145,8 @@ async def test_an_engine_loads_on_first_use_while_its_request_waits_as_initializ
     assert (await models(client))["gated"]["engine_state"]["state"] == "ready"
 
 
-async def test_keep_alive_zero_unloads_the_engine_after_its_request_and_the_next_one_loads_it_again(make_client, tmp_path):
+async def test_keep_alive_zero_unloads_the_engine_after_its_request_and_the_next_one_loads_it_again(make_client, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="chatterbox_status.engine_pool")
     client = await make_client(engine=engines(tmp_path))
     core = core_of(client)
     gated_host = core.engines["gated"].host
@@ -154,6 +156,7 @@ async def test_keep_alive_zero_unloads_the_engine_after_its_request_and_the_next
     first_pid = gated_host.pid
     event = await asyncio.wait_for(unloaded, 30)
     assert "keep-alive (0 s)" in event["unload_reason"]
+    assert "unloading engine gated: idle for its keep-alive (0 s)" in caplog.text  # the operator's log says so too
     assert not pid_alive(first_pid)  # its process ended: every byte of its memory went back
     state = (await models(client))["gated"]["engine_state"]
     assert state["state"] == "unloaded" and state["idle_since"] is None and state["unloads_at"] is None
@@ -367,3 +370,25 @@ async def test_a_long_text_job_cancelled_while_its_engine_loads_again_for_its_tu
         for engine in (default, other):
             engine.load_gate.set()
             engine.release(10_000)
+
+
+async def test_an_engine_that_died_and_failed_to_load_again_keeps_its_error_past_its_keep_alive(make_client, make_scripted):
+    """An idle engine's process dies and the new one fails to load: health shows the load
+    error, and still does once the keep-alive that was running has passed (there is
+    nothing loaded to unload)."""
+    engine = make_scripted()
+    host = ThreadHost(engine)
+    client = await make_client(engine=host, model_keep_alive="0.3s")
+    loop = asyncio.get_running_loop()
+    keep_alive_passed = loop.create_future()
+    loop.call_later(0.3, keep_alive_passed.set_result, None)  # runs after the engine's own 0.3 s timer, set earlier
+    seen: list = []
+    core_of(client).bus.add_listener(lambda e: seen.append(e.data.get("state")) if e.type == "engine" else None)
+    failed = engine_event(client, "scripted", "error")
+    engine.load_error = "no device left to load on"
+    host.die("engine process killed by SIGKILL")
+    assert "no device left to load on" in (await asyncio.wait_for(failed, 10))["error"]
+    await keep_alive_passed
+    health = await (await client.get("/health")).json()
+    assert health["engine"]["state"] == "error" and "no device left to load on" in health["initialization_error"]
+    assert [state for state in seen if state] == ["restarting", "loading", "error"]
