@@ -156,7 +156,8 @@ async def test_keep_alive_zero_unloads_the_engine_after_its_request_and_the_next
     first_pid = gated_host.pid
     event = await asyncio.wait_for(unloaded, 30)
     assert "keep-alive (0 s)" in event["unload_reason"]
-    assert "unloading engine gated: idle for its keep-alive (0 s)" in caplog.text  # the operator's log says so too
+    logged = [r.getMessage() for r in caplog.records if r.name == "chatterbox_status.engine_pool"]
+    assert "unloading engine gated: idle for its keep-alive (0 s)" in logged  # the operator's log says so too
     assert not pid_alive(first_pid)  # its process ended: every byte of its memory went back
     state = (await models(client))["gated"]["engine_state"]
     assert state["state"] == "unloaded" and state["idle_since"] is None and state["unloads_at"] is None
@@ -220,6 +221,9 @@ async def test_unload_and_load_on_request_and_no_unload_while_in_use(make_client
     assert response.status == 200
     body = await response.json()
     assert body["id"] == "tts-1" and body["engine"] == "hibari" and body["engine_state"]["state"] == "unloaded"
+    state = body["engine_state"]
+    assert (state["load_progress"], state["in_use"], state["error"]) == (0.0, 0, None)
+    assert state["unload_reason"] == "unloaded on request (POST /v1/models/{model}/unload)"
     assert not pid_alive(hibari_pid)
     health = await (await client.get("/health")).json()
     assert health["status"] == "healthy" and health["model_loaded"] is False and health["engine"]["state"] == "unloaded"
@@ -311,8 +315,12 @@ async def test_a_request_that_comes_while_its_engine_unloads_waits_then_loads_it
     core = core_of(client)
     seen: list = []
     core.bus.add_listener(lambda e: seen.append((e.type, dict(e.data))))
+    idle = (await models(client))["scripted"]["engine_state"]
+    assert idle["state"] == "ready" and idle["idle_since"] is not None and idle["unloads_at"] is not None
     unloading = asyncio.ensure_future(client.post("/v1/models/scripted/unload"))
     await asyncio.wait_for(host.closing.wait(), 10)
+    state = (await models(client))["scripted"]["engine_state"]
+    assert (state["state"], state["idle_since"], state["unloads_at"]) == ("unloading", None, None)  # no keep-alive runs now
     waiting = asyncio.get_running_loop().create_future()
 
     def listen(event) -> None:
@@ -392,3 +400,34 @@ async def test_an_engine_that_died_and_failed_to_load_again_keeps_its_error_past
     health = await (await client.get("/health")).json()
     assert health["engine"]["state"] == "error" and "no device left to load on" in health["initialization_error"]
     assert [state for state in seen if state] == ["restarting", "loading", "error"]
+
+
+async def test_unloading_an_engine_that_keeps_dying_ends_its_restarts_and_clears_its_error(make_client):
+    host = in_process_of_its_own(GatedEngine, die_on_load=True)
+    client = await make_client(engine=host, wait_loaded=False)
+    seen: asyncio.Queue = asyncio.Queue()
+    core_of(client).bus.add_listener(lambda e: seen.put_nowait(dict(e.data)) if e.type == "engine" and "state" in e.data else None)
+    while not (event := await asyncio.wait_for(seen.get(), 30))["state"] == "restarting" or not event["error"].endswith("in 1 s"):
+        pass  # the second restart waits 1 s: the unload comes within it, while the error shows
+    assert (await models(client))["scripted"]["engine_state"]["error"] == event["error"]
+    response = await client.post("/v1/models/scripted/unload")
+    assert response.status == 200
+    state = (await response.json())["engine_state"]
+    assert (state["state"], state["error"], state["load_progress"]) == ("unloaded", None, 0.0)
+    assert [(await seen.get())["state"] for _ in range(seen.qsize())] == ["unloading", "unloaded"]  # no load in between
+    assert host.memory_pid() is None  # no engine process left, and none started again
+
+
+async def test_max_loaded_models_unloads_the_engine_used_longest_ago_of_several_idle_ones(make_client, make_scripted):
+    """Three engines, room for two: first and second are loaded, first was used last; the
+    third makes room by unloading second, the one whose last use is older."""
+    first, second, third = make_scripted(), make_scripted(), make_scripted()
+    first.name, second.name, third.name = "first", "second", "third"
+    client = await make_client(engine=[first, second, third], max_loaded_models=2)
+    for model in ("second", "first"):
+        assert (await speak(client, f"Spoken by {model}.", model=model)).status == 200
+    out = engine_event(client, "second", "unloaded")
+    assert (await speak(client, "Spoken by the third.", model="third")).status == 200
+    assert "making room for third" in (await asyncio.wait_for(out, 10))["unload_reason"]
+    states = {name: m["engine_state"]["state"] for name, m in (await models(client)).items() if name in ("first", "second", "third")}
+    assert states == {"first": "ready", "second": "unloaded", "third": "ready"}
