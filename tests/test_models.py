@@ -431,3 +431,43 @@ async def test_max_loaded_models_unloads_the_engine_used_longest_ago_of_several_
     assert "making room for third" in (await asyncio.wait_for(out, 10))["unload_reason"]
     states = {name: m["engine_state"]["state"] for name, m in (await models(client)).items() if name in ("first", "second", "third")}
     assert states == {"first": "ready", "second": "unloaded", "third": "ready"}
+
+
+async def test_a_job_cancelled_while_it_waits_for_room_leaves_the_pool_working(make_long):
+    """MAX_LOADED_MODELS=1 and two long-text jobs: the second job's engine cannot load while
+    the first job speaks on the other one, so it waits for room. Cancelled there, it ends;
+    the first job finishes, and later requests load and use engines as ever."""
+    first, second = ScriptedEngine(), ScriptedEngine()
+    first.name, second.name = "first", "second"
+    client = await make_long([first, second], settings={"max_loaded_models": 1}, max_concurrent_jobs=2)
+    try:
+        core = core_of(client)
+        waiting = asyncio.Queue()
+        core.bus.add_listener(
+            lambda e: waiting.put_nowait(e.data["request_id"]) if e.type == "status" and e.data["status"] == "initializing" else None
+        )
+        first.hold()
+
+        async def submit(text: str, model: str) -> str:
+            response = await client.post("/audio/speech/long", json={"input": text, "response_format": "wav", "chunk_size": 45, "model": model})
+            assert response.status == 200, await response.text()
+            return (await response.json())["job_id"]
+
+        speaking = await submit("The first job speaks on its own engine.", "first")
+        assert await asyncio.to_thread(first.wait_started) == "The first job speaks on its own engine."
+        waiting_for_room = await submit("The second job needs the other engine.", "second")
+        while await asyncio.wait_for(waiting.get(), 10) != waiting_for_room:
+            pass
+        cancel = await asyncio.wait_for(client.delete(f"/audio/speech/long/{waiting_for_room}"), 10)
+        assert cancel.status == 200
+        assert (await (await client.get(f"/audio/speech/long/{waiting_for_room}")).json())["status"] == "cancelled"
+        first.release(10)
+        await asyncio.wait_for(client.server.app[LONG_TEXT].wait(speaking), 30)
+        assert (await (await client.get(f"/audio/speech/long/{speaking}")).json())["status"] == "completed"
+        for model in ("first", "second", "first"):
+            response = await asyncio.wait_for(speak(client, f"Then {model} again.", model=model), 30)
+            assert response.status == 200
+        assert second.calls[2:] == ["Then second again."]  # the cancelled job never spoke
+    finally:
+        for engine in (first, second):
+            engine.release(10_000)
