@@ -471,3 +471,21 @@ async def test_a_job_cancelled_while_it_waits_for_room_leaves_the_pool_working(m
     finally:
         for engine in (first, second):
             engine.release(10_000)
+
+
+async def test_loading_an_engine_a_request_uses_does_not_let_it_be_unloaded_under_the_request(make_client, scripted):
+    """POST /v1/models/{model}/load holds the engine for a moment too: once it lets go, the
+    request that still speaks keeps the engine in use, so an unload is refused."""
+    client = await make_client(engine=scripted)
+    scripted.hold()
+    speech = asyncio.ensure_future(speak(client, "Held while the model is loaded again.", "held-in-use-01"))
+    assert await asyncio.to_thread(scripted.wait_started) == "Held while the model is loaded again."
+    loaded = await client.post("/v1/models/scripted/load")
+    assert loaded.status == 200 and (await loaded.json())["engine_state"]["in_use"] == 1
+    busy = await client.post("/v1/models/scripted/unload")
+    assert busy.status == 409 and (await busy.json())["error"]["code"] == "model_in_use"
+    scripted.release()
+    response = await asyncio.wait_for(speech, 30)
+    assert response.status == 200 and rate_of(await response.read()) == 16_000
+    state = (await models(client))["scripted"]["engine_state"]
+    assert (state["state"], state["in_use"]) == ("ready", 0)
