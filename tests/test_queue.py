@@ -73,7 +73,9 @@ async def test_full_queue_answers_429_with_retry_after_and_counts_nothing(make_c
         await asyncio.sleep(0)
     refused = await client.post("/v1/audio/speech", json={"input": "One too many."})
     assert refused.status == 429
-    assert int(refused.headers["Retry-After"]) >= 1
+    # The queue's head should be done within a second (the scripted engine speaks in
+    # milliseconds and the running request is past its estimate): the 1 s floor applies.
+    assert refused.headers["Retry-After"] == "1"
     body = await refused.json()
     assert body["error"]["type"] == "queue_full"
     assert (await (await client.get("/status/statistics")).json())["total_requests"] == 3
