@@ -119,7 +119,7 @@ class ThreadHost:
 
     The product always runs its engine in a process of its own (EngineProcess); tests that
     steer an engine object directly (hold it mid-chunk, read what it was called with)
-    put this in its place, at the host boundary. It cannot be killed, and never dies.
+    put this in its place, at the host boundary. It cannot be killed, and dies only when told (die).
     """
 
     gpu = None
@@ -166,6 +166,11 @@ class ThreadHost:
 
     async def kill(self, reason: str) -> None:
         pass  # a thread cannot be killed: the chunk holds the thread until it returns
+
+    def die(self, reason: str) -> None:
+        """Stands for the engine process dying (its supervision restarts it)."""
+        assert self._closed is not None
+        self._closed.set_result(reason)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

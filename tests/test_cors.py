@@ -15,6 +15,7 @@ import pytest
         ("", "http://localhost.evil.example", None),
         ("https://app.example, https://other.example", "https://app.example", "https://app.example"),
         ("https://app.example", "http://localhost:3000", None),
+        ("https://app.example/", "https://app.example", "https://app.example"),  # as copied from an address bar
         ("*", "https://anything.example", "*"),
     ],
 )

@@ -39,6 +39,7 @@ def test_replay_ring_answers_gaps_it_still_holds_and_refuses_older_or_foreign_id
     for n in range(8):
         bus.publish("status", {"n": n})
     assert [e.id for e in bus.since(5)] == [6, 7, 8]
+    assert [e.id for e in bus.since(3)] == [4, 5, 6, 7, 8]  # the ring's oldest is the next one wanted: no gap
     assert bus.since(8) == []
     assert bus.since(2) is None  # 3 has left the ring
     assert bus.since(99) is None  # never issued here: an earlier run of the server

@@ -12,7 +12,9 @@ import random
 
 import pytest
 from conftest import core_of
-from doubles import ScriptedEngine
+from doubles import ScriptedEngine, ThreadHost
+
+from chatterbox_status.exceptions import EngineDied
 
 TERMINAL = ("completed", "error", "cancelled")
 
@@ -73,6 +75,47 @@ async def test_out_of_memory_fails_that_request_cleanly_and_the_next_succeeds(ma
     assert record["status"] == "error" and "out of memory" in record["error_message"]
     assert (await client.post("/v1/audio/speech", json={"input": "A small one."})).status == 200
     await assert_statistics_add_up(client)
+
+
+class RecordingHost(ThreadHost):
+    """The engine's host, recording each request to free memory (whether it resets the peak
+    figures); ``release_fails`` makes every such request fail, as it does once the engine
+    process has died."""
+
+    def __init__(self, engine, release_fails: bool = False) -> None:
+        super().__init__(engine)
+        self.release_fails = release_fails
+        self.releases: list[bool] = []
+
+    async def release(self, reset_peak: bool = False) -> None:
+        self.releases.append(reset_peak)
+        if self.release_fails:
+            raise EngineDied("the engine process is not running")
+        await super().release(reset_peak)
+
+
+async def test_out_of_memory_whose_release_fails_still_ends_the_request(make_client):
+    host = RecordingHost(ForgetfulEngine(), release_fails=True)
+    client = await make_client(engine=host)
+    failed = await asyncio.wait_for(client.post("/v1/audio/speech", json={"input": "A huge request."}), 10)
+    assert failed.status == 500
+    assert "ran out of memory" in (await failed.json())["error"]["message"]
+    assert [bool(reset) for reset in host.releases] == [False]  # the engine process reads it as a bool
+    assert (await client.post("/v1/audio/speech", json={"input": "A small one."})).status == 200
+    await assert_statistics_add_up(client)
+
+
+async def test_periodic_cleanup_frees_memory_but_only_a_reset_clears_the_peak(make_client, scripted):
+    """MEMORY_CLEANUP_INTERVAL=1: after each request the engine frees its memory and keeps
+    its peak figures (what /memory shows as the peak since the last reset); POST
+    /memory/reset frees it and resets the peak."""
+    host = RecordingHost(scripted)
+    client = await make_client(engine=host, memory_cleanup_interval=1)
+    for n in range(2):
+        assert (await client.post("/v1/audio/speech", json={"input": f"Request number {n}."})).status == 200
+    assert [bool(reset) for reset in host.releases] == [False, False]  # the engine process reads it as a bool
+    assert (await client.post("/memory/reset?confirm=true")).status == 200
+    assert [bool(reset) for reset in host.releases] == [False, False, True]
 
 
 @pytest.mark.parametrize("stage", ["loading", "queued", "generating", "streaming"])

@@ -61,8 +61,10 @@ async def test_event_stream_subscribers_are_limited(make_client):
     assert (first.status, second.status) == (200, 200)
     third = await client.get("/v1/status/stream")
     assert third.status == 429
-    assert (await third.json())["error"]["code"] == "too_many_streams"
-    assert third.headers["Retry-After"]
+    error = (await third.json())["error"]
+    assert error["code"] == "too_many_streams"
+    assert error["message"] == "Too many open event streams (2); try again later"
+    assert third.headers["Retry-After"] == "5"
     first.close()
     second.close()
 

@@ -411,6 +411,47 @@ async def test_an_interactive_request_runs_before_the_jobs_next_chunk(make_long)
     assert spoken(engine) == [SENTENCES[0], *INTERACTIVE, *SENTENCES[1:]]
 
 
+async def test_a_job_waiting_for_its_turn_behind_a_request_is_cancelled_at_once(make_long):
+    """The job's chunk 1 ends while an interactive request holds the engine: the job waits
+    for its turn. Cancelling it then ends it right away (the DELETE answers, the job shows
+    cancelled after one chunk), not once the request is done with the engine."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, settings={"max_chunk_length": 45})
+    try:
+        core = core_of(client)
+        asks = asyncio.Queue()
+        turn = core.worker.turn
+
+        def spy(*args):
+            asks.put_nowait(None)  # the job asks for the engine before each chunk
+            return turn(*args)
+
+        core.worker.turn = spy
+        job_id = (await submit(client))["job_id"]
+        await asyncio.wait_for(asks.get(), 10)
+        assert await in_thread(engine.wait_started) == SENTENCES[0]
+        queued = asyncio.Event()
+        core.bus.add_listener(lambda e: queued.set() if e.type == "status" and e.data["request_id"] == "in-the-way" else None)
+        speech = asyncio.create_task(
+            client.post("/v1/audio/speech", json={"input": " ".join(INTERACTIVE)}, headers={"X-Request-ID": "in-the-way"})
+        )
+        await asyncio.wait_for(queued.wait(), 10)
+        engine.release(1)  # the job's chunk 1 ends; the request's first chunk takes the engine and is held
+        assert await in_thread(engine.wait_started) == INTERACTIVE[0]
+        await asyncio.wait_for(asks.get(), 10)  # the job waits for its turn for chunk 2
+
+        resp = await asyncio.wait_for(client.delete(f"/audio/speech/long/{job_id}"), 10)
+        assert resp.status == 200
+        view = await status_of(client, job_id)
+        assert view["status"] == "cancelled" and view["progress"]["completed_chunks"] == 1
+        assert not speech.done()  # the request still holds the engine
+        engine.release(20)
+        assert (await asyncio.wait_for(speech, 30)).status == 200
+        assert spoken(engine) == [SENTENCES[0], *INTERACTIVE]  # the job's chunk 2 never ran
+    finally:
+        engine.release(10_000)
+
+
 async def test_jobs_beyond_the_concurrency_limit_wait_pending(make_long):
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True, max_concurrent_jobs=1)

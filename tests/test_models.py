@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import wave
 
 from conftest import core_of
-from doubles import GatedEngine, ThreadHost, in_process_of_its_own
+from doubles import GatedEngine, ScriptedEngine, ThreadHost, in_process_of_its_own
 from test_faults import assert_statistics_add_up
 
 from chatterbox_status.api.long_text import LONG_TEXT
@@ -144,7 +145,8 @@ async def test_an_engine_loads_on_first_use_while_its_request_waits_as_initializ
     assert (await models(client))["gated"]["engine_state"]["state"] == "ready"
 
 
-async def test_keep_alive_zero_unloads_the_engine_after_its_request_and_the_next_one_loads_it_again(make_client, tmp_path):
+async def test_keep_alive_zero_unloads_the_engine_after_its_request_and_the_next_one_loads_it_again(make_client, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="chatterbox_status.engine_pool")
     client = await make_client(engine=engines(tmp_path))
     core = core_of(client)
     gated_host = core.engines["gated"].host
@@ -154,6 +156,8 @@ async def test_keep_alive_zero_unloads_the_engine_after_its_request_and_the_next
     first_pid = gated_host.pid
     event = await asyncio.wait_for(unloaded, 30)
     assert "keep-alive (0 s)" in event["unload_reason"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "chatterbox_status.engine_pool"]
+    assert "unloading engine gated: idle for its keep-alive (0 s)" in logged  # the operator's log says so too
     assert not pid_alive(first_pid)  # its process ended: every byte of its memory went back
     state = (await models(client))["gated"]["engine_state"]
     assert state["state"] == "unloaded" and state["idle_since"] is None and state["unloads_at"] is None
@@ -217,6 +221,9 @@ async def test_unload_and_load_on_request_and_no_unload_while_in_use(make_client
     assert response.status == 200
     body = await response.json()
     assert body["id"] == "tts-1" and body["engine"] == "hibari" and body["engine_state"]["state"] == "unloaded"
+    state = body["engine_state"]
+    assert (state["load_progress"], state["in_use"], state["error"]) == (0.0, 0, None)
+    assert state["unload_reason"] == "unloaded on request (POST /v1/models/{model}/unload)"
     assert not pid_alive(hibari_pid)
     health = await (await client.get("/health")).json()
     assert health["status"] == "healthy" and health["model_loaded"] is False and health["engine"]["state"] == "unloaded"
@@ -233,10 +240,23 @@ async def test_unload_and_load_on_request_and_no_unload_while_in_use(make_client
     await asyncio.wait_for(generating, 30)
     busy = await client.post("/v1/models/gated/unload")
     assert busy.status == 409
-    assert (await busy.json())["error"]["code"] == "model_in_use"
+    error = (await busy.json())["error"]
+    assert error["code"] == "model_in_use"
+    assert "'gated'" in error["message"] and "in use by 1 request(s)" in error["message"]
     (tmp_path / "gate").touch()
     assert (await holding).status == 200
     assert (await client.post("/v1/models/gated/unload")).status == 200
+
+
+async def test_unloading_an_engine_that_never_loaded_changes_nothing(make_client, tmp_path):
+    client = await make_client(engine=engines(tmp_path))
+    seen: list = []
+    core_of(client).bus.add_listener(lambda e: seen.append(dict(e.data)) if e.type == "engine" else None)
+    response = await client.post("/v1/models/gated/unload")
+    assert response.status == 200
+    assert (await response.json())["engine_state"]["state"] == "not_started"
+    assert seen == []  # no unloading, no unloaded: there was nothing to end
+    assert rate_of(await (await speak(client, "Loaded on first use after all.", model="gated")).read()) == GATED_RATE
 
 
 async def test_a_long_text_job_on_one_engine_yields_to_a_request_for_another_with_room_for_one(make_long, tmp_path):
@@ -295,8 +315,12 @@ async def test_a_request_that_comes_while_its_engine_unloads_waits_then_loads_it
     core = core_of(client)
     seen: list = []
     core.bus.add_listener(lambda e: seen.append((e.type, dict(e.data))))
+    idle = (await models(client))["scripted"]["engine_state"]
+    assert idle["state"] == "ready" and idle["idle_since"] is not None and idle["unloads_at"] is not None
     unloading = asyncio.ensure_future(client.post("/v1/models/scripted/unload"))
     await asyncio.wait_for(host.closing.wait(), 10)
+    state = (await models(client))["scripted"]["engine_state"]
+    assert (state["state"], state["idle_since"], state["unloads_at"]) == ("unloading", None, None)  # no keep-alive runs now
     waiting = asyncio.get_running_loop().create_future()
 
     def listen(event) -> None:
@@ -357,3 +381,154 @@ async def test_a_long_text_job_with_keep_alive_zero_unloads_its_engine_when_it_e
     await asyncio.wait_for(client.server.app[LONG_TEXT].wait(job_id), 60)
     assert (await (await client.get(f"/audio/speech/long/{job_id}")).json())["status"] == "completed"
     assert "keep-alive (0 s)" in (await asyncio.wait_for(unloaded, 30))["unload_reason"]
+
+async def test_a_long_text_job_cancelled_while_its_engine_loads_again_for_its_turn_ends_at_once(make_long):
+    """MAX_LOADED_MODELS=1: a request for the default engine unloads the job's engine while
+    the job waits for its turn; when the turn comes the job's engine loads again (held here).
+    Cancelling the job then ends it at once, not once its engine has loaded."""
+    default, other = ScriptedEngine(), ScriptedEngine()
+    other.name = "other"
+    client = await make_long([default, other], settings={"max_loaded_models": 1, "max_chunk_length": 45})
+    try:
+        loading = asyncio.Queue()
+        core_of(client).bus.add_listener(
+            lambda e: loading.put_nowait(None) if e.type == "engine" and e.data.get("name") == "other" and e.data.get("state") == "loading" else None
+        )
+        default.hold()
+        other.hold()
+        other.release(2)  # its two warm-up chunks, when it loads the first time
+        text = "The first part of the story is here. The second part of the story follows."
+        response = await client.post("/audio/speech/long", json={"input": text, "response_format": "wav", "chunk_size": 45, "model": "other"})
+        assert response.status == 200, await response.text()
+        job_id = (await response.json())["job_id"]
+        await asyncio.wait_for(loading.get(), 10)
+        started = [await asyncio.to_thread(other.wait_started) for _ in range(3)]
+        assert started[2] == "The first part of the story is here."
+        speech = asyncio.ensure_future(speak(client, "The default engine, in between.", "in-between"))
+        other.load_gate.clear()  # the next load of the job's engine waits
+        other.release(1)  # the job's chunk 1 ends: it waits for its turn and lets its engine go
+        assert await asyncio.to_thread(default.wait_started) == "The default engine, in between."
+        default.release(10)
+        assert (await asyncio.wait_for(speech, 30)).status == 200
+        await asyncio.wait_for(loading.get(), 10)  # the job's turn: its engine loads again
+
+        cancel = await asyncio.wait_for(client.delete(f"/audio/speech/long/{job_id}"), 10)
+        assert cancel.status == 200
+        job = await (await client.get(f"/audio/speech/long/{job_id}")).json()
+        assert job["status"] == "cancelled" and job["progress"]["completed_chunks"] == 1
+        assert other.calls[2:] == ["The first part of the story is here."]  # chunk 2 never ran
+    finally:
+        for engine in (default, other):
+            engine.load_gate.set()
+            engine.release(10_000)
+
+
+async def test_an_engine_that_died_and_failed_to_load_again_keeps_its_error_past_its_keep_alive(make_client, make_scripted):
+    """An idle engine's process dies and the new one fails to load: health shows the load
+    error, and still does once the keep-alive that was running has passed (there is
+    nothing loaded to unload)."""
+    engine = make_scripted()
+    host = ThreadHost(engine)
+    client = await make_client(engine=host, model_keep_alive="0.3s")
+    loop = asyncio.get_running_loop()
+    keep_alive_passed = loop.create_future()
+    loop.call_later(0.3, keep_alive_passed.set_result, None)  # runs after the engine's own 0.3 s timer, set earlier
+    seen: list = []
+    core_of(client).bus.add_listener(lambda e: seen.append(e.data.get("state")) if e.type == "engine" else None)
+    failed = engine_event(client, "scripted", "error")
+    engine.load_error = "no device left to load on"
+    host.die("engine process killed by SIGKILL")
+    assert "no device left to load on" in (await asyncio.wait_for(failed, 10))["error"]
+    await keep_alive_passed
+    health = await (await client.get("/health")).json()
+    assert health["engine"]["state"] == "error" and "no device left to load on" in health["initialization_error"]
+    assert [state for state in seen if state] == ["restarting", "loading", "error"]
+
+
+async def test_unloading_an_engine_that_keeps_dying_ends_its_restarts_and_clears_its_error(make_client):
+    host = in_process_of_its_own(GatedEngine, die_on_load=True)
+    client = await make_client(engine=host, wait_loaded=False)
+    seen: asyncio.Queue = asyncio.Queue()
+    core_of(client).bus.add_listener(lambda e: seen.put_nowait(dict(e.data)) if e.type == "engine" and "state" in e.data else None)
+    while not (event := await asyncio.wait_for(seen.get(), 30))["state"] == "restarting" or not event["error"].endswith("in 1 s"):
+        pass  # the second restart waits 1 s: the unload comes within it, while the error shows
+    assert (await models(client))["scripted"]["engine_state"]["error"] == event["error"]
+    response = await client.post("/v1/models/scripted/unload")
+    assert response.status == 200
+    state = (await response.json())["engine_state"]
+    assert (state["state"], state["error"], state["load_progress"]) == ("unloaded", None, 0.0)
+    assert [(await seen.get())["state"] for _ in range(seen.qsize())] == ["unloading", "unloaded"]  # no load in between
+    assert host.memory_pid() is None  # no engine process left, and none started again
+
+
+async def test_max_loaded_models_unloads_the_engine_used_longest_ago_of_several_idle_ones(make_client, make_scripted):
+    """Three engines, room for two: first and second are loaded, first was used last; the
+    third makes room by unloading second, the one whose last use is older."""
+    first, second, third = make_scripted(), make_scripted(), make_scripted()
+    first.name, second.name, third.name = "first", "second", "third"
+    client = await make_client(engine=[first, second, third], max_loaded_models=2)
+    for model in ("second", "first"):
+        assert (await speak(client, f"Spoken by {model}.", model=model)).status == 200
+    out = engine_event(client, "second", "unloaded")
+    assert (await speak(client, "Spoken by the third.", model="third")).status == 200
+    assert "making room for third" in (await asyncio.wait_for(out, 10))["unload_reason"]
+    states = {name: m["engine_state"]["state"] for name, m in (await models(client)).items() if name in ("first", "second", "third")}
+    assert states == {"first": "ready", "second": "unloaded", "third": "ready"}
+
+
+async def test_a_job_cancelled_while_it_waits_for_room_leaves_the_pool_working(make_long):
+    """MAX_LOADED_MODELS=1 and two long-text jobs: the second job's engine cannot load while
+    the first job speaks on the other one, so it waits for room. Cancelled there, it ends;
+    the first job finishes, and later requests load and use engines as ever."""
+    first, second = ScriptedEngine(), ScriptedEngine()
+    first.name, second.name = "first", "second"
+    client = await make_long([first, second], settings={"max_loaded_models": 1}, max_concurrent_jobs=2)
+    try:
+        core = core_of(client)
+        waiting = asyncio.Queue()
+        core.bus.add_listener(
+            lambda e: waiting.put_nowait(e.data["request_id"]) if e.type == "status" and e.data["status"] == "initializing" else None
+        )
+        first.hold()
+
+        async def submit(text: str, model: str) -> str:
+            response = await client.post("/audio/speech/long", json={"input": text, "response_format": "wav", "chunk_size": 45, "model": model})
+            assert response.status == 200, await response.text()
+            return (await response.json())["job_id"]
+
+        speaking = await submit("The first job speaks on its own engine.", "first")
+        assert await asyncio.to_thread(first.wait_started) == "The first job speaks on its own engine."
+        waiting_for_room = await submit("The second job needs the other engine.", "second")
+        while await asyncio.wait_for(waiting.get(), 10) != waiting_for_room:
+            pass
+        cancel = await asyncio.wait_for(client.delete(f"/audio/speech/long/{waiting_for_room}"), 10)
+        assert cancel.status == 200
+        assert (await (await client.get(f"/audio/speech/long/{waiting_for_room}")).json())["status"] == "cancelled"
+        first.release(10)
+        await asyncio.wait_for(client.server.app[LONG_TEXT].wait(speaking), 30)
+        assert (await (await client.get(f"/audio/speech/long/{speaking}")).json())["status"] == "completed"
+        for model in ("first", "second", "first"):
+            response = await asyncio.wait_for(speak(client, f"Then {model} again.", model=model), 30)
+            assert response.status == 200
+        assert second.calls[2:] == ["Then second again."]  # the cancelled job never spoke
+    finally:
+        for engine in (first, second):
+            engine.release(10_000)
+
+
+async def test_loading_an_engine_a_request_uses_does_not_let_it_be_unloaded_under_the_request(make_client, scripted):
+    """POST /v1/models/{model}/load holds the engine for a moment too: once it lets go, the
+    request that still speaks keeps the engine in use, so an unload is refused."""
+    client = await make_client(engine=scripted)
+    scripted.hold()
+    speech = asyncio.ensure_future(speak(client, "Held while the model is loaded again.", "held-in-use-01"))
+    assert await asyncio.to_thread(scripted.wait_started) == "Held while the model is loaded again."
+    loaded = await client.post("/v1/models/scripted/load")
+    assert loaded.status == 200 and (await loaded.json())["engine_state"]["in_use"] == 1
+    busy = await client.post("/v1/models/scripted/unload")
+    assert busy.status == 409 and (await busy.json())["error"]["code"] == "model_in_use"
+    scripted.release()
+    response = await asyncio.wait_for(speech, 30)
+    assert response.status == 200 and rate_of(await response.read()) == 16_000
+    state = (await models(client))["scripted"]["engine_state"]
+    assert (state["state"], state["in_use"]) == ("ready", 0)
