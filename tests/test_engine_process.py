@@ -14,7 +14,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
+import pytest
 from conftest import core_of
 from doubles import GatedEngine, in_process_of_its_own
 from test_faults import assert_statistics_add_up, terminal_counter
@@ -161,3 +164,59 @@ def test_the_server_process_never_imports_the_model_library(tmp_path):
     assert memory["engine_memory_mb"] > 10 and memory["server_memory_mb"] > 10
     assert abs(memory["cpu_memory_mb"] - memory["server_memory_mb"] - memory["engine_memory_mb"]) < 0.2
 
+
+
+@pytest.mark.parametrize("ignore_cancel", [False, True], ids=["checks-cancel", "hangs"])
+def test_an_engine_process_mid_chunk_ends_with_its_server_killed(tmp_path, ignore_cancel):
+    """A server killed while its engine speaks a chunk leaves no engine process behind, even
+    one stuck in a chunk that never checks for cancellation."""
+    tests = str(Path(__file__).resolve().parent)
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        sys.path.insert(0, {tests!r})
+        from aiohttp.test_utils import TestClient, TestServer
+        from doubles import GatedEngine, in_process_of_its_own
+        from chatterbox_status.app import create_app
+        from chatterbox_status.config import Settings
+        from chatterbox_status.state import CORE
+
+        async def main():
+            host = in_process_of_its_own(GatedEngine, gate={str(tmp_path / "never")!r}, ignore_cancel={ignore_cancel!r})
+            settings = Settings(voice_library_dir={str(tmp_path / "v")!r}, data_dir={str(tmp_path / "d")!r})
+            async with TestClient(TestServer(create_app(settings, host))) as client:
+                core = client.server.app[CORE]
+                await core.worker.wait_loaded()
+                speaking = asyncio.get_running_loop().create_future()
+                core.bus.add_listener(lambda e: e.type == "progress" and not speaking.done() and speaking.set_result(None))
+                request = asyncio.ensure_future(client.post("/v1/audio/speech", json={{"input": "HOLD this chunk for ever."}}))
+                await speaking
+                print(host.pid, flush=True)
+                await request
+
+        asyncio.run(main())
+        """
+    )
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    engine_pid = None
+    try:
+        engine_pid = int(server.stdout.readline())  # printed once the engine is mid-chunk
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while engine_alive(engine_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling another process's state, bounded by the deadline
+        assert not engine_alive(engine_pid), "the engine process outlived its server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+        if engine_pid is not None and engine_alive(engine_pid):  # an orphan this test made
+            os.kill(engine_pid, signal.SIGKILL)
+
+
+def engine_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

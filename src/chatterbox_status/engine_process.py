@@ -9,7 +9,8 @@ The main thread loads the engine and runs ``synthesize`` calls one at a time, in
 reader thread takes every frame as it arrives: a ``cancel`` sets the flag the engine checks
 per token at once, even while the main thread is deep in a chunk, and ``release`` frees
 memory without waiting for the chunk to end. When the server goes away (stdin ends), the
-process ends too.
+running chunk is cancelled and the process ends; if the server is killed, the kernel ends
+this process too (Linux's parent-death signal), even inside a chunk that never checks.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import importlib
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -108,7 +110,12 @@ class Host:
             elif kind == "release":
                 memory.release(bool(header.get("reset_peak")))
                 self.channel.send({"type": "released", "call": header["call"], "gpu": memory.gpu_figures()})
-        self.calls.put(None)  # the server is gone: stop after the running call
+        # The server is gone (or closed us): nobody waits for the running call, so it stops
+        # at its next cancellation check, and the process ends after it.
+        with self._lock:
+            for cancel in self.cancels.values():
+                cancel.set()
+        self.calls.put(None)
 
     # -- the main thread --------------------------------------------------------------
 
@@ -158,7 +165,21 @@ class Host:
             self.channel.send({"type": "audio", "call": call, "gpu": memory.gpu_figures()}, data)
 
 
+def die_with_the_server() -> None:
+    """Linux: the kernel kills this process when the server does (SIGKILL included), even
+    while a chunk runs that checks no cancellation."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # a server that died before this point closed stdin: main() ends on its own
+
+
 def main() -> None:
+    die_with_the_server()
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
