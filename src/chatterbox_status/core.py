@@ -59,7 +59,7 @@ class Core:
         self.progress = ProgressBook(self.bus, self.tracker)
         keep_alive = parse_duration(settings.model_keep_alive)
         self.engines = EnginePool([EngineSlot(h, self.bus, keep_alive) for h in hosts], settings.max_loaded_models)
-        self.worker: Worker[Job] = Worker(self.engines, self.bus, settings.max_queue_size)
+        self.worker: Worker[Job] = Worker(self.engines, settings.max_queue_size)
         self.voices = VoiceLibrary(Path(settings.voice_library_dir))
         self.planner = Planner(settings, self.catalog, {h.engine.name: h.engine for h in hosts}, self.voices)
         self.started_at = time.time()
@@ -124,10 +124,9 @@ class Core:
         slot = await self.engines.acquire(name, CancelFlag())
         await self.engines.release(slot)
 
-    def check_engine(self, name: str | None = None) -> None:
-        """Refuse new work for an engine (the default one unless named) that failed to load
-        (the tracker knows)."""
-        state = self.tracker.engine_state(name or self.catalog.default)
+    def check_engine(self, name: str) -> None:
+        """Refuse new work for engine ``name`` when it failed to load (the tracker knows)."""
+        state = self.tracker.engine_state(name)
         if state.get("state") == "error":
             raise EngineUnavailable(state.get("error") or "the engine failed to load")
 
@@ -136,8 +135,7 @@ class Core:
 
         Await ``job.result`` for the audio; a streamed job's audio comes through ``job.stream``.
         """
-        engine = speech.engine or self.catalog.default
-        self.check_engine(engine)
+        self.check_engine(speech.engine)
         stream = pipeline.AudioStream() if speech.stream_format else None
         output = (
             pipeline.StreamedOutput(speech.response_format, stream)
@@ -156,7 +154,7 @@ class Core:
             result=asyncio.get_running_loop().create_future(),
             stream=stream,
             temporary_files=temporary_files or [],
-            engine=engine,
+            engine=speech.engine,
             keep_alive=speech.keep_alive,
         )
         try:
@@ -170,7 +168,7 @@ class Core:
         except BaseException:
             self.progress.forget(request_id)
             raise
-        job.progress.queued("Waiting in queue", speech.voice.source, speech.parameters_view, engine)
+        job.progress.queued("Waiting in queue", speech.voice.source, speech.parameters_view, speech.engine)
         return job
 
     def _queue_wait(self) -> float:

@@ -36,8 +36,6 @@ WARM_UP_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs fa
 RESTART_BACKOFF_FIRST = 1.0
 RESTART_BACKOFF_MAX = 60.0
 STABLE_SECONDS = 60.0
-# A keep-alive of this (any negative duration) keeps an engine loaded for ever.
-FOREVER = -1.0
 
 
 class CancelFlag:

@@ -273,6 +273,7 @@ class Job:
     output: Output
     progress: Progress
     result: asyncio.Future[bytes]
+    engine: str  # the engine that speaks it
     priority: Priority = "interactive"
     # Either the chunks, planned already (a long-text job's, kept in its store), or the
     # normalised text and how to chunk it, planned here off the loop.
@@ -286,9 +287,7 @@ class Job:
     stop_reason: StopReason = "cancel"
     # Files that live exactly as long as the job (a one-off reference voice).
     temporary_files: list[Path] = field(default_factory=list)
-    # The engine that speaks it (the default when empty), and how long that engine stays
-    # loaded after it (None: as it is).
-    engine: str = ""
+    # How long its engine stays loaded after it (None: as it is).
     keep_alive: float | None = None
 
     def request_cancel(self, reason: StopReason = "cancel") -> None:
@@ -457,7 +456,7 @@ async def process(job: Job, worker: Worker, chunk_timeout: float) -> None:
     through ``job.stream`` chunk by chunk instead.
     """
     progress, output = job.progress, job.output
-    slot = worker.engines[job.engine] if job.engine else worker.engines.default
+    slot = worker.engines[job.engine]
     engine = slot.engine
     try:
         waiting = "Waiting for the model to load" if not slot.ready else "Starting request processing"

@@ -45,11 +45,10 @@ class SpeechJob:
     response_format: str
     parameters_view: dict[str, Any]
     chunking: Chunking
+    engine: str  # the engine the request's model chose
     # None for a whole file; "audio" or "sse" for a response streamed as chunks are made.
     stream_format: str | None = None
-    # The engine the request's model chose, and how long it stays loaded after this
-    # request (None: as it is).
-    engine: str = ""
+    # How long the engine stays loaded after this request (None: as it is).
     keep_alive: float | None = None
 
 
@@ -159,9 +158,7 @@ class Planner:
         }
         stream_format = body.stream_format or default_stream_format
         chunking = streaming_chunking(body) if stream_format else Chunking(settings.max_chunk_length)
-        return SpeechJob(
-            body.input, spoken, voice, params, response_format, view, chunking, stream_format, engine_name, keep_alive
-        )
+        return SpeechJob(body.input, spoken, voice, params, response_format, view, chunking, engine_name, stream_format, keep_alive)
 
     def long_text(self, body: LongTextRequest, max_length: int, default_padding_ms: int) -> LongTextPlan:
         """A long-text job's plan, chunks included (its store keeps them); blocking work
@@ -191,7 +188,7 @@ class Planner:
                 **({"keep_alive": speech.keep_alive} if speech.keep_alive is not None else {}),
             },
             chunking,
-            engine=speech.engine,
+            speech.engine,
             keep_alive=speech.keep_alive,
         )
         plan = LongTextPlan(speech, chunking.plan(speech.spoken), padding)

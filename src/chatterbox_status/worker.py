@@ -18,7 +18,6 @@ from typing import Generic, Protocol, TypeVar
 
 from .engine_pool import CancelFlag, EnginePool, EngineSlot, first_of
 from .engines.base import EngineDescription
-from .events import EventBus
 from .exceptions import Cancelled, EngineError, QueueFull, ShuttingDown
 
 log = logging.getLogger(__name__)
@@ -73,9 +72,8 @@ class JobQueue(Generic[Q]):
 class Worker(Generic[Q]):
     """Runs queued jobs one at a time on the engines of its pool."""
 
-    def __init__(self, engines: EnginePool, bus: EventBus, max_queue_size: int) -> None:
+    def __init__(self, engines: EnginePool, max_queue_size: int) -> None:
         self.engines = engines
-        self.bus = bus
         self.queue: JobQueue[Q] = JobQueue(max_queue_size)
         self.current: Q | None = None
         self.accepting = True
