@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import time
 import wave
 
@@ -50,6 +51,20 @@ async def status_of(client, job_id):
 async def finished(client, job_id):
     await asyncio.wait_for(manager_of(client).wait(job_id), 30)
     return await status_of(client, job_id)
+
+
+def turns_asked(core) -> asyncio.Queue:
+    """A spy on the seam: each time a job asks for its turn at the engine (once before each
+    chunk), its count from 0 goes into the queue."""
+    asks: asyncio.Queue = asyncio.Queue()
+    turn, asked = core.worker.turn, itertools.count()
+
+    def spy(*args):
+        asks.put_nowait(next(asked))
+        return turn(*args)
+
+    core.worker.turn = spy
+    return asks
 
 
 async def in_thread(fn, *args):
@@ -369,16 +384,7 @@ async def test_an_interactive_request_runs_before_the_jobs_next_chunk(make_long)
     core = core_of(client)
     events = []
     core.bus.add_listener(lambda e: events.append(e) if e.type == "status" else None)
-    # A spy on the seam: tells the test when the job asks for the engine again.
-    asks = asyncio.Queue()
-    turn = core.worker.turn
-    asked = iter(range(100))
-
-    def spy(*args):
-        asks.put_nowait(next(asked))  # the job asks for its turn once before each chunk
-        return turn(*args)
-
-    core.worker.turn = spy
+    asks = turns_asked(core)
     job_id = (await submit(client))["job_id"]
     assert await asyncio.wait_for(asks.get(), 10) == 0
     assert await in_thread(engine.wait_started) == SENTENCES[0]
@@ -419,14 +425,7 @@ async def test_a_job_waiting_for_its_turn_behind_a_request_is_cancelled_at_once(
     client = await make_long(engine, hold=True, settings={"max_chunk_length": 45})
     try:
         core = core_of(client)
-        asks = asyncio.Queue()
-        turn = core.worker.turn
-
-        def spy(*args):
-            asks.put_nowait(None)  # the job asks for the engine before each chunk
-            return turn(*args)
-
-        core.worker.turn = spy
+        asks = turns_asked(core)
         job_id = (await submit(client))["job_id"]
         await asyncio.wait_for(asks.get(), 10)
         assert await in_thread(engine.wait_started) == SENTENCES[0]
