@@ -35,6 +35,7 @@ class ScriptedEngine:
     device = "cpu"
     supports_cloning = False
     speed_range = (0.25, 4.0)
+    max_batch_size = 1  # one chunk at a time (BatchingEngine takes more)
     languages = {"en": "English", "fr": "French"}
     sample_rate = 16_000
     seconds_per_char = 0.02
@@ -145,7 +146,8 @@ class ThreadHost:
         loop = asyncio.get_running_loop()
         return lambda *args: loop.call_soon_threadsafe(fn, *args)
 
-    def synthesize(self, text, voice, params, progress, cancel, on_audio=None):
+    def synthesize(self, text, voice, params, progress, cancel, on_audio=None, job="", on_batch=None):
+        """One chunk at a time, on its thread: it never batches (``job``, ``on_batch`` unused)."""
         flag = threading.Event()
         if cancel.is_set():
             flag.set()
@@ -212,6 +214,35 @@ class GatedEngine(ScriptedEngine):
                     raise Cancelled()
                 time.sleep(0.005)
         return super().synthesize(text, voice, params, progress, cancel)
+
+
+class BatchingEngine(GatedEngine):
+    """For the engine process: an engine that takes up to ``max_batch_size`` requests' chunks
+    together (``synthesize_batch``), as the chatterbox engine does, each with its own reply.
+    A batch holding a chunk with "HOLD" reports a first progress for every chunk, then waits
+    until the file ``batch_gate`` exists; a chunk cancelled meanwhile is answered Cancelled
+    at once, and the others go on."""
+
+    def __init__(self, gate: str = "", batch_gate: str = "", max_batch_size: int = 4) -> None:
+        super().__init__(gate=gate)
+        self.batch_gate = batch_gate
+        self.max_batch_size = max_batch_size
+
+    def synthesize_batch(self, chunks) -> None:
+        going = list(chunks)
+        if any("HOLD" in chunk.text for chunk in chunks):
+            for chunk in chunks:
+                chunk.progress(0.1)
+            while not os.path.exists(self.batch_gate):  # the test's signal, polled
+                for chunk in [c for c in going if c.cancel.is_set()]:
+                    going.remove(chunk)
+                    chunk.reply(Cancelled())
+                time.sleep(0.005)
+        for chunk in going:
+            try:
+                chunk.reply(ScriptedEngine.synthesize(self, chunk.text, chunk.voice, chunk.params, chunk.progress, chunk.cancel))
+            except Exception as exc:
+                chunk.reply(exc)
 
 
 def in_process_of_its_own(engine_class, **kwargs):

@@ -89,6 +89,7 @@ ENVIRONMENT_CASES = [
     ("SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", 0.0),
     ("CHUNK_TIMEOUT", "12.5", "chunk_timeout", 12.5),
     ("ENGINE_THREADS", "3", "engine_threads", 3),
+    ("MAX_BATCH_SIZE", "4", "max_batch_size", 4),
     ("ALLOWED_HOSTS", "tts.lan,box.example", "allowed_hosts", "tts.lan,box.example"),
     ("BODY_READ_TIMEOUT", "5", "body_read_timeout", 5.0),
     ("SEND_TIMEOUT", "7.5", "send_timeout", 7.5),

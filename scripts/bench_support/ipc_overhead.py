@@ -30,6 +30,7 @@ class SilenceEngine:
     supports_cloning = False
     languages = {"en": "English"}
     speed_range = None
+    max_batch_size = 1
 
     def load(self, progress) -> None:
         progress(1.0)

@@ -213,6 +213,12 @@ class Settings:
         "CPU threads the engine process may use (torch, onnxruntime); the default leaves one core to the server",
         _between(1, 1024),
     )
+    max_batch_size: int = _setting(
+        0,
+        "MAX_BATCH_SIZE",
+        "requests whose chunks the chatterbox engine steps together through the model; 0 chooses by device (8 on CUDA, 1 elsewhere)",
+        _between(0, 256),
+    )
     chunk_timeout: float = _setting(600.0, "CHUNK_TIMEOUT", "seconds one chunk may take before its request fails", _between(0.01, 86400))
     shutdown_timeout: float = _setting(
         30.0, "SHUTDOWN_TIMEOUT", "seconds in-flight requests may finish at shutdown before they are cancelled", _between(0, 3600)

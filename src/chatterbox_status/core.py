@@ -79,10 +79,8 @@ class Core:
             await asyncio.wait_for(self.worker.idle(), self.settings.shutdown_timeout)
         except TimeoutError:
             log.warning("shutdown: cancelling requests still unfinished after %ss", self.settings.shutdown_timeout)
-            for request_id in self.worker.queue.ids():
+            for request_id in [*self.worker.queue.ids(), *self.worker.running]:
                 self.cancel(request_id)
-            if self.worker.current is not None:
-                self.cancel(self.worker.current.request_id)
             # A running chunk stops at the engine's next cancellation check; a request still
             # waiting for the model is ended by stop() cancelling the worker.
             with contextlib.suppress(TimeoutError):

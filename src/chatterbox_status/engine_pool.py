@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .engines.base import AudioFn, EngineDescription, ProgressFn, SynthesisParams, Voice
+from .engines.base import AudioFn, BatchFn, EngineDescription, ProgressFn, SynthesisParams, Voice
 from .events import EventBus
 from .exceptions import Cancelled, EngineDied, EngineError, EngineUnavailable, ModelBusy
 
@@ -81,10 +81,19 @@ class EngineHost(Protocol):
         """Start the engine and load its model (raises EngineError when it cannot load)."""
 
     def synthesize(
-        self, text: str, voice: Voice, params: SynthesisParams, progress: ProgressFn, cancel: CancelFlag, on_audio: AudioFn | None = None
+        self,
+        text: str,
+        voice: Voice,
+        params: SynthesisParams,
+        progress: ProgressFn,
+        cancel: CancelFlag,
+        on_audio: AudioFn | None = None,
+        job: str = "",
+        on_batch: BatchFn | None = None,
     ) -> asyncio.Future[np.ndarray]:
-        """Hand one chunk to the engine now; progress (and, with ``on_audio``, the chunk's
-        audio a window at a time, where the engine streams within a chunk) comes on the loop."""
+        """Hand one chunk of request ``job`` to the engine now; progress (and, with
+        ``on_audio``, the chunk's audio a window at a time, where the engine streams within a
+        chunk; with ``on_batch``, the requests it is batched with) comes on the loop."""
 
     async def release(self, reset_peak: bool = False) -> None: ...
 
@@ -142,6 +151,12 @@ class EngineSlot:
     @property
     def ready(self) -> bool:
         return self._loaded.is_set() and self.load_error is None
+
+    @property
+    def loaded(self) -> asyncio.Event:
+        """Set once loading has ended (ready, or failed: see ``load_error``); cleared while
+        the engine is restarting or unloaded."""
+        return self._loaded
 
     def _publish(self, **fields) -> None:
         self.bus.publish("engine", {"name": self.name, **fields})

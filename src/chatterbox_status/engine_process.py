@@ -5,7 +5,9 @@ Started by :class:`chatterbox_status.supervisor.EngineProcess` as
 leave on the original stdout; fd 1 is pointed at stderr first, so whatever the model
 libraries print lands in the server's log, not in the protocol.
 
-The main thread loads the engine and runs ``synthesize`` calls one at a time, in order. A
+The main thread loads the engine and runs ``synthesize`` calls one at a time, in order; an
+engine that batches (``max_batch_size`` > 1) takes the calls waiting together, one chunk
+per request, in one ``synthesize_batch``, and a ``batch`` frame tells the server which. A
 reader thread takes every frame as it arrives: a ``cancel`` sets the flag the engine checks
 per token at once, even while the main thread is deep in a chunk, and ``release`` frees
 memory without waiting for the chunk to end. When the server goes away (stdin ends), the
@@ -15,6 +17,7 @@ this process too (Linux's parent-death signal), even inside a chunk that never c
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib
 import logging
@@ -29,7 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import ipc, memory
-from .engines.base import Engine, SynthesisParams, Voice
+from .engines.base import ChunkRequest, Engine, SynthesisParams, Voice
 from .exceptions import Cancelled, EngineError
 from .supervisor import EngineFacts
 
@@ -80,6 +83,9 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+Call = tuple[dict[str, Any], threading.Event]
+
+
 class Host:
     """The engine and the calls waiting for it."""
 
@@ -87,7 +93,9 @@ class Host:
         self.engine = engine
         self.channel = channel
         self.threads = threads
-        self.calls: queue.Queue[tuple[dict[str, Any], threading.Event] | None] = queue.Queue()
+        self.calls: queue.Queue[Call | None] = queue.Queue()
+        # Calls passed over by a batch (a second chunk of a request already in it), served first.
+        self.deferred: collections.deque[Call | None] = collections.deque()
         self.cancels: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -131,37 +139,108 @@ class Host:
         return True
 
     def serve(self) -> None:
-        while (item := self.calls.get()) is not None:
-            header, cancel = item
+        while (item := self._next()) is not None:
+            batch = self._gather(item)
             try:
-                self._synthesize(header, cancel)
+                if len(batch) == 1:
+                    self._synthesize(*item)
+                else:
+                    self._synthesize_batch(batch)
             finally:
                 with self._lock:
-                    self.cancels.pop(header["call"], None)
+                    for header, _ in batch:
+                        self.cancels.pop(header["call"], None)
+
+    def _next(self) -> Call | None:
+        return self.deferred.popleft() if self.deferred else self.calls.get()
+
+    def _gather(self, first: Call) -> list[Call]:
+        """``first``, and the calls waiting behind it that the engine can step with it (up to
+        its ``max_batch_size``): one chunk per request (a request's next chunk, handed over
+        ahead, waits for this one), none that streams within its chunk."""
+        batch = [first]
+        limit = getattr(self.engine, "max_batch_size", 1)
+        if limit == 1 or self._streams(first[0]):
+            return batch
+        jobs = {first[0].get("job")}
+        waiting = [*self.deferred]
+        self.deferred.clear()
+        while True:
+            try:
+                waiting.append(self.calls.get_nowait())
+            except queue.Empty:
+                break
+        for item in waiting:
+            if len(batch) < limit and item is not None and item[0].get("job") not in jobs and not self._streams(item[0]):
+                batch.append(item)
+                jobs.add(item[0].get("job"))
+            else:
+                self.deferred.append(item)
+        if len(batch) > 1:
+            self.channel.send({"type": "batch", "calls": [header["call"] for header, _ in batch], "jobs": sorted(jobs)})
+        return batch
+
+    def _streams(self, header: dict[str, Any]) -> bool:
+        return bool(header.get("stream")) and getattr(self.engine, "streams_within_chunk", False)
+
+    def _reporter(self, call: int) -> Callable[[float], None]:
+        return lambda fraction: self.channel.send({"type": "progress", "call": call, "fraction": fraction})
 
     def _synthesize(self, header: dict[str, Any], cancel: threading.Event) -> None:
         call = header["call"]
-        report: Callable[[float], None] = lambda fraction: self.channel.send(  # noqa: E731
-            {"type": "progress", "call": call, "fraction": fraction}
-        )
         streaming: dict[str, Any] = {}
-        if header.get("stream") and getattr(self.engine, "streams_within_chunk", False):
+        if self._streams(header):
             streaming["on_audio"] = lambda samples: self.channel.send(
                 {"type": "audio_window", "call": call}, np.ascontiguousarray(samples, dtype=np.float32).reshape(-1).tobytes()
             )
         try:
             samples = self.engine.synthesize(
-                header["text"], Voice(**header["voice"]), SynthesisParams(**header["params"]), report, cancel, **streaming
+                header["text"], Voice(**header["voice"]), SynthesisParams(**header["params"]), self._reporter(call), cancel, **streaming
             )
-        except Cancelled:
-            self.channel.send({"type": "failed", "call": call, "kind": "cancelled", "message": "cancelled"})
         except Exception as exc:
-            kind = "out_of_memory" if memory.is_out_of_memory(exc) else "engine"
-            if not isinstance(exc, EngineError) and kind == "engine":
-                log.exception("engine %s failed on a chunk", self.engine.name)
-            self.channel.send({"type": "failed", "call": call, "kind": kind, "message": str(exc) or type(exc).__name__})
+            self._reply(call, exc)
         else:
-            data = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1).tobytes()
+            self._reply(call, samples)
+
+    def _synthesize_batch(self, batch: list[Call]) -> None:
+        """The calls of ``batch`` in one ``synthesize_batch``: each is answered once, when its
+        chunk ends; whichever the engine left unanswered fail with it."""
+        unanswered = {header["call"] for header, _ in batch}
+
+        def replier(call: int) -> Callable[[np.ndarray | BaseException], None]:
+            def reply(result: np.ndarray | BaseException) -> None:
+                if call in unanswered:
+                    unanswered.discard(call)
+                    self._reply(call, result)
+
+            return reply
+
+        chunks = [
+            ChunkRequest(
+                header["text"], Voice(**header["voice"]), SynthesisParams(**header["params"]),
+                self._reporter(header["call"]), cancel, replier(header["call"]),
+            )
+            for header, cancel in batch
+        ]
+        failure: BaseException = EngineError("the engine ended the batch without this chunk's audio")
+        try:
+            self.engine.synthesize_batch(chunks)  # type: ignore[attr-defined]
+        except Exception as exc:
+            failure = exc
+        for call in sorted(unanswered):
+            self._reply(call, failure)
+
+    def _reply(self, call: int, result: np.ndarray | BaseException) -> None:
+        """A chunk's audio, or why it has none."""
+        if isinstance(result, Cancelled):
+            self.channel.send({"type": "failed", "call": call, "kind": "cancelled", "message": "cancelled"})
+        elif isinstance(result, BaseException):
+            kind = "out_of_memory" if memory.is_out_of_memory(result) else "engine"
+            if not isinstance(result, EngineError) and kind == "engine":
+                log.error("engine %s failed on a chunk", self.engine.name, exc_info=result)
+            self.channel.send({"type": "failed", "call": call, "kind": kind, "message": str(result) or type(result).__name__})
+        else:
+            data = np.ascontiguousarray(result, dtype=np.float32).reshape(-1).tobytes()
             self.channel.send({"type": "audio", "call": call, "gpu": memory.gpu_figures()}, data)
 
 

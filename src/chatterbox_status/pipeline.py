@@ -86,6 +86,8 @@ class Progress:
         self.last_progress_event = 0.0
         self.reported_chunk = 0
         self.engine: str | None = None
+        # Per chunk index: the other requests whose chunks the engine stepped with it.
+        self.batches: dict[int, list[str]] = {}
 
     @property
     def total_chars(self) -> int:
@@ -154,7 +156,14 @@ class Progress:
         if self.generation_started is None:
             self.generation_started = time.perf_counter()
         self.current_chunk = index + 1
-        self.stage("generating_audio", f"Generating audio for chunk {index + 1}/{len(self.chunk_lengths)}")
+        step = f"Generating audio for chunk {index + 1}/{len(self.chunk_lengths)}"
+        self.stage("generating_audio", step, batched_with=self.batches.get(index, []))
+
+    def batched(self, index: int, request_ids: list[str]) -> None:
+        """The engine steps chunk ``index`` together with chunks of ``request_ids``."""
+        self.batches[index] = sorted(r for r in request_ids if r != self.request_id)
+        if self.status == "generating_audio" and index == self.current_chunk - 1:
+            self.book.bus.publish("progress", {**self._fields(), "batched_with": self.batches[index]})
 
     def within_chunk(self, index: int, fraction: float) -> None:
         """Engine-reported progress inside chunk ``index`` (0..1); reports of a chunk the
@@ -543,7 +552,8 @@ async def _generate(
     def submit(index: int) -> asyncio.Future[np.ndarray]:
         report = functools.partial(progress.within_chunk, index)
         streaming = {"on_audio": functools.partial(windows.window, index)} if windows is not None else {}
-        return slot.host.synthesize(chunks[index], job.voice, params, report, job.cancel, **streaming)
+        on_batch = functools.partial(progress.batched, index)
+        return slot.host.synthesize(chunks[index], job.voice, params, report, job.cancel, job=job.request_id, on_batch=on_batch, **streaming)
 
     upcoming = submit(todo[0]) if ahead else None
     try:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import ipc
-from .engines.base import AudioFn, EngineDescription, ProgressFn, SynthesisParams, Voice
+from .engines.base import AudioFn, BatchFn, EngineDescription, ProgressFn, SynthesisParams, Voice
 from .exceptions import Cancelled, EngineDied, EngineError, EngineOutOfMemory
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class EngineFacts:
     speed_range: tuple[float, float] | None
     # Whether a chunk's audio can come out in windows as it is generated (see engines.chatterbox_stream).
     streams_within_chunk: bool = False
+    # How many requests' chunks it steps together (see engines.chatterbox_batch); 1: one at a time.
+    max_batch_size: int = 1
 
     @classmethod
     def of(cls, engine: EngineDescription) -> EngineFacts:
@@ -68,6 +70,7 @@ class EngineFacts:
             languages=dict(engine.languages),
             speed_range=engine.speed_range,
             streams_within_chunk=bool(getattr(engine, "streams_within_chunk", False)),
+            max_batch_size=int(getattr(engine, "max_batch_size", 1)),
         )
 
     def update(self, facts: dict[str, Any]) -> None:
@@ -83,6 +86,7 @@ class _Call:
     progress: ProgressFn | None = None
     forget_cancel: Callable[[], None] | None = None
     on_audio: AudioFn | None = None
+    on_batch: BatchFn | None = None
 
 
 def describe_exit(returncode: int) -> str:
@@ -135,17 +139,28 @@ class EngineProcess:
         await asyncio.shield(self._loaded)
 
     def synthesize(
-        self, text: str, voice: Voice, params: SynthesisParams, progress: ProgressFn, cancel: Any, on_audio: AudioFn | None = None
+        self,
+        text: str,
+        voice: Voice,
+        params: SynthesisParams,
+        progress: ProgressFn,
+        cancel: Any,
+        on_audio: AudioFn | None = None,
+        job: str = "",
+        on_batch: BatchFn | None = None,
     ) -> asyncio.Future[np.ndarray]:
         """Hand the chunk to the engine now; the future gets its samples. ``cancel`` (a
         :class:`~chatterbox_status.engine_pool.CancelFlag`) reaches the engine while it works.
         With ``on_audio`` (an engine that streams within a chunk), the chunk's audio comes
-        there a window at a time, on the loop, and the future gets the last window."""
+        there a window at a time, on the loop, and the future gets the last window. ``job``
+        names the request (an engine that batches takes one chunk per request into a
+        batch); ``on_batch`` hears the requests whose chunks are stepped with this one."""
         call_id, future = self._open(progress)
         self._calls[call_id].on_audio = on_audio
+        self._calls[call_id].on_batch = on_batch
         self._send({
             "type": "synthesize", "call": call_id, "text": text, "voice": vars(voice), "params": vars(params),
-            "stream": on_audio is not None,
+            "stream": on_audio is not None, "job": job,
         })
         if cancel.is_set():
             self._send({"type": "cancel", "call": call_id})
@@ -251,6 +266,12 @@ class EngineProcess:
                 self._loaded.set_result(None)
             else:
                 self._loaded.set_exception(EngineError(header["message"]))
+            return
+        if kind == "batch":
+            for call_id in header["calls"]:
+                batched = self._calls.get(call_id)
+                if batched is not None and batched.on_batch is not None:
+                    batched.on_batch(header["jobs"])
             return
         call = self._calls.get(header["call"])
         if call is None:

@@ -43,6 +43,7 @@ RECORD_FIELDS = (
     "engine",
     "error_message",
     "audio_duration_seconds",
+    "batched_with",
 )
 # What is known of an engine before its events say more.
 ENGINE_DEFAULTS: dict[str, Any] = {
@@ -104,6 +105,8 @@ class RequestRecord:
         for name in ("engine", "error_message", "audio_duration_seconds"):
             if name in self.fields:
                 body[name] = self.fields[name]
+        if self.fields.get("batched_with"):
+            body["batched_with"] = self.fields["batched_with"]
         return body
 
 

@@ -1,4 +1,4 @@
-"""The worker: a FIFO job queue in front of the engines, run one job at a time.
+"""The worker: a FIFO job queue in front of the engines, run one job at a time (or a batch's worth on an engine that batches).
 
 Each engine runs in a process of its own (:class:`~chatterbox_status.supervisor.EngineProcess`,
 behind the :class:`EngineHost` protocol), loaded, supervised and unloaded by its
@@ -31,6 +31,7 @@ class Queued(Protocol):
     """What the queue needs of a job."""
 
     request_id: str
+    engine: str
 
     def request_cancel(self) -> None: ...
 
@@ -62,24 +63,29 @@ class JobQueue(Generic[Q]):
     def ids(self) -> list[str]:
         return list(self._jobs)
 
-    async def next(self) -> Q:
+    async def head(self) -> Q:
+        """The first job, left in the queue (``cancel`` takes it out)."""
         while not self._jobs:
             self._nonempty.clear()
             await self._nonempty.wait()
-        return self._jobs.popitem(last=False)[1]
+        return next(iter(self._jobs.values()))
 
 
 class Worker(Generic[Q]):
-    """Runs queued jobs one at a time on the engines of its pool."""
+    """Runs queued jobs in order on the engines of its pool: one at a time, except that an
+    engine that batches (``max_batch_size`` > 1, once loaded) takes up to that many jobs at
+    once, whose chunks it steps together. Jobs of another engine wait until those end."""
 
     def __init__(self, engines: EnginePool, max_queue_size: int) -> None:
         self.engines = engines
         self.queue: JobQueue[Q] = JobQueue(max_queue_size)
-        self.current: Q | None = None
+        self.running: dict[str, Q] = {}
         self.accepting = True
         self._idle = asyncio.Event()
         self._idle.set()
+        self._changed = asyncio.Event()  # a job came, went or ended: the head may start now
         self._consumer: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     # The default engine's state, as a server with one engine has it.
 
@@ -106,9 +112,10 @@ class Worker(Generic[Q]):
         self._consumer = asyncio.create_task(self._consume(process), name="job-consumer")
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            self._consumer.cancel()
-            await asyncio.gather(self._consumer, return_exceptions=True)
+        tasks = [task for task in (self._consumer, *self._tasks) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.engines.stop()
 
     async def release(self, reset_peak: bool = False) -> None:
@@ -154,6 +161,7 @@ class Worker(Generic[Q]):
             raise ShuttingDown()
         self.queue.submit(job)
         self._idle.clear()
+        self._changed.set()
 
     async def idle(self) -> None:
         """Wait until no job is queued or running."""
@@ -161,24 +169,44 @@ class Worker(Generic[Q]):
 
     def cancel(self, request_id: str) -> Q | None:
         """Cancel a queued or running job; returns it, or None when it is neither."""
-        job = self.queue.cancel(request_id)
-        if job is None and self.current is not None and self.current.request_id == request_id:
-            job = self.current
-        if not self.queue and self.current is None:
+        job = self.queue.cancel(request_id) or self.running.get(request_id)
+        if not self.queue and not self.running:
             self._idle.set()
+        self._changed.set()
         if job is not None:
             job.request_cancel()
         return job
 
+    def _may_start(self, job: Q) -> bool:
+        """Whether the first queued job may run now, beside those running."""
+        if not self.running:
+            return True
+        slot = self.engines[job.engine]
+        capacity = slot.engine.max_batch_size if slot.ready else 1
+        return len(self.running) < capacity and all(other.engine == job.engine for other in self.running.values())
+
     async def _consume(self, process: Callable[[Q], Awaitable[None]]) -> None:
         while True:
-            job = await self.queue.next()
-            self.current = job
-            try:
-                await process(job)
-            except Exception:
-                log.exception("pipeline crashed on request %s", job.request_id)
-            finally:
-                self.current = None
-                if not self.queue:
-                    self._idle.set()
+            job = await self.queue.head()
+            if not self._may_start(job):
+                self._changed.clear()
+                slot = self.engines[job.engine]
+                # Its engine loading may make room (a batching engine takes more jobs).
+                await first_of(self._changed, *([] if slot.loaded.is_set() else [slot.loaded]))
+                continue
+            self.queue.cancel(job.request_id)
+            self.running[job.request_id] = job
+            task = asyncio.create_task(self._run(process, job), name=f"job-{job.request_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, process: Callable[[Q], Awaitable[None]], job: Q) -> None:
+        try:
+            await process(job)
+        except Exception:
+            log.exception("pipeline crashed on request %s", job.request_id)
+        finally:
+            del self.running[job.request_id]
+            if not self.queue and not self.running:
+                self._idle.set()
+            self._changed.set()

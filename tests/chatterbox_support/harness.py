@@ -46,8 +46,8 @@ TERMINAL = ("completed", "error", "cancelled")
 class TinyChatterboxEngine(ChatterboxEngine):
     """The product's engine on a tiny random-weight checkpoint built by ``tiny_model``."""
 
-    def __init__(self, kind: str, checkpoint_dir: Path, device: str = "auto") -> None:
-        super().__init__(kind, device=device, model_dir=str(checkpoint_dir))
+    def __init__(self, kind: str, checkpoint_dir: Path, device: str = "auto", max_batch_size: int = 0) -> None:
+        super().__init__(kind, device=device, model_dir=str(checkpoint_dir), max_batch_size=max_batch_size)
         self.checkpoint_dir = Path(checkpoint_dir)
 
     def load(self, progress: Any) -> None:
@@ -200,8 +200,7 @@ class RequestEvents:
 
 def running(client: TestClient, request_id: str) -> bool:
     """Whether the engine works on that request now (safe to ask from the engine thread)."""
-    current = core_of(client).worker.current
-    return current is not None and current.request_id == request_id
+    return request_id in core_of(client).worker.running
 
 
 @contextlib.contextmanager

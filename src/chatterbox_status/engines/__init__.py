@@ -12,12 +12,14 @@ from .chatterbox import CLASSES, ChatterboxEngine
 from .hibari import HibariEngine
 
 
-def build(name: str, device: str = "auto", model_dir: str | None = None, cache_dir: str | None = None, threads: int = 1) -> Engine:
+def build(
+    name: str, device: str = "auto", model_dir: str | None = None, cache_dir: str | None = None, threads: int = 1, max_batch_size: int = 0
+) -> Engine:
     """Engine ``name``, not loaded yet: what the engine process builds and loads."""
     if name == "hibari":
         return HibariEngine(threads)
     if name in CLASSES:
-        return ChatterboxEngine(name, device, model_dir, cache_dir)
+        return ChatterboxEngine(name, device, model_dir, cache_dir, max_batch_size)
     raise SettingsError(f"unknown engine {name!r}")
 
 
@@ -108,6 +110,7 @@ def build_kwargs(name: str, settings: Settings) -> dict[str, object]:
         "model_dir": settings.model_dir,
         "cache_dir": settings.model_cache_dir,
         "threads": settings.engine_threads,
+        "max_batch_size": settings.max_batch_size,
     }
 
 

@@ -17,11 +17,13 @@ import numpy as np
 
 from ..exceptions import Cancelled, EngineError
 
-__all__ = ["AudioFn", "Cancelled", "EngineError", "Engine", "EngineDescription", "SynthesisParams", "Voice", "ProgressFn"]
+__all__ = ["AudioFn", "BatchFn", "Cancelled", "ChunkRequest", "EngineError", "Engine", "EngineDescription", "SynthesisParams", "Voice", "ProgressFn"]
 
 ProgressFn = Callable[[float], None]
 # Audio of the chunk being generated, handed out before the chunk ends (float32 mono).
 AudioFn = Callable[[np.ndarray], None]
+# The requests (ids) whose chunks an engine steps together with a chunk, itself included.
+BatchFn = Callable[[list[str]], None]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,20 @@ class Voice:
 
     source: str = "default"
     path: str | None = None
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """One chunk of one request, as a batch of several requests' chunks holds it. ``reply``
+    takes its samples, or what stopped it (Cancelled, an error), once, as soon as it is known:
+    a chunk that ends early in a batch is not held until the others end."""
+
+    text: str
+    voice: Voice
+    params: SynthesisParams
+    progress: ProgressFn
+    cancel: threading.Event
+    reply: Callable[[np.ndarray | BaseException], None]
 
 
 class EngineDescription(Protocol):
@@ -72,6 +88,11 @@ class EngineDescription(Protocol):
     @property
     def streams_within_chunk(self) -> bool:
         """Whether ``synthesize`` takes ``on_audio`` and hands a chunk's audio out as it is made."""
+
+    @property
+    def max_batch_size(self) -> int:
+        """How many requests' chunks ``synthesize_batch(chunks)`` takes at once (1: it has
+        none); it replies to each chunk once, through the chunk's ``reply``."""
 
 
 class Engine(EngineDescription, Protocol):

@@ -19,13 +19,15 @@ import importlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import AudioFn, Cancelled, EngineError, ProgressFn, SynthesisParams, Voice
+from .base import AudioFn, Cancelled, ChunkRequest, EngineError, ProgressFn, SynthesisParams, Voice
+from .chatterbox_batch import MAX_NEW_TOKENS, BatchedSequence, sample_together
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,14 @@ GENERATE_DEFAULTS = {"repetition_penalty": 1.2, "min_p": 0.05, "top_p": 1.0}
 # and windows would make a streamed chunk slower to finish and hardly faster to start
 # (docs/benchmarks.rst, "Streaming within a chunk").
 STREAMING_ENGINES = ("chatterbox",)
+# The engines whose concurrent chunks are stepped together through T3 (chatterbox_batch.py):
+# the multilingual model's alignment analyser follows one sequence's attention, and turbo's
+# loop (``inference_turbo``) takes no attention mask, so those run one chunk at a time.
+BATCHING_ENGINES = ("chatterbox",)
+# MAX_BATCH_SIZE=0 chooses by device: on CUDA eight requests' key/value caches (about 0.6 GB
+# each at 1000 tokens in float32) fit beside the model on a 24 GB card; on a CPU, S3Gen's
+# vocoding dominates a chunk and batching T3 hardly pays (docs/benchmarks.rst).
+AUTO_BATCH_SIZE = {"cuda": 8}
 # ChatterboxTTS crashes with cfg_weight=0 (it builds one text row for a two-row batch),
 # so "no guidance" runs with a weight too small to change the result.
 NO_GUIDANCE = 1e-6
@@ -61,6 +71,13 @@ NO_GUIDANCE = 1e-6
 def kind_streams(kind: str, device: str) -> bool:
     """Whether chunks of ``kind`` on ``device`` are spoken a window at a time (see STREAMING_ENGINES)."""
     return kind in STREAMING_ENGINES and device != "cpu"
+
+
+def batch_size_for(kind: str, device: str, requested: int) -> int:
+    """How many chunks ``kind`` on ``device`` steps together (MAX_BATCH_SIZE, 0 = by device)."""
+    if kind not in BATCHING_ENGINES:
+        return 1
+    return requested or AUTO_BATCH_SIZE.get(device.split(":")[0], 1)
 
 
 def pick_device(requested: str, torch: Any) -> str:
@@ -91,16 +108,30 @@ class _Chunk:
     def tokens(self) -> int:
         return max(0, self.calls - 1)  # the first call is the prompt
 
+    def advance(self, tokens: int) -> None:
+        """``tokens`` sampled so far: stop here if cancelled, else report the fraction."""
+        if self.cancel.is_set():
+            raise Cancelled()
+        if tokens:
+            # The estimate only ever grows, so the fraction approaches but never reaches 1.
+            self.expected_tokens = max(self.expected_tokens, tokens + 1)
+            self.progress(TOKEN_SHARE * tokens / self.expected_tokens)
+
 
 class ChatterboxEngine:
     supports_cloning = True
     speed_range = None  # no tempo control: the pipeline time-stretches
 
-    def __init__(self, kind: str, device: str = "auto", model_dir: str | None = None, cache_dir: str | None = None):
+    def __init__(
+        self, kind: str, device: str = "auto", model_dir: str | None = None, cache_dir: str | None = None, max_batch_size: int = 0
+    ):
         if kind not in CLASSES:
             raise ValueError(f"unknown chatterbox engine {kind!r}")
         self.name = kind
-        self.streams_within_chunk = False  # decided once the device is known (load)
+        # Both decided once the device is known (load).
+        self.streams_within_chunk = False
+        self.max_batch_size = 1
+        self._requested_batch_size = max_batch_size
         self.device = device
         self.sample_rate = 24_000
         self.languages: dict[str, str] = {"en": "English"}
@@ -126,6 +157,7 @@ class ChatterboxEngine:
         progress(0.1)
         self.device = pick_device(self.device, torch)
         self.streams_within_chunk = kind_streams(self.name, self.device)
+        self.max_batch_size = batch_size_for(self.name, self.device, self._requested_batch_size)
         self.model = self._load_model(cls, self.device)
         progress(0.9)
         self.sample_rate = int(self.model.sr)
@@ -169,10 +201,7 @@ class ChatterboxEngine:
         if chunk.cancel.is_set():
             raise Cancelled()
         chunk.calls += 1
-        if chunk.tokens:
-            # The estimate only ever grows, so the fraction approaches but never reaches 1.
-            chunk.expected_tokens = max(chunk.expected_tokens, chunk.tokens + 1)
-            chunk.progress(TOKEN_SHARE * chunk.tokens / chunk.expected_tokens)
+        chunk.advance(chunk.tokens)
 
     # -- one chunk ---------------------------------------------------------------------
 
@@ -197,7 +226,7 @@ class ChatterboxEngine:
             torch.manual_seed(params.seed)
             if torch.cuda.is_available():
                 torch.cuda.manual_seed_all(params.seed)
-        self._chunk = _Chunk(max(1.0, len(text) * self.tokens_per_char), progress, cancel)
+        self._chunk = self._start_chunk(text, progress, cancel)
         hooks_before = _forward_hooks(self.model.t3.tfmr)
         try:
             if on_audio is not None and self.streams_within_chunk:
@@ -208,40 +237,132 @@ class ChatterboxEngine:
         finally:
             self._chunk = None
             _remove_hooks_since(self.model.t3.tfmr, hooks_before)
+        self._learn_pace(text, tokens)
+        progress(1.0)
+        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32)
+
+    def _start_chunk(self, text: str, progress: ProgressFn, cancel: threading.Event) -> _Chunk:
+        return _Chunk(max(1.0, len(text) * self.tokens_per_char), progress, cancel)
+
+    def _learn_pace(self, text: str, tokens: int) -> None:
+        """Fold a finished chunk's speech tokens per character into the estimate."""
         if tokens:
             sample = tokens / max(1, len(text))
             self.tokens_per_char += TOKENS_PER_CHAR_ALPHA * (sample - self.tokens_per_char)
-        progress(1.0)
-        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32)
+
+    def synthesize_batch(self, chunks: Sequence[ChunkRequest]) -> None:
+        """Several requests' chunks at once: T3 steps them together (chatterbox_batch), and
+        each is vocoded, and replied to, as soon as its tokens are done (the others wait that
+        one vocoding). A chunk cancelled or failed leaves the batch at once; the others go on."""
+        if self.model is None:
+            raise EngineError(f"{self.name} engine used before load()")
+        sequences: dict[BatchedSequence, tuple[ChunkRequest, _Chunk, Any]] = {}
+        for chunk in chunks:
+            try:
+                if chunk.cancel.is_set():
+                    raise Cancelled()
+                state = self._start_chunk(chunk.text, chunk.progress, chunk.cancel)
+                sequence, conds = self._sequence_for(chunk, state)
+                sequences[sequence] = (chunk, state, conds)
+            except Exception as exc:  # Cancelled included: it is this chunk's reply
+                chunk.reply(exc)
+
+        def vocode(sequence: BatchedSequence) -> None:
+            chunk, state, conds = sequences.pop(sequence)
+            chunk.reply(sequence.error or self._vocode(chunk, sequence.tokens, state, conds))
+
+        try:
+            with self._torch.inference_mode():
+                sample_together(self.model.t3, list(sequences), vocode)
+        except Exception as exc:  # the batch itself failed (out of memory): every chunk still in it
+            for chunk, _, _ in sequences.values():
+                chunk.reply(exc)
+
+    def _sequence_for(self, chunk: ChunkRequest, state: _Chunk) -> tuple[Any, Any]:
+        """A chunk as ``chatterbox_batch`` samples it: what ``ChatterboxTTS.generate`` gives
+        ``T3.inference``, with the request's own random generator."""
+        torch, model = self._torch, self.model
+        conds = self._conditionals_for(chunk.voice, chunk.params)
+        kwargs = {**GENERATE_DEFAULTS, **self._generate_kwargs(chunk.params)}
+        generator = torch.Generator(device=model.device)
+        if chunk.params.seed is not None:
+            generator.manual_seed(chunk.params.seed)
+        else:
+            generator.seed()
+        sequence = BatchedSequence(
+            t3_cond=self._t3_cond(conds, kwargs["exaggeration"]),
+            text_tokens=self._text_tokens(chunk.text),
+            cfg_weight=kwargs["cfg_weight"],
+            temperature=kwargs["temperature"],
+            repetition_penalty=kwargs["repetition_penalty"],
+            min_p=kwargs["min_p"],
+            top_p=kwargs["top_p"],
+            generator=generator,
+            on_token=state.advance,
+        )
+        return sequence, conds
+
+    def _vocode(self, chunk: ChunkRequest, tokens: list[int], state: _Chunk, conds: Any) -> np.ndarray | BaseException:
+        """A batched chunk's tokens into its audio, as ``generate`` makes it (S3Gen, watermark);
+        S3Gen's steps check this chunk's cancellation."""
+        from .chatterbox_stream import SPEECH_VOCABULARY
+
+        torch, model = self._torch, self.model
+        speech = [token for token in tokens if token < SPEECH_VOCABULARY]
+        self._chunk = state
+        try:
+            if not speech:
+                wav = np.zeros(0, dtype=np.float32)
+            else:
+                out, _ = model.s3gen.inference(speech_tokens=torch.tensor(speech, device=model.device), ref_dict=conds.gen)
+                wav = out.squeeze(0).detach().cpu().numpy()
+                wav = model.watermarker.apply_watermark(wav, sample_rate=model.sr)
+        except Exception as exc:  # Cancelled included: it is this chunk's result
+            return exc
+        finally:
+            self._chunk = None
+        self._learn_pace(chunk.text, len(tokens))
+        chunk.progress(1.0)
+        return np.asarray(wav, dtype=np.float32)
+
+    def _t3_cond(self, conds: Any, exaggeration: float) -> Any:
+        """The voice's T3 condition, with the request's exaggeration (a new one when it
+        differs, as ``generate`` makes it, leaving the cached conditionals alone)."""
+        from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+        cond = conds.t3
+        if exaggeration == cond.emotion_adv[0, 0, 0]:
+            return cond
+        return T3Cond(
+            speaker_emb=cond.speaker_emb,
+            cond_prompt_speech_tokens=cond.cond_prompt_speech_tokens,
+            emotion_adv=exaggeration * self._torch.ones(1, 1, 1),
+        ).to(device=self.model.device)
+
+    def _text_tokens(self, text: str) -> Any:
+        """The guidance pair of a chunk's text tokens, between start and stop (as ``generate``)."""
+        from chatterbox.tts import punc_norm
+
+        torch, model = self._torch, self.model
+        tokens = model.tokenizer.text_to_tokens(punc_norm(text)).to(model.device)
+        tokens = torch.cat([tokens, tokens], dim=0)
+        tokens = torch.nn.functional.pad(tokens, (1, 0), value=model.t3.hp.start_text_token)
+        return torch.nn.functional.pad(tokens, (0, 1), value=model.t3.hp.stop_text_token)
 
     def _generate_in_windows(self, text: str, params: SynthesisParams, on_audio: AudioFn) -> Any:
         """What ``ChatterboxTTS.generate`` does, with T3's tokens vocoded in windows as they
         are sampled (chatterbox_stream.WindowedVocoder); the chunk's last window is returned."""
-        from chatterbox.models.t3.modules.cond_enc import T3Cond
-        from chatterbox.tts import punc_norm
-
         from .chatterbox_stream import WindowedVocoder
 
         torch, model = self._torch, self.model
         kwargs = {**GENERATE_DEFAULTS, **self._generate_kwargs(params)}
-        exaggeration = kwargs.pop("exaggeration")
-        if exaggeration != model.conds.t3.emotion_adv[0, 0, 0]:
-            cond = model.conds.t3
-            model.conds.t3 = T3Cond(
-                speaker_emb=cond.speaker_emb,
-                cond_prompt_speech_tokens=cond.cond_prompt_speech_tokens,
-                emotion_adv=exaggeration * torch.ones(1, 1, 1),
-            ).to(device=model.device)
-        text_tokens = model.tokenizer.text_to_tokens(punc_norm(text)).to(model.device)
-        if kwargs["cfg_weight"] > 0.0:
-            text_tokens = torch.cat([text_tokens, text_tokens], dim=0)  # the guidance pair
-        text_tokens = torch.nn.functional.pad(text_tokens, (1, 0), value=model.t3.hp.start_text_token)
-        text_tokens = torch.nn.functional.pad(text_tokens, (0, 1), value=model.t3.hp.stop_text_token)
+        t3_cond = self._t3_cond(model.conds, kwargs.pop("exaggeration"))
+        text_tokens = self._text_tokens(text)
         vocoder = WindowedVocoder(model, on_audio)
         hook = model.t3.speech_emb.register_forward_hook(vocoder.on_embedding)
         try:
             with torch.inference_mode():
-                model.t3.inference(t3_cond=model.conds.t3, text_tokens=text_tokens, max_new_tokens=1000, **kwargs)
+                model.t3.inference(t3_cond=t3_cond, text_tokens=text_tokens, max_new_tokens=MAX_NEW_TOKENS, **kwargs)
                 last = vocoder.finish()
         finally:
             hook.remove()

@@ -25,6 +25,7 @@ class HibariEngine:
     supports_cloning = False
     speed_range = (0.5, 2.0)
     streams_within_chunk = False  # a chunk takes it well under a second
+    max_batch_size = 1  # onnxruntime runs one utterance a call
     languages = {"en": "English"}
 
     def __init__(self, threads: int = 1) -> None:

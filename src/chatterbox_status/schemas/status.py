@@ -48,6 +48,10 @@ class RequestRecord(Body):
     engine: str = sometimes()
     error_message: str = sometimes()
     audio_duration_seconds: float = sometimes()
+    batched_with: list[str] = sometimes(
+        description="The other requests whose chunks the engine steps together with this request's current chunk "
+        "(an engine that batches, MAX_BATCH_SIZE); absent while it runs alone"
+    )
 
 
 class RequestDetail(RequestRecord):
@@ -257,3 +261,4 @@ class StatusEventData(Body):
     unloads_at: Timestamp | None = sometimes()
     keep_alive_seconds: float = sometimes()
     unload_reason: str = sometimes()
+    batched_with: list[str] = sometimes(description="The other requests whose chunks are stepped together with this one's")

@@ -1,0 +1,113 @@
+"""Concurrent requests batched by an engine that can (MAX_BATCH_SIZE), seen over HTTP.
+
+The engine is tests/doubles.py's BatchingEngine, built inside the real engine process: the
+worker lets up to its ``max_batch_size`` requests run at once, the engine process hands the
+chunks waiting for it to ``synthesize_batch`` together, and every request keeps its own
+result, cancellation and status, with the requests it shares a batch with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import wave
+
+from conftest import core_of
+from doubles import BatchingEngine, ScriptedEngine, in_process_of_its_own
+from test_engine_process import speak, watch
+from test_faults import assert_statistics_add_up, terminal_counter
+
+TONE = ScriptedEngine()
+
+
+def frames(wav: bytes) -> int:
+    with wave.open(io.BytesIO(wav)) as audio:
+        return audio.getnframes()
+
+
+def first_event(client, request_id: str, **fields) -> asyncio.Future:
+    """Resolves with the first event of ``request_id`` that carries ``fields``."""
+    seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def listen(event) -> None:
+        data = event.data
+        if data.get("request_id") == request_id and all(data.get(k) == v for k, v in fields.items()) and not seen.done():
+            seen.set_result(data)
+
+    core_of(client).bus.add_listener(listen)
+    return seen
+
+
+def batched_with(client, request_id: str, others: list[str]) -> asyncio.Future:
+    """Resolves once an event says ``request_id``'s chunk is stepped with ``others``'."""
+    return first_event(client, request_id, batched_with=others)
+
+
+def handed_to_the_engine(client, request_id: str) -> asyncio.Future:
+    """Resolves once ``request_id``'s first chunk went to the engine (it may wait there)."""
+    return first_event(client, request_id, status="generating_audio")
+
+
+async def test_requests_that_wait_together_are_batched_and_each_gets_its_own_audio(make_client, tmp_path):
+    gate, batch_gate = tmp_path / "gate", tmp_path / "batch-gate"
+    batch_gate.touch()
+    host = in_process_of_its_own(BatchingEngine, gate=str(gate), batch_gate=str(batch_gate), max_batch_size=3)
+    client = await make_client(engine=host)
+    counts = terminal_counter(client)
+    texts = {
+        "first-one": "HOLD the engine with this one.",
+        "second-one": "The second request is short.",
+        "third-one": "The third request says a little more than that.",
+        "fourth-one": "The fourth waits for room.",
+    }
+    started = [watch(client, "first-one", "generating_audio")] + [handed_to_the_engine(client, n) for n in ("second-one", "third-one")]
+    first = speak(client, texts["first-one"], "first-one")
+    await asyncio.wait_for(started[0], 30)
+    together = [batched_with(client, "second-one", ["third-one"]), batched_with(client, "third-one", ["second-one"])]
+    rest = {name: speak(client, texts[name], name) for name in ("second-one", "third-one", "fourth-one")}
+    await asyncio.wait_for(asyncio.gather(*started[1:]), 30)  # three run at once: the batch's size
+
+    status = await (await client.get("/status")).json()
+    assert [entry["request_id"] for entry in status["queue"]["requests"]] == ["fourth-one"]
+    gate.touch()
+    await asyncio.wait_for(asyncio.gather(*together), 30)
+    responses = {"first-one": await first, **{name: await call for name, call in rest.items()}}
+    for name, response in responses.items():
+        assert response.status == 200, await response.text()
+        assert frames(await response.read()) == len(TONE.tone(texts[name])), name  # its own text's audio
+    second = await (await client.get("/status/requests/second-one")).json()
+    assert second["batched_with"] == ["third-one"]
+    alone = await (await client.get("/status/requests/first-one")).json()
+    assert "batched_with" not in alone
+    assert counts == dict.fromkeys(texts, 1)
+    stats = await assert_statistics_add_up(client)
+    assert stats["completed_requests"] == 4
+
+
+async def test_a_request_cancelled_mid_batch_ends_alone_and_the_others_finish(make_client, tmp_path):
+    gate, batch_gate = tmp_path / "gate", tmp_path / "batch-gate"
+    host = in_process_of_its_own(BatchingEngine, gate=str(gate), batch_gate=str(batch_gate), max_batch_size=3)
+    client = await make_client(engine=host)
+    counts = terminal_counter(client)
+    started = watch(client, "opener-one", "generating_audio")
+    opener = speak(client, "HOLD the engine while two more queue.", "opener-one")
+    await asyncio.wait_for(started, 30)
+    waiting = [handed_to_the_engine(client, name) for name in ("quitter-one", "stayer-one")]
+    working = [watch(client, name, "generating_audio") for name in ("quitter-one", "stayer-one")]  # in the batch
+    together = batched_with(client, "quitter-one", ["stayer-one"])
+    quitter = speak(client, "HOLD this one, then cancel it.", "quitter-one")
+    stayer = speak(client, "This one stays to the end.", "stayer-one")
+    await asyncio.wait_for(asyncio.gather(*waiting), 30)
+    gate.touch()
+    assert (await opener).status == 200
+    await asyncio.wait_for(together, 30)
+    await asyncio.wait_for(asyncio.gather(*working), 30)
+    assert (await client.delete("/v1/audio/speech/quitter-one")).status == 200
+    assert (await quitter).status == 409
+    batch_gate.touch()
+    response = await stayer
+    assert response.status == 200
+    assert frames(await response.read()) == len(TONE.tone("This one stays to the end."))
+    assert counts == {"opener-one": 1, "quitter-one": 1, "stayer-one": 1}
+    stats = await assert_statistics_add_up(client)
+    assert (stats["completed_requests"], stats["cancelled_requests"]) == (2, 1)
