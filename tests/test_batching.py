@@ -53,6 +53,8 @@ async def test_requests_that_wait_together_are_batched_and_each_gets_its_own_aud
     batch_gate.touch()
     host = in_process_of_its_own(BatchingEngine, gate=str(gate), batch_gate=str(batch_gate), max_batch_size=3)
     client = await make_client(engine=host)
+    health = await (await client.get("/health")).json()
+    assert health["engine"]["max_batch_size"] == 3  # as the loaded engine says
     counts = terminal_counter(client)
     texts = {
         "first-one": "HOLD the engine with this one.",

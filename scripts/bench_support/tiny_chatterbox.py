@@ -28,22 +28,25 @@ def tests_on_path() -> None:
         sys.path.insert(0, tests)
 
 
-def checkpoint(kind: str, directory: Path) -> Path:
-    """The tiny checkpoint of ``kind`` in ``directory``, built there the first time."""
+def checkpoint(kind: str, directory: Path, full_size: bool = False) -> Path:
+    """The random-weight checkpoint of ``kind`` in ``directory`` (tiny, or the real model's
+    size), built there the first time."""
     tests_on_path()
     if directory.is_dir() and any(directory.iterdir()):
         return directory
     from chatterbox_support import tiny_model
 
-    return tiny_model.build_checkpoint(kind, directory)
+    # A full-size model's chunk stops after about 6 s of speech (150 tokens), as a chunk of
+    # about 100 characters does; the tiny one's after 20 tokens, as in the tests.
+    return tiny_model.build_checkpoint(kind, directory, full_size=full_size, stop_after=150 if full_size else 20)
 
 
-def engine(kind: str, directory: Path):
+def engine(kind: str, directory: Path, device: str = "auto", max_batch_size: int = 0):
     """The engine object, for the benchmark's direct-call baseline in its own process."""
     tests_on_path()
     from chatterbox_support.harness import TinyChatterboxEngine
 
-    return TinyChatterboxEngine(kind, directory)
+    return TinyChatterboxEngine(kind, directory, device, max_batch_size)
 
 
 def main() -> None:
@@ -51,7 +54,7 @@ def main() -> None:
     parser.add_argument("--kind", default="chatterbox", choices=("chatterbox", "chatterbox-multilingual", "chatterbox-turbo"))
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
+    args, server_flags = parser.parse_known_args()  # the rest: `chatterbox-status serve` flags (--device, --max-batch-size)
     tests_on_path()
     folder = checkpoint(args.kind, args.checkpoint)
 
@@ -61,9 +64,10 @@ def main() -> None:
     from chatterbox_status.config import Settings
     from chatterbox_status.supervisor import EngineFacts, EngineProcess, EngineSpec
 
-    settings = Settings.load([], os.environ)
-    facts = EngineFacts.of(engine(args.kind, folder))
-    host = EngineProcess(EngineSpec(SPEC, {"kind": args.kind, "checkpoint_dir": str(folder)}), facts, settings.engine_threads)
+    settings = Settings.load(server_flags, os.environ)
+    kwargs = {"kind": args.kind, "checkpoint_dir": str(folder), "device": settings.device, "max_batch_size": settings.max_batch_size}
+    facts = EngineFacts.of(engine(**kwargs))  # type: ignore[arg-type]
+    host = EngineProcess(EngineSpec(SPEC, kwargs), facts, settings.engine_threads)
     web.run_app(create_app(settings, host), host="127.0.0.1", port=args.port, print=None, access_log=None, handler_cancellation=True)
 
 

@@ -157,10 +157,10 @@ class Host:
     def _gather(self, first: Call) -> list[Call]:
         """``first``, and the calls waiting behind it that the engine can step with it (up to
         its ``max_batch_size``): one chunk per request (a request's next chunk, handed over
-        ahead, waits for this one), none that streams within its chunk."""
+        ahead, waits for this one)."""
         batch = [first]
         limit = getattr(self.engine, "max_batch_size", 1)
-        if limit == 1 or self._streams(first[0]):
+        if limit == 1:
             return batch
         jobs = {first[0].get("job")}
         waiting = [*self.deferred]
@@ -171,7 +171,7 @@ class Host:
             except queue.Empty:
                 break
         for item in waiting:
-            if len(batch) < limit and item is not None and item[0].get("job") not in jobs and not self._streams(item[0]):
+            if len(batch) < limit and item is not None and item[0].get("job") not in jobs:
                 batch.append(item)
                 jobs.add(item[0].get("job"))
             else:
@@ -186,13 +186,21 @@ class Host:
     def _reporter(self, call: int) -> Callable[[float], None]:
         return lambda fraction: self.channel.send({"type": "progress", "call": call, "fraction": fraction})
 
-    def _synthesize(self, header: dict[str, Any], cancel: threading.Event) -> None:
+    def _windows(self, header: dict[str, Any]) -> dict[str, Any]:
+        """``on_audio`` for a streamed call to an engine that streams within a chunk: each
+        window goes out as a frame of its own."""
+        if not self._streams(header):
+            return {}
         call = header["call"]
-        streaming: dict[str, Any] = {}
-        if self._streams(header):
-            streaming["on_audio"] = lambda samples: self.channel.send(
+        return {
+            "on_audio": lambda samples: self.channel.send(
                 {"type": "audio_window", "call": call}, np.ascontiguousarray(samples, dtype=np.float32).reshape(-1).tobytes()
             )
+        }
+
+    def _synthesize(self, header: dict[str, Any], cancel: threading.Event) -> None:
+        call = header["call"]
+        streaming = self._windows(header)
         try:
             samples = self.engine.synthesize(
                 header["text"], Voice(**header["voice"]), SynthesisParams(**header["params"]), self._reporter(call), cancel, **streaming
@@ -218,7 +226,7 @@ class Host:
         chunks = [
             ChunkRequest(
                 header["text"], Voice(**header["voice"]), SynthesisParams(**header["params"]),
-                self._reporter(header["call"]), cancel, replier(header["call"]),
+                self._reporter(header["call"]), cancel, replier(header["call"]), **self._windows(header),
             )
             for header, cancel in batch
         ]

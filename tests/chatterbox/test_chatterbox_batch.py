@@ -85,9 +85,10 @@ def alone(engine, text: str, params: SynthesisParams) -> tuple[list[int], int]:
     return tokens, len(samples)
 
 
-def batched(engine, requests, cancel_after: dict[int, int] | None = None) -> tuple[list, list[list[float]]]:
+def batched(engine, requests, cancel_after: dict[int, int] | None = None, streamed: dict | None = None) -> tuple[list, list[list[float]]]:
     """Every request's reply from one ``synthesize_batch``, and the fractions each reported;
-    request n is cancelled once it reported ``cancel_after[n]`` token fractions."""
+    request n is cancelled once it reported ``cancel_after[n]`` token fractions, and streamed
+    when ``streamed`` has a list for it (its windows are appended there)."""
     replies: list = [None] * len(requests)
     fractions: list[list[float]] = [[] for _ in requests]
     cancels = [threading.Event() for _ in requests]
@@ -101,8 +102,12 @@ def batched(engine, requests, cancel_after: dict[int, int] | None = None) -> tup
         assert replies[n] is None, "a chunk was replied to twice"
         replies[n] = result
 
+    streamed = streamed or {}
     chunks = [
-        ChunkRequest(text, Voice(), params, lambda f, n=n: progress(n, f), cancels[n], lambda r, n=n: reply(n, r))
+        ChunkRequest(
+            text, Voice(), params, lambda f, n=n: progress(n, f), cancels[n], lambda r, n=n: reply(n, r),
+            streamed[n].append if n in streamed else None,
+        )
         for n, (text, params) in enumerate(requests)
     ]
     engine.synthesize_batch(chunks)
@@ -137,6 +142,17 @@ def test_a_chunk_cancelled_mid_batch_stops_there_and_the_others_keep_their_token
     assert sorted(got) == sorted(expected[n] for n in others)
     for n in others:
         assert len(replies[n]) == len(expected[n]) * SAMPLES_PER_TOKEN
+
+
+def test_a_streamed_chunk_in_a_batch_speaks_in_windows_that_add_up_to_its_tokens(engine):
+    requests = REQUESTS[:2]
+    expected = [alone(engine, text, params)[0] for text, params in requests]
+    windows: list = []
+    with vocoder_double(engine) as got:
+        replies, _ = batched(engine, requests, streamed={0: windows})
+    assert windows and all(len(window) for window in windows)  # heard before the chunk ended
+    assert sum(len(window) for window in windows) + len(replies[0]) == len(expected[0]) * SAMPLES_PER_TOKEN
+    assert got == [expected[1]] and len(replies[1]) == len(expected[1]) * SAMPLES_PER_TOKEN
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

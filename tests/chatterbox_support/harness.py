@@ -46,7 +46,7 @@ TERMINAL = ("completed", "error", "cancelled")
 class TinyChatterboxEngine(ChatterboxEngine):
     """The product's engine on a tiny random-weight checkpoint built by ``tiny_model``."""
 
-    def __init__(self, kind: str, checkpoint_dir: Path, device: str = "auto", max_batch_size: int = 0) -> None:
+    def __init__(self, kind: str, checkpoint_dir: Path | str, device: str = "auto", max_batch_size: int = 0) -> None:
         super().__init__(kind, device=device, model_dir=str(checkpoint_dir), max_batch_size=max_batch_size)
         self.checkpoint_dir = Path(checkpoint_dir)
 

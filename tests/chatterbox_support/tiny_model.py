@@ -169,6 +169,12 @@ def tiny_llama_configs() -> dict[str, dict]:
     }
 
 
+def _real_llama_configs() -> dict[str, dict]:
+    """The library's own entries, as a full-size checkpoint records them."""
+    from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
+    return {name: copy.deepcopy(LLAMA_CONFIGS[name]) for name in tiny_llama_configs()}
+
+
 @contextlib.contextmanager
 def loading(directory: Path | None = None) -> Iterator[None]:
     """Patch ``LLAMA_CONFIGS`` so ``T3()`` builds the tiny backbone.
@@ -509,7 +515,8 @@ _FILES = {
 def build_checkpoint(kind: str, directory: Path, *, seed: int = 0,
                      stop_after: int = 20, ref_seconds: float | None = None,
                      exaggeration: float = 0.5,
-                     weight_dtype: torch.dtype = torch.float16) -> Path:
+                     weight_dtype: torch.dtype = torch.float16,
+                     full_size: bool = False) -> Path:
     """Write a random-weight checkpoint folder for ``kind`` and return it.
 
     ``kind``: "chatterbox", "chatterbox-multilingual" or "chatterbox-turbo".
@@ -521,6 +528,9 @@ def build_checkpoint(kind: str, directory: Path, *, seed: int = 0,
     S3Gen's cost grows with it: every generate() runs the flow decoder over
     the reference mel (prompt_feat) plus the new frames.
     ``exaggeration``: stored in conds.pt as ``t3.emotion_adv``.
+    ``full_size``: the real backbone configs (the 520M Llama, GPT2 medium) instead of the
+    tiny ones, for benchmarks on a GPU (scripts/bench --full-size); ``loading()`` then
+    re-applies the recorded real configs, so the same loading code serves both.
     Files: see the module docstring.  Takes ~15-30 s on 2 CPU cores.
     """
     if kind not in KINDS:
@@ -549,7 +559,7 @@ def build_checkpoint(kind: str, directory: Path, *, seed: int = 0,
 
     # -- modules, seeded
     torch.manual_seed(seed)
-    with loading():
+    with contextlib.nullcontext() if full_size else loading():
         ve = VoiceEncoder()
         t3 = T3(_t3_config(kind))
     s3gen = S3Gen(meanflow=turbo)
@@ -604,7 +614,7 @@ def build_checkpoint(kind: str, directory: Path, *, seed: int = 0,
         "exaggeration": exaggeration,
         "weight_dtype": str(weight_dtype),
         "files": sorted(p.name for p in directory.iterdir()) + ["tiny_model.json"],
-        "llama_configs": tiny_llama_configs(),
+        "llama_configs": _real_llama_configs() if full_size else tiny_llama_configs(),
         "load": "tiny_model.load_model(kind, dir)  # from_local inside loading()",
     }, indent=1, default=str), encoding="utf-8")
     return directory

@@ -235,4 +235,5 @@ def engine_view(core: Core) -> EngineView:
         reason=core.choice.reason,
         device=core.engine.device,
         sample_rate=core.engine.sample_rate,
+        max_batch_size=core.engine.max_batch_size,
     )

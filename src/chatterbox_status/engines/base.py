@@ -60,6 +60,9 @@ class ChunkRequest:
     progress: ProgressFn
     cancel: threading.Event
     reply: Callable[[np.ndarray | BaseException], None]
+    # Streamed (an engine that streams within a chunk): its audio a window at a time, the
+    # reply then carrying the last window.
+    on_audio: AudioFn | None = None
 
 
 class EngineDescription(Protocol):

@@ -14,6 +14,7 @@ check it too.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import importlib
 import logging
@@ -28,6 +29,7 @@ import numpy as np
 
 from .base import AudioFn, Cancelled, ChunkRequest, EngineError, ProgressFn, SynthesisParams, Voice
 from .chatterbox_batch import MAX_NEW_TOKENS, BatchedSequence, sample_together
+from .chatterbox_stream import SPEECH_VOCABULARY, WindowedVocoder
 
 log = logging.getLogger(__name__)
 
@@ -256,26 +258,30 @@ class ChatterboxEngine:
         one vocoding). A chunk cancelled or failed leaves the batch at once; the others go on."""
         if self.model is None:
             raise EngineError(f"{self.name} engine used before load()")
-        sequences: dict[BatchedSequence, tuple[ChunkRequest, _Chunk, Any]] = {}
+        sequences: dict[BatchedSequence, tuple[ChunkRequest, _Chunk, Any, WindowedVocoder | None]] = {}
         for chunk in chunks:
             try:
                 if chunk.cancel.is_set():
                     raise Cancelled()
                 state = self._start_chunk(chunk.text, chunk.progress, chunk.cancel)
                 sequence, conds = self._sequence_for(chunk, state)
-                sequences[sequence] = (chunk, state, conds)
+                windows = None
+                if chunk.on_audio is not None and self.streams_within_chunk:
+                    windows = WindowedVocoder(self.model, chunk.on_audio, conds)
+                    sequence.on_token = functools.partial(_stream_token, state, windows, sequence)
+                sequences[sequence] = (chunk, state, conds, windows)
             except Exception as exc:  # Cancelled included: it is this chunk's reply
                 chunk.reply(exc)
 
         def vocode(sequence: BatchedSequence) -> None:
-            chunk, state, conds = sequences.pop(sequence)
-            chunk.reply(sequence.error or self._vocode(chunk, sequence.tokens, state, conds))
+            chunk, state, conds, windows = sequences.pop(sequence)
+            chunk.reply(sequence.error or self._vocode(chunk, sequence.tokens, state, conds, windows))
 
         try:
             with self._torch.inference_mode():
                 sample_together(self.model.t3, list(sequences), vocode)
         except Exception as exc:  # the batch itself failed (out of memory): every chunk still in it
-            for chunk, _, _ in sequences.values():
+            for chunk, *_ in sequences.values():
                 chunk.reply(exc)
 
     def _sequence_for(self, chunk: ChunkRequest, state: _Chunk) -> tuple[Any, Any]:
@@ -302,16 +308,18 @@ class ChatterboxEngine:
         )
         return sequence, conds
 
-    def _vocode(self, chunk: ChunkRequest, tokens: list[int], state: _Chunk, conds: Any) -> np.ndarray | BaseException:
-        """A batched chunk's tokens into its audio, as ``generate`` makes it (S3Gen, watermark);
-        S3Gen's steps check this chunk's cancellation."""
-        from .chatterbox_stream import SPEECH_VOCABULARY
-
+    def _vocode(
+        self, chunk: ChunkRequest, tokens: list[int], state: _Chunk, conds: Any, windows: WindowedVocoder | None
+    ) -> np.ndarray | BaseException:
+        """A batched chunk's tokens into its audio, as ``generate`` makes it (S3Gen, watermark),
+        or, streamed, its last window; S3Gen's steps check this chunk's cancellation."""
         torch, model = self._torch, self.model
         speech = [token for token in tokens if token < SPEECH_VOCABULARY]
         self._chunk = state
         try:
-            if not speech:
+            if windows is not None:
+                wav = windows.finish()
+            elif not speech:
                 wav = np.zeros(0, dtype=np.float32)
             else:
                 out, _ = model.s3gen.inference(speech_tokens=torch.tensor(speech, device=model.device), ref_dict=conds.gen)
@@ -352,13 +360,11 @@ class ChatterboxEngine:
     def _generate_in_windows(self, text: str, params: SynthesisParams, on_audio: AudioFn) -> Any:
         """What ``ChatterboxTTS.generate`` does, with T3's tokens vocoded in windows as they
         are sampled (chatterbox_stream.WindowedVocoder); the chunk's last window is returned."""
-        from .chatterbox_stream import WindowedVocoder
-
         torch, model = self._torch, self.model
         kwargs = {**GENERATE_DEFAULTS, **self._generate_kwargs(params)}
         t3_cond = self._t3_cond(model.conds, kwargs.pop("exaggeration"))
         text_tokens = self._text_tokens(text)
-        vocoder = WindowedVocoder(model, on_audio)
+        vocoder = WindowedVocoder(model, on_audio, model.conds)
         hook = model.t3.speech_emb.register_forward_hook(vocoder.on_embedding)
         try:
             with torch.inference_mode():
@@ -406,6 +412,12 @@ class ChatterboxEngine:
         if len(self.conditionals) > CONDITIONALS_CACHE_SIZE:
             self.conditionals.popitem(last=False)
         return self.model.conds
+
+
+def _stream_token(state: _Chunk, windows: WindowedVocoder, sequence: BatchedSequence, tokens: int) -> None:
+    """A streamed chunk's token in a batch: progress and cancellation, then its windows."""
+    state.advance(tokens)
+    windows.add(sequence.tokens[-1])
 
 
 def _forward_hooks(module: Any) -> dict[int, set[int]]:

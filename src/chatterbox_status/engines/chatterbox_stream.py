@@ -47,12 +47,13 @@ AudioFn = Callable[[np.ndarray], None]
 class WindowedVocoder:
     """Collects the tokens T3 samples and hands out audio a window at a time."""
 
-    def __init__(self, model: Any, on_audio: AudioFn) -> None:
+    def __init__(self, model: Any, on_audio: AudioFn, conds: Any) -> None:
         import torch
 
         self._torch = torch
         self.model = model
         self.on_audio = on_audio
+        self.conds = conds  # the voice's prepared conditionals: S3Gen's reference
         self.start_token = int(model.t3.hp.start_speech_token)
         self.tokens: list[int] = []
         self.sampling = False  # T3 embeds the voice prompt's tokens first, then its start token
@@ -67,7 +68,7 @@ class WindowedVocoder:
         self._devices = [torch.cuda.current_device()] if str(model.device).startswith("cuda") else []
 
     def on_embedding(self, module: Any, args: Any, output: Any) -> None:
-        """Forward hook on ``t3.speech_emb``: each sampled token passes here once."""
+        """Forward hook on ``t3.speech_emb`` (one chunk alone): each sampled token passes here once."""
         tokens = args[0]
         if tokens.numel() != 1:
             return
@@ -75,6 +76,10 @@ class WindowedVocoder:
         if not self.sampling:
             self.sampling = token == self.start_token
             return
+        self.add(token)
+
+    def add(self, token: int) -> None:
+        """One sampled token (a batch hands them here itself); a window is vocoded once enough came."""
         if token < SPEECH_VOCABULARY:
             self.tokens.append(token)
         if len(self.tokens) >= self.next_window:
@@ -92,7 +97,7 @@ class WindowedVocoder:
         if not self.tokens:
             return empty
         tokens = torch.tensor([self.tokens], dtype=torch.long, device=self.model.device)
-        mels = s3gen.flow_inference(tokens, ref_dict=self.model.conds.gen, finalize=True)
+        mels = s3gen.flow_inference(tokens, ref_dict=self.conds.gen, finalize=True)
         if not finalize:
             mels = mels[:, :, : -s3gen.flow.pre_lookahead_len * s3gen.flow.token_mel_ratio]
         new = mels[:, :, self.frames_sent :].to(dtype=s3gen.dtype)

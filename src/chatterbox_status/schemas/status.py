@@ -209,6 +209,9 @@ class EngineView(EngineResidency):
     reason: str
     device: str
     sample_rate: Annotated[int, Field(ge=1)]
+    max_batch_size: Annotated[int, Field(ge=1)] = Field(
+        description="How many requests' chunks it steps together (MAX_BATCH_SIZE, known once loaded); 1: one at a time"
+    )
 
 
 class UptimeInfo(Body):
