@@ -66,7 +66,7 @@ def main() -> None:
 
     settings = Settings.load(server_flags, os.environ)
     kwargs = {"kind": args.kind, "checkpoint_dir": str(folder), "device": settings.device, "max_batch_size": settings.max_batch_size}
-    facts = EngineFacts.of(engine(**kwargs))  # type: ignore[arg-type]
+    facts = EngineFacts.of(engine(args.kind, folder, settings.device, settings.max_batch_size))
     host = EngineProcess(EngineSpec(SPEC, kwargs), facts, settings.engine_threads)
     web.run_app(create_app(settings, host), host="127.0.0.1", port=args.port, print=None, access_log=None, handler_cancellation=True)
 
