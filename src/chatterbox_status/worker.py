@@ -1,4 +1,5 @@
-"""The worker: a FIFO job queue in front of the engines, run one job at a time (or a batch's worth on an engine that batches).
+"""The worker: a FIFO job queue in front of the engines, run one job at a time (a batch's
+worth at a time on an engine that batches).
 
 Each engine runs in a process of its own (:class:`~chatterbox_status.supervisor.EngineProcess`,
 behind the :class:`EngineHost` protocol), loaded, supervised and unloaded by its

@@ -16,6 +16,7 @@ const PROGRESS_FIELDS = {
   text_preview: "preview",
   duration_seconds: "duration",
   error_message: "error",
+  batched_with: "batchedWith",
 };
 
 function newRecord(id, order) {
@@ -31,6 +32,7 @@ function newRecord(id, order) {
     preview: "",
     duration: null,
     error: null,
+    batchedWith: [],
     own: false,
     seenAt: 0,
     endedOrder: 0,

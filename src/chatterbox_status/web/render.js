@@ -31,7 +31,10 @@ function createCard(template, record, onCancel) {
 }
 
 function chunkText(record) {
-  return record.totalChunks ? `chunk ${record.chunk}/${record.totalChunks}` : "";
+  if (!record.totalChunks) return "";
+  const others = TERMINAL.has(record.status) ? 0 : (record.batchedWith || []).length;
+  const batch = others ? ` · batched with ${others} other request${others === 1 ? "" : "s"}` : "";
+  return `chunk ${record.chunk}/${record.totalChunks}${batch}`;
 }
 
 function updateCard(card, record, position, serverNow) {
