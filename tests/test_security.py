@@ -261,6 +261,8 @@ async def test_a_body_that_stops_arriving_is_a_408_and_the_connection_closes(mak
     raw, elapsed = await asyncio.to_thread(raw_exchange, client.port, request)
     status, body = status_and_body(raw)
     assert status == 408 and body["error"]["code"] == "body_timeout"
+    # 408 is not in errors.HTTP_ERROR_TYPES: its type is the fallback for a client's fault.
+    assert body["error"]["type"] == "invalid_request_error", body
     assert elapsed < 2.0, elapsed  # closed, not held for ever
     assert (await client.get("/ping")).status == 200
 
