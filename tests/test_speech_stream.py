@@ -185,6 +185,27 @@ async def test_client_disconnect_cancels_its_request_and_frees_the_engine(make_c
     assert (stats["cancelled_requests"], stats["completed_requests"]) == (1, 1)
 
 
+async def test_a_listener_hanging_up_in_the_middle_of_a_windowed_chunk_cancels_its_request(make_client, make_scripted):
+    """The engine streams its chunk in windows and has handed out the first one when the
+    client leaves: the request still ends cancelled, and the engine serves the next one."""
+    engine = make_scripted(streams=True)
+    client = await make_client(engine=engine, max_chunk_length=50)
+    engine.hold()
+    ended = terminal_waiter(client, "leaving-client-2")
+    body = {"input": f"{FIRST_PART} {SECOND_PART}", "response_format": "pcm", "streaming_chunk_size": 50}
+    request = asyncio.ensure_future(client.post("/v1/audio/speech/stream", json=body, headers={"X-Request-ID": "leaving-client-2"}))
+    assert await asyncio.to_thread(engine.wait_started) == FIRST_PART
+    response = await asyncio.wait_for(request, 10)
+    assert len(await asyncio.wait_for(response.content.readexactly(1000), 10)) == 1000  # the first window's start
+    response.close()
+    assert await asyncio.wait_for(ended, 10) == "cancelled"
+    engine.release(5)
+    after = await client.post("/v1/audio/speech", json={"input": "Next one."})
+    assert after.status == 200
+    stats = await (await client.get("/status/statistics")).json()
+    assert (stats["cancelled_requests"], stats["completed_requests"]) == (1, 1)
+
+
 async def test_shutdown_mid_request_ends_it_cleanly(make_client, scripted):
     client = await make_client(engine=scripted, shutdown_timeout=0.2)
     scripted.hold()

@@ -8,6 +8,8 @@ spoke, so a wrong byte order or scale shows in every format that carries raw PCM
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from helpers import pcm16_reference, wav_fields
@@ -87,3 +89,20 @@ async def test_a_chunk_streamed_in_windows_reaches_the_wire_whole_and_in_order(m
     assert b"".join(pieces) == pcm16_reference(expected)
     whole = await client.post("/v1/audio/speech", json={"input": text, "response_format": "pcm"})
     assert await whole.read() == pcm16_reference(expected)  # a whole file takes no windows
+
+
+async def test_a_window_reaches_the_client_while_its_chunk_is_still_being_spoken(make_client, make_scripted):
+    """A streaming engine's first window goes out at once, not when its chunk ends: the
+    client reads it while the engine is held in the middle of the chunk."""
+    engine = make_scripted(streams=True)
+    client = await make_client(engine=engine)
+    engine.hold()
+    request = asyncio.ensure_future(client.post("/v1/audio/speech/stream", json={"input": TEXT, "response_format": "pcm"}))
+    assert await asyncio.to_thread(engine.wait_started) == TEXT  # its first window handed out, the rest held
+    response = await asyncio.wait_for(request, 10)
+    assert response.status == 200
+    tone = engine.tone(TEXT)
+    first_window = pcm16_reference(tone[: len(tone) // 3])
+    assert await asyncio.wait_for(response.content.readexactly(len(first_window)), 10) == first_window
+    engine.release()
+    assert first_window + await response.read() == pcm16_reference(tone)
