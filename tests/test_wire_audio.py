@@ -9,7 +9,9 @@ spoke, so a wrong byte order or scale shows in every format that carries raw PCM
 from __future__ import annotations
 
 import asyncio
+import io
 
+import av
 import numpy as np
 import pytest
 from helpers import pcm16_reference, wav_fields
@@ -106,3 +108,14 @@ async def test_a_window_reaches_the_client_while_its_chunk_is_still_being_spoken
     assert await asyncio.wait_for(response.content.readexactly(len(first_window)), 10) == first_window
     engine.release()
     assert first_window + await response.read() == pcm16_reference(tone)
+
+
+async def test_a_streamed_flac_decodes_to_exactly_what_the_engine_spoke(make_client, scripted):
+    """FLAC is lossless and its encoder holds back a block until the stream is flushed: the
+    streamed file, to its last byte, decodes to every sample spoken."""
+    client = await make_client(engine=scripted)
+    response = await client.post("/v1/audio/speech/stream", json={"input": TEXT, "response_format": "flac"})
+    assert response.status == 200
+    with av.open(io.BytesIO(await response.read())) as container:
+        decoded = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)])
+    assert decoded.astype("<i2").tobytes() == pcm16_reference(scripted.tone(TEXT))
