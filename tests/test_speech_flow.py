@@ -33,6 +33,11 @@ async def test_hibari_request_goes_from_queued_to_completed_with_chunk_progress(
         assert f"Generating audio for chunk {n}/{total}" in chunk_steps
     percentages = [d["progress_percentage"] for d in mine if "progress_percentage" in d]
     assert percentages == sorted(percentages)
+    # Generation earns 95%, joining starts there and encoding at 97.5%.
+    [joining] = [d for d in mine if d["status"] == "concatenating"]
+    [encoding] = [d for d in mine if d["status"] == "finalizing"]
+    assert (joining["current_step"], joining["progress_percentage"]) == (f"Combining {total} audio chunks", 95.0)
+    assert (encoding["current_step"], encoding["progress_percentage"]) == ("Converting to wav", 97.5)
     assert percentages[-1] == 100.0 and percentages[-2] < 100.0
 
     record = await (await client.get(f"/status/requests/{request_id}")).json()
