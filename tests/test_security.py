@@ -344,6 +344,23 @@ async def test_a_stream_nobody_reads_is_cancelled_before_it_buffers_without_end(
     assert (await client.post("/v1/audio/speech", json={"input": "Next."})).status == 200
 
 
+async def test_a_stream_read_as_it_comes_may_be_longer_than_the_bound(make_client):
+    """STREAM_BUFFER_BYTES bounds the bytes waiting for the client, not the stream: a client
+    that reads as the audio comes gets a stream twice as long as the bound, whole."""
+    engine = ScriptedEngine()
+    engine.seconds_per_char = 1.0  # 32 KB of 16-bit audio per character
+    client = await make_client(engine=engine, send_timeout=600)
+    text = "Words to stream. " * 130  # about 70 MB of audio: twice STREAM_BUFFER_BYTES
+    response = await client.post("/v1/audio/speech/stream", json={"input": text, "response_format": "pcm"})
+    assert response.status == 200
+    received = 0
+    async for piece in response.content.iter_any():
+        received += len(piece)
+    assert received > 2 * STREAM_BUFFER_BYTES
+    stats = await (await client.get("/status/statistics")).json()
+    assert (stats["completed_requests"], stats["cancelled_requests"]) == (1, 0)
+
+
 # -- 10. multipart bodies -----------------------------------------------------------------------
 
 
