@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from conftest import record_events
 from eventsource import EventSource
 
 TERMINAL = ("completed", "error", "cancelled")
@@ -202,6 +203,7 @@ async def test_a_long_text_job_regenerating_a_corrupt_chunk_never_shows_less_pro
     engine = make_scripted()
     client = await make_client(engine=engine, data_dir=str(data_dir))
     stream = EventSource(await client.get("/status/stream"))
+    progress_events = record_events(client, types=("progress",))
     engine.hold()
     body = {"input": " ".join(SENTENCES), "response_format": "wav", "chunk_size": 55}
     created = await client.post("/audio/speech/long", json=body)
@@ -222,6 +224,9 @@ async def test_a_long_text_job_regenerating_a_corrupt_chunk_never_shows_less_pro
     assert percentages == sorted(percentages), percentages
     # The chunk generated again earns nothing new: generation stays within its 95% share.
     assert max(e["progress_percentage"] for e in events if e["status"] == "generating_audio") <= 95.0
+    # A progress event means progress: while the chunk is generated again, none is sent.
+    mine = [e.data["progress_percentage"] for e in progress_events if e.data["request_id"] == job_id]
+    assert len(mine) == len(set(mine)), mine
     assert percentages[-1] == 100.0 and all(p < 100.0 for p in percentages[:-1])
     job = await get_json(client, f"/audio/speech/long/{job_id}")
     assert job["status"] == "completed"
