@@ -32,6 +32,7 @@ class ScriptedEngine:
     ``streams=True`` hands each chunk out in windows (``on_audio``): its first third, its second
     third, and the rest returned; held, it hands out the first window before it waits, as a
     streaming model has spoken the start of a chunk while it still works on the rest.
+    ``reports_progress=False`` stands for an engine that says nothing inside a chunk.
     """
 
     name = "scripted"
@@ -50,7 +51,9 @@ class ScriptedEngine:
         cancel_within_chunk: bool = True,
         work_seconds_per_char: float = 0.0,
         streams: bool = False,
+        reports_progress: bool = True,
     ) -> None:
+        self.reports_progress = reports_progress
         self.supports_cloning = cloning
         self.streams_within_chunk = streams
         self.cancel_within_chunk = cancel_within_chunk
@@ -101,10 +104,12 @@ class ScriptedEngine:
                     raise Cancelled()
         if self.work_seconds_per_char:
             time.sleep(len(text) * self.work_seconds_per_char)  # the model's compute, not a wait for anything
-        progress(0.5)
+        if self.reports_progress:
+            progress(0.5)
         if self.fail_on is not None and self.fail_on in text:
             raise RuntimeError(f"scripted failure on {self.fail_on!r}")
-        progress(1.0)
+        if self.reports_progress:
+            progress(1.0)
         if on_audio is None:
             return samples
         # Streaming within the chunk: its first third and second third as windows, the rest returned.
