@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from conftest import decode_wav, record_events
 from helpers import LIFECYCLE
 
@@ -14,6 +16,7 @@ TEXT = (
 async def test_hibari_request_goes_from_queued_to_completed_with_chunk_progress(make_client):
     client = await make_client(max_chunk_length=60)
     events = record_events(client)
+    sent = time.time()
     response = await client.post("/v1/audio/speech", json={"input": TEXT, "voice": "alloy"})
     assert response.status == 200
     assert response.content_type == "audio/wav"
@@ -43,6 +46,8 @@ async def test_hibari_request_goes_from_queued_to_completed_with_chunk_progress(
     record = await (await client.get(f"/status/requests/{request_id}")).json()
     assert record["status"] == "completed"
     assert record["progress"]["progress_percentage"] == 100.0
+    # Once done, the estimated completion is the time it completed.
+    assert sent <= record["progress"]["estimated_completion"] <= time.time()
     assert record["audio_duration_seconds"] == round(frames / rate, 3)
 
 
