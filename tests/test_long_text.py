@@ -314,6 +314,7 @@ async def test_pause_then_resume_finishes_the_job(make_long):
     view = await status_of(client, job_id)
     assert view["status"] == "paused" and view["can_resume"] and not view["can_pause"]
     assert view["progress"]["completed_chunks"] == 1
+    assert view["progress"]["current_chunk"] is None and view["metadata"]["processing_paused_at"] is not None
     assert core_of(client).tracker.find(job_id).status == "paused"  # not running any more
     assert not core_of(client).tracker.is_processing
     assert not manager_of(client).is_running(job_id)
@@ -343,6 +344,7 @@ async def test_cancelled_job_retries_from_its_last_finished_chunk(make_long):
     view = await status_of(client, job_id)
     assert view["status"] == "cancelled" and view["progress"]["completed_chunks"] == 2
     assert not view["can_cancel"]
+    assert view["progress"]["current_chunk"] is None and view["metadata"]["processing_paused_at"] is None  # never paused
 
     calls_before = len(spoken(engine))
     resp = await client.post(f"/audio/speech/long/{job_id}/retry", json={})
@@ -362,6 +364,7 @@ async def test_failed_job_reports_its_error_and_retries(make_long):
     assert view["status"] == "failed"
     assert "scripted failure" in view["progress"]["error"]
     assert view["progress"]["completed_chunks"] == 2
+    assert view["progress"]["current_chunk"] is None  # no chunk is being generated any more
     engine.fail_on = None
     resp = await client.post(f"/v1/audio/speech/long/{job_id}/retry")
     assert resp.status == 200, await resp.text()
@@ -465,6 +468,23 @@ async def test_jobs_beyond_the_concurrency_limit_wait_pending(make_long):
     await finished(client, second)
     assert spoken(engine) == [*SENTENCES, "Second job speaks this. And this too."]
     assert (await status_of(client, second))["status"] == "completed"
+
+
+async def test_a_pending_job_that_never_started_can_be_deleted(make_long):
+    """A job waiting behind the concurrency limit has no files yet: deleting it still works."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, max_concurrent_jobs=1)
+    first = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    second = (await submit(client, text="Second job speaks this. And this too."))["job_id"]
+    assert (await status_of(client, second))["status"] == "pending"
+    assert not files.job_dir(manager_of(client).root, second).exists()
+    resp = await client.delete(f"/audio/speech/long/{second}?action=delete")
+    assert resp.status == 200, await resp.text()
+    assert (await client.get(f"/audio/speech/long/{second}")).status == 404
+    engine.release(20)
+    assert (await finished(client, first))["status"] == "completed"
+    assert spoken(engine) == SENTENCES
 
 
 # --- limits, retention, durability ---------------------------------------------------
