@@ -189,6 +189,8 @@ async def test_jobs_show_up_on_the_bus_like_requests(make_long):
     assert mine[0]["status"] == "queued"
     generating = [(d["current_chunk"], d["total_chunks"]) for d in mine if d["status"] == "generating_audio"]
     assert generating == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    ending = [(d["status"], d["current_step"], d["progress_percentage"]) for d in mine if d["status"] in ("concatenating", "finalizing")]
+    assert ending == [("concatenating", "Combining 4 audio chunks", 95.0), ("finalizing", "Converting to wav", 97.5)]
     assert mine[-1]["status"] == "completed" and mine[-1]["progress_percentage"] == 100.0
     record = core_of(client).tracker.find(job_id)
     assert record is not None and record.status == "completed"
@@ -532,20 +534,32 @@ async def test_retention_removes_old_finished_jobs_and_their_files(make_long):
 
 
 async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
+    """Checked after the last chunk: a truncated file, a missing one and a valid file of the
+    wrong length are each generated again, and the job's details say why while it happens."""
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True, silence_padding_ms=0)
     job_id = (await submit(client))["job_id"]
     await in_thread(engine.wait_started)
     engine.release(1)
-    await in_thread(engine.wait_started)  # chunk 2 is running, chunk 1 is on disk
+    await in_thread(engine.wait_started)
+    engine.release(1)
+    await in_thread(engine.wait_started)  # chunk 3 is running, chunks 1 and 2 are on disk
     root = manager_of(client).root
     first_chunk = files.chunk_path(root, job_id, 0)
     first_chunk.write_bytes(first_chunk.read_bytes()[:100])  # truncated
     files.chunk_path(root, job_id, 1).unlink(missing_ok=True)
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[3]  # chunk 3 is on disk
+    np.save(files.chunk_path(root, job_id, 2), np.zeros(100, dtype=np.float32))  # a valid file, too short
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[0]  # generated again, held
+    details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
+    errors = [chunk["error"] for chunk in details["chunks"]]
+    assert errors == ["audio file is corrupt", "audio file is missing", "audio file is corrupt", None]
     engine.release(10)
     view = await finished(client, job_id)
     assert view["status"] == "completed"
-    assert sorted(spoken(engine)) == sorted([*SENTENCES, SENTENCES[0]])
+    assert spoken(engine) == [*SENTENCES, *SENTENCES[:3]]
     _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
     assert len(pcm) == expected_frames(engine, SENTENCES, 0)
 
