@@ -97,6 +97,7 @@ def error_of(body: dict) -> dict:
 
 async def test_submit_poll_download_with_range_and_manage(make_long):
     engine = ScriptedEngine()
+    engine.seconds_per_char = 0.0207  # chunks of any number of samples, so durations have more than 3 decimals
     client = await make_long(engine, silence_padding_ms=100)
     created = await submit(client, display_name="story")
     job_id = created["job_id"]
@@ -122,6 +123,9 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     assert rate == engine.sample_rate
     assert len(pcm) == expected_frames(engine, SENTENCES, 100)
     assert view["metadata"]["output_size_bytes"] == len(whole)
+    assert view["metadata"]["output_duration_seconds"] == round(len(pcm) / rate, 3) != round(len(pcm) / rate, 4)
+    completed_at = view["metadata"]["processing_completed_at"]
+    assert completed_at is not None and view["metadata"]["completion_timestamp"] == completed_at
 
     resp = await client.get(f"/v1/audio/speech/long/{job_id}/download", headers={"Range": "bytes=10-109"})
     assert resp.status == 206
