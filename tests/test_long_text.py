@@ -99,6 +99,7 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     engine = ScriptedEngine()
     engine.seconds_per_char = 0.0207  # chunks of any number of samples, so durations have more than 3 decimals
     client = await make_long(engine, silence_padding_ms=100)
+    submitted = time.monotonic()
     created = await submit(client, display_name="story")
     job_id = created["job_id"]
     assert created["status"] == "pending"
@@ -107,7 +108,9 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     assert created["sse_url"] == f"/audio/speech/long/{job_id}/sse"
 
     view = await finished(client, job_id)
+    took_ms = 1000 * (time.monotonic() - submitted)
     assert view["status"] == "completed"
+    assert 0 <= view["metadata"]["total_processing_time_ms"] <= took_ms
     assert view["progress"]["overall_progress"] == 100.0
     assert view["progress"]["completed_chunks"] == 4
     assert view["download_url"] == f"/audio/speech/long/{job_id}/download"
@@ -134,7 +137,8 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
 
     details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
     assert [c["text"] for c in details["chunks"]] == SENTENCES
-    assert all(c["status"] == "completed" and c["duration_ms"] > 0 for c in details["chunks"])
+    assert all(c["status"] == "completed" for c in details["chunks"])
+    assert [c["duration_ms"] for c in details["chunks"]] == [round(1000 * len(engine.tone(s)) / engine.sample_rate) for s in SENTENCES]
     assert details["input_text"] == TEXT
 
     resp = await client.patch(f"/audio/speech/long/{job_id}", json={"display_name": "renamed", "tags": [" a ", "b"]})
