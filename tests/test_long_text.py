@@ -129,6 +129,8 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     assert view["metadata"]["output_duration_seconds"] == round(len(pcm) / rate, 3) != round(len(pcm) / rate, 4)
     completed_at = view["metadata"]["processing_completed_at"]
     assert completed_at is not None and view["metadata"]["completion_timestamp"] == completed_at
+    started_at = view["metadata"]["processing_started_at"]
+    assert started_at is not None and started_at <= completed_at
 
     resp = await client.get(f"/v1/audio/speech/long/{job_id}/download", headers={"Range": "bytes=10-109"})
     assert resp.status == 206
@@ -138,6 +140,7 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
     assert [c["text"] for c in details["chunks"]] == SENTENCES
     assert all(c["status"] == "completed" for c in details["chunks"])
+    assert all((files.job_dir(manager_of(client).root, job_id) / c["audio_file"]).is_file() for c in details["chunks"])
     assert [c["duration_ms"] for c in details["chunks"]] == [round(1000 * len(engine.tone(s)) / engine.sample_rate) for s in SENTENCES]
     assert details["input_text"] == TEXT
 
@@ -317,6 +320,9 @@ async def test_pause_then_resume_finishes_the_job(make_long):
     assert await in_thread(engine.wait_started) == SENTENCES[1]
     view = await status_of(client, job_id)
     assert view["status"] == "processing" and view["can_pause"] and not view["can_resume"]
+    assert view["progress"]["current_chunk"] == 1  # the second chunk, counted from 0 as in the details
+    details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
+    assert [c["status"] for c in details["chunks"]] == ["completed", "processing", "pending", "pending"]
 
     resp = await client.put(f"/audio/speech/long/{job_id}/pause")
     assert resp.status == 200, await resp.text()
