@@ -112,7 +112,7 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     assert view["status"] == "completed"
     assert 0 <= view["metadata"]["total_processing_time_ms"] <= took_ms
     assert view["progress"]["overall_progress"] == 100.0
-    assert view["progress"]["completed_chunks"] == 4
+    assert view["progress"]["completed_chunks"] == 4 and view["progress"]["current_chunk"] is None
     assert view["download_url"] == f"/audio/speech/long/{job_id}/download"
     assert (view["can_pause"], view["can_resume"], view["can_cancel"]) == (False, False, False)
     assert view["metadata"]["display_name"] == "story"
