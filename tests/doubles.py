@@ -29,6 +29,10 @@ class ScriptedEngine:
     a chunk (as a model without a per-token hook does): a held chunk then runs to its end even
     when cancelled. ``work_seconds_per_char`` makes each chunk take that long per character, as
     a real model's compute does, so measured throughput and estimates are realistic.
+    ``streams=True`` hands each chunk out in windows (``on_audio``): its first third, its second
+    third, and the rest returned; held, it hands out the first window before it waits, as a
+    streaming model has spoken the start of a chunk while it still works on the rest.
+    ``reports_progress=False`` stands for an engine that says nothing inside a chunk.
     """
 
     name = "scripted"
@@ -48,7 +52,9 @@ class ScriptedEngine:
         cancel_within_chunk: bool = True,
         work_seconds_per_char: float = 0.0,
         streams: bool = False,
+        reports_progress: bool = True,
     ) -> None:
+        self.reports_progress = reports_progress
         self.supports_cloning = cloning
         self.streams_within_chunk = streams
         self.cancel_within_chunk = cancel_within_chunk
@@ -88,23 +94,28 @@ class ScriptedEngine:
             raise Cancelled()
         self.calls.append(text)
         self.voices.append((voice.source, voice.path, voice.path is not None and os.path.exists(voice.path)))
+        samples = self.tone(text, params.speed)
+        third = len(samples) // 3
         if self._held:
+            if on_audio is not None:
+                on_audio(samples[:third])
             self.started.put(text)
             while not self._releases.acquire(timeout=0.05):
                 if self.cancel_within_chunk and cancel.is_set():
                     raise Cancelled()
         if self.work_seconds_per_char:
             time.sleep(len(text) * self.work_seconds_per_char)  # the model's compute, not a wait for anything
-        progress(0.5)
+        if self.reports_progress:
+            progress(0.5)
         if self.fail_on is not None and self.fail_on in text:
             raise RuntimeError(f"scripted failure on {self.fail_on!r}")
-        progress(1.0)
-        samples = self.tone(text, params.speed)
+        if self.reports_progress:
+            progress(1.0)
         if on_audio is None:
             return samples
         # Streaming within the chunk: its first third and second third as windows, the rest returned.
-        third = len(samples) // 3
-        on_audio(samples[:third])
+        if not self._held:
+            on_audio(samples[:third])
         on_audio(samples[third : 2 * third])
         return samples[2 * third :]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import random
 
 import pytest
@@ -210,3 +211,21 @@ async def test_soak_of_hundreds_of_mixed_requests_stays_bounded_and_adds_up(make
     assert sum(tracker.find(rid) is not None for rid in counts) == 20
     assert not tracker.is_processing
     assert await rss_mb() - rss_before < 150  # MB: nothing per request is kept
+
+
+async def test_the_chunk_handed_ahead_of_a_cancelled_request_ends_without_a_logged_error(make_client, scripted, caplog):
+    """An interactive request hands the engine its next chunk while the current one is spoken;
+    cancelled, nobody awaits that next call, whose engine refuses it (Cancelled). It must end
+    quietly, not as asyncio's "exception was never retrieved" in the operator's log."""
+    client = await make_client(engine=scripted, max_chunk_length=50)
+    scripted.hold()
+    text = "The first part of the story is told here. The second part of the story follows on."
+    request = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": text}, headers={"X-Request-ID": "ahead-of-1"}))
+    await asyncio.to_thread(scripted.wait_started)
+    assert (await client.delete("/v1/audio/speech/ahead-of-1")).status == 200
+    assert (await request).status == 409
+    scripted.release(5)
+    # The engine takes calls in order: once the next request is spoken, the discarded call has ended.
+    assert (await client.post("/v1/audio/speech", json={"input": "Next one."})).status == 200
+    gc.collect()
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

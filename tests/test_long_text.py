@@ -97,7 +97,9 @@ def error_of(body: dict) -> dict:
 
 async def test_submit_poll_download_with_range_and_manage(make_long):
     engine = ScriptedEngine()
+    engine.seconds_per_char = 0.0207  # chunks of any number of samples, so durations have more than 3 decimals
     client = await make_long(engine, silence_padding_ms=100)
+    submitted = time.monotonic()
     created = await submit(client, display_name="story")
     job_id = created["job_id"]
     assert created["status"] == "pending"
@@ -106,9 +108,11 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     assert created["sse_url"] == f"/audio/speech/long/{job_id}/sse"
 
     view = await finished(client, job_id)
+    took_ms = 1000 * (time.monotonic() - submitted)
     assert view["status"] == "completed"
+    assert 0 <= view["metadata"]["total_processing_time_ms"] <= took_ms
     assert view["progress"]["overall_progress"] == 100.0
-    assert view["progress"]["completed_chunks"] == 4
+    assert view["progress"]["completed_chunks"] == 4 and view["progress"]["current_chunk"] is None
     assert view["download_url"] == f"/audio/speech/long/{job_id}/download"
     assert (view["can_pause"], view["can_resume"], view["can_cancel"]) == (False, False, False)
     assert view["metadata"]["display_name"] == "story"
@@ -122,6 +126,11 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     assert rate == engine.sample_rate
     assert len(pcm) == expected_frames(engine, SENTENCES, 100)
     assert view["metadata"]["output_size_bytes"] == len(whole)
+    assert view["metadata"]["output_duration_seconds"] == round(len(pcm) / rate, 3) != round(len(pcm) / rate, 4)
+    completed_at = view["metadata"]["processing_completed_at"]
+    assert completed_at is not None and view["metadata"]["completion_timestamp"] == completed_at
+    started_at = view["metadata"]["processing_started_at"]
+    assert started_at is not None and started_at <= completed_at
 
     resp = await client.get(f"/v1/audio/speech/long/{job_id}/download", headers={"Range": "bytes=10-109"})
     assert resp.status == 206
@@ -130,7 +139,9 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
 
     details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
     assert [c["text"] for c in details["chunks"]] == SENTENCES
-    assert all(c["status"] == "completed" and c["duration_ms"] > 0 for c in details["chunks"])
+    assert all(c["status"] == "completed" for c in details["chunks"])
+    assert all((files.job_dir(manager_of(client).root, job_id) / c["audio_file"]).is_file() for c in details["chunks"])
+    assert [c["duration_ms"] for c in details["chunks"]] == [round(1000 * len(engine.tone(s)) / engine.sample_rate) for s in SENTENCES]
     assert details["input_text"] == TEXT
 
     resp = await client.patch(f"/audio/speech/long/{job_id}", json={"display_name": "renamed", "tags": [" a ", "b"]})
@@ -189,6 +200,8 @@ async def test_jobs_show_up_on_the_bus_like_requests(make_long):
     assert mine[0]["status"] == "queued"
     generating = [(d["current_chunk"], d["total_chunks"]) for d in mine if d["status"] == "generating_audio"]
     assert generating == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    ending = [(d["status"], d["current_step"], d["progress_percentage"]) for d in mine if d["status"] in ("concatenating", "finalizing")]
+    assert ending == [("concatenating", "Combining 4 audio chunks", 95.0), ("finalizing", "Converting to wav", 97.5)]
     assert mine[-1]["status"] == "completed" and mine[-1]["progress_percentage"] == 100.0
     record = core_of(client).tracker.find(job_id)
     assert record is not None and record.status == "completed"
@@ -307,6 +320,9 @@ async def test_pause_then_resume_finishes_the_job(make_long):
     assert await in_thread(engine.wait_started) == SENTENCES[1]
     view = await status_of(client, job_id)
     assert view["status"] == "processing" and view["can_pause"] and not view["can_resume"]
+    assert view["progress"]["current_chunk"] == 1  # the second chunk, counted from 0 as in the details
+    details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
+    assert [c["status"] for c in details["chunks"]] == ["completed", "processing", "pending", "pending"]
 
     resp = await client.put(f"/audio/speech/long/{job_id}/pause")
     assert resp.status == 200, await resp.text()
@@ -314,6 +330,7 @@ async def test_pause_then_resume_finishes_the_job(make_long):
     view = await status_of(client, job_id)
     assert view["status"] == "paused" and view["can_resume"] and not view["can_pause"]
     assert view["progress"]["completed_chunks"] == 1
+    assert view["progress"]["current_chunk"] is None and view["metadata"]["processing_paused_at"] is not None
     assert core_of(client).tracker.find(job_id).status == "paused"  # not running any more
     assert not core_of(client).tracker.is_processing
     assert not manager_of(client).is_running(job_id)
@@ -343,6 +360,7 @@ async def test_cancelled_job_retries_from_its_last_finished_chunk(make_long):
     view = await status_of(client, job_id)
     assert view["status"] == "cancelled" and view["progress"]["completed_chunks"] == 2
     assert not view["can_cancel"]
+    assert view["progress"]["current_chunk"] is None and view["metadata"]["processing_paused_at"] is None  # never paused
 
     calls_before = len(spoken(engine))
     resp = await client.post(f"/audio/speech/long/{job_id}/retry", json={})
@@ -362,6 +380,7 @@ async def test_failed_job_reports_its_error_and_retries(make_long):
     assert view["status"] == "failed"
     assert "scripted failure" in view["progress"]["error"]
     assert view["progress"]["completed_chunks"] == 2
+    assert view["progress"]["current_chunk"] is None  # no chunk is being generated any more
     engine.fail_on = None
     resp = await client.post(f"/v1/audio/speech/long/{job_id}/retry")
     assert resp.status == 200, await resp.text()
@@ -467,6 +486,23 @@ async def test_jobs_beyond_the_concurrency_limit_wait_pending(make_long):
     assert (await status_of(client, second))["status"] == "completed"
 
 
+async def test_a_pending_job_that_never_started_can_be_deleted(make_long):
+    """A job waiting behind the concurrency limit has no files yet: deleting it still works."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, max_concurrent_jobs=1)
+    first = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    second = (await submit(client, text="Second job speaks this. And this too."))["job_id"]
+    assert (await status_of(client, second))["status"] == "pending"
+    assert not files.job_dir(manager_of(client).root, second).exists()
+    resp = await client.delete(f"/audio/speech/long/{second}?action=delete")
+    assert resp.status == 200, await resp.text()
+    assert (await client.get(f"/audio/speech/long/{second}")).status == 404
+    engine.release(20)
+    assert (await finished(client, first))["status"] == "completed"
+    assert spoken(engine) == SENTENCES
+
+
 # --- limits, retention, durability ---------------------------------------------------
 
 
@@ -512,20 +548,32 @@ async def test_retention_removes_old_finished_jobs_and_their_files(make_long):
 
 
 async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
+    """Checked after the last chunk: a truncated file, a missing one and a valid file of the
+    wrong length are each generated again, and the job's details say why while it happens."""
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True, silence_padding_ms=0)
     job_id = (await submit(client))["job_id"]
     await in_thread(engine.wait_started)
     engine.release(1)
-    await in_thread(engine.wait_started)  # chunk 2 is running, chunk 1 is on disk
+    await in_thread(engine.wait_started)
+    engine.release(1)
+    await in_thread(engine.wait_started)  # chunk 3 is running, chunks 1 and 2 are on disk
     root = manager_of(client).root
     first_chunk = files.chunk_path(root, job_id, 0)
     first_chunk.write_bytes(first_chunk.read_bytes()[:100])  # truncated
     files.chunk_path(root, job_id, 1).unlink(missing_ok=True)
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[3]  # chunk 3 is on disk
+    np.save(files.chunk_path(root, job_id, 2), np.zeros(100, dtype=np.float32))  # a valid file, too short
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[0]  # generated again, held
+    details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
+    errors = [chunk["error"] for chunk in details["chunks"]]
+    assert errors == ["audio file is corrupt", "audio file is missing", "audio file is corrupt", None]
     engine.release(10)
     view = await finished(client, job_id)
     assert view["status"] == "completed"
-    assert sorted(spoken(engine)) == sorted([*SENTENCES, SENTENCES[0]])
+    assert spoken(engine) == [*SENTENCES, *SENTENCES[:3]]
     _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
     assert len(pcm) == expected_frames(engine, SENTENCES, 0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from conftest import core_of, record_events
 from doubles import ScriptedEngine
 
@@ -65,6 +66,30 @@ async def test_percentage_follows_finished_characters_and_chunk_fraction(make_cl
     inside = [e.data["progress_percentage"] for e in events if e.type == "progress"]
     # The engine's half-way report inside the long chunk lands between the chunk boundaries.
     assert round(95.0 * (10 + 0.5 * 29) / 39, 1) in inside
+
+
+@pytest.mark.parametrize("reports", [True, False], ids=["reporting-engine", "silent-engine"])
+async def test_each_finished_chunk_earns_its_share_whatever_the_engine_reports(make_client, make_scripted, reports):
+    """At the start of each chunk the percentage is the generation share of the chunks before
+    it, also from an engine that reports nothing inside a chunk; a report inside the third
+    chunk counts the two before it."""
+    engine = make_scripted(reports_progress=reports)
+    client = await make_client(engine=engine, max_chunk_length=30)
+    events = record_events(client)
+    engine.hold()
+    chunks = ["Short one.", "This sentence is much longer.", "And a third one ends it."]
+    total = sum(len(c) for c in chunks)
+    post = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": " ".join(chunks)}))
+    for n, chunk in enumerate(chunks):
+        assert await asyncio.to_thread(engine.wait_started) == chunk
+        view = await (await client.get("/status/progress")).json()
+        done = sum(len(c) for c in chunks[:n])
+        assert (view["current_chunk"], view["progress_percentage"]) == (n + 1, round(95.0 * done / total, 1)), view
+        engine.release()
+    assert (await post).status == 200
+    inside = [e.data["progress_percentage"] for e in events if e.type == "progress"]
+    if reports:
+        assert round(95.0 * (len(chunks[0]) + len(chunks[1]) + 0.5 * len(chunks[2])) / total, 1) in inside
 
 
 async def test_queued_requests_get_chained_estimates_from_measured_throughput(make_client, scripted):

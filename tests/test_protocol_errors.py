@@ -154,6 +154,24 @@ async def test_what_escapes_the_app_is_a_json_500_without_a_traceback():
     assert "secret" not in json.dumps(error)
 
 
+async def test_a_handler_timeout_that_escapes_the_app_is_a_json_504():
+    """handle_error's third answer: a TimeoutError no middleware caught is aiohttp's 504. 504
+    is not in errors.HTTP_ERROR_TYPES, so its type is the fallback for the server's fault."""
+
+    async def stuck(request: web.Request) -> web.Response:
+        raise TimeoutError("an upstream wait ran out")
+
+    app = web.Application()
+    app.router.add_get("/stuck", stuck)
+    async with JsonErrorTestServer(app) as test_server:
+        error = await assert_json_error(
+            test_server.port, b"GET /stuck HTTP/1.1\r\n" + HOST + b"\r\n", 504, "handler_timeout",
+            r"^The server timed out handling the request$",
+        )
+    assert error["type"] == "server_error"
+    assert "upstream" not in json.dumps(error)
+
+
 async def test_the_runner_builds_the_server_aiohttp_builds_but_for_its_class():
     """JsonErrorAppRunner rebuilds aiohttp's Server from its arguments: if a release gives
     Server a setting the rebuild does not carry over, this fails."""

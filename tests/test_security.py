@@ -264,6 +264,8 @@ async def test_a_body_that_stops_arriving_is_a_408_and_the_connection_closes(mak
     raw, elapsed = await asyncio.to_thread(raw_exchange, client.port, request)
     status, body = status_and_body(raw)
     assert status == 408 and body["error"]["code"] == "body_timeout"
+    # 408 is not in errors.HTTP_ERROR_TYPES: its type is the fallback for a client's fault.
+    assert body["error"]["type"] == "invalid_request_error", body
     assert elapsed < 2.0, elapsed  # closed, not held for ever
     assert (await client.get("/ping")).status == 200
 
@@ -343,6 +345,23 @@ async def test_a_stream_nobody_reads_is_cancelled_before_it_buffers_without_end(
             assert time.monotonic() < deadline, stats
             await asyncio.sleep(0.05)
     assert (await client.post("/v1/audio/speech", json={"input": "Next."})).status == 200
+
+
+async def test_a_stream_read_as_it_comes_may_be_longer_than_the_bound(make_client):
+    """STREAM_BUFFER_BYTES bounds the bytes waiting for the client, not the stream: a client
+    that reads as the audio comes gets a stream twice as long as the bound, whole."""
+    engine = ScriptedEngine()
+    engine.seconds_per_char = 1.0  # 32 KB of 16-bit audio per character
+    client = await make_client(engine=engine, send_timeout=600)
+    text = "Words to stream. " * 130  # about 70 MB of audio: twice STREAM_BUFFER_BYTES
+    response = await client.post("/v1/audio/speech/stream", json={"input": text, "response_format": "pcm"})
+    assert response.status == 200
+    received = 0
+    async for piece in response.content.iter_any():
+        received += len(piece)
+    assert received > 2 * STREAM_BUFFER_BYTES
+    stats = await (await client.get("/status/statistics")).json()
+    assert (stats["completed_requests"], stats["cancelled_requests"]) == (1, 0)
 
 
 # -- 10. multipart bodies -----------------------------------------------------------------------

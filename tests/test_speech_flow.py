@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from conftest import decode_wav, record_events
 from helpers import LIFECYCLE
 
@@ -14,6 +16,7 @@ TEXT = (
 async def test_hibari_request_goes_from_queued_to_completed_with_chunk_progress(make_client):
     client = await make_client(max_chunk_length=60)
     events = record_events(client)
+    sent = time.time()
     response = await client.post("/v1/audio/speech", json={"input": TEXT, "voice": "alloy"})
     assert response.status == 200
     assert response.content_type == "audio/wav"
@@ -33,11 +36,18 @@ async def test_hibari_request_goes_from_queued_to_completed_with_chunk_progress(
         assert f"Generating audio for chunk {n}/{total}" in chunk_steps
     percentages = [d["progress_percentage"] for d in mine if "progress_percentage" in d]
     assert percentages == sorted(percentages)
+    # Generation earns 95%, joining starts there and encoding at 97.5%.
+    [joining] = [d for d in mine if d["status"] == "concatenating"]
+    [encoding] = [d for d in mine if d["status"] == "finalizing"]
+    assert (joining["current_step"], joining["progress_percentage"]) == (f"Combining {total} audio chunks", 95.0)
+    assert (encoding["current_step"], encoding["progress_percentage"]) == ("Converting to wav", 97.5)
     assert percentages[-1] == 100.0 and percentages[-2] < 100.0
 
     record = await (await client.get(f"/status/requests/{request_id}")).json()
     assert record["status"] == "completed"
     assert record["progress"]["progress_percentage"] == 100.0
+    # Once done, the estimated completion is the time it completed.
+    assert sent <= record["progress"]["estimated_completion"] <= time.time()
     assert record["audio_duration_seconds"] == round(frames / rate, 3)
 
 

@@ -8,8 +8,9 @@ import json
 
 import aiohttp
 import pytest
-from conftest import core_of, decode_wav
+from conftest import core_of, decode_wav, record_events
 from doubles import ScriptedEngine
+from helpers import LIFECYCLE
 
 # Sentences shorter than the first streamed chunk's cap, so streamed and whole plans agree.
 TEXT = "The tide is coming in. Gulls circle over the pier. A small boat heads for home."
@@ -179,6 +180,48 @@ async def test_client_disconnect_cancels_its_request_and_frees_the_engine(make_c
     assert scripted.calls[2:] == [FIRST_PART]
 
     scripted.release(5)
+    after = await client.post("/v1/audio/speech", json={"input": "Next one."})
+    assert after.status == 200
+    stats = await (await client.get("/status/statistics")).json()
+    assert (stats["cancelled_requests"], stats["completed_requests"]) == (1, 1)
+
+
+async def test_a_streamed_request_is_followed_to_its_end_and_its_record_holds_the_audio_sent(make_client, make_scripted):
+    """Its statuses are a whole file's but for joining (each chunk went out already), its
+    finalizing step is the stream's own at 97.5%, and its record's audio duration is that of
+    every sample sent: each chunk's windows and the pause between the chunks."""
+    engine = make_scripted(streams=True)
+    client = await make_client(engine=engine, max_chunk_length=50)
+    events = record_events(client)
+    body = {"input": f"{FIRST_PART} {SECOND_PART}", "response_format": "pcm", "streaming_chunk_size": 50}
+    response = await client.post("/v1/audio/speech/stream", json=body, headers={"X-Request-ID": "streamed-1"})
+    assert response.status == 200
+    pcm = await response.read()
+    mine = [e.data for e in events if e.data["request_id"] == "streamed-1"]
+    statuses = [d["status"] for d in mine]
+    assert [s for n, s in enumerate(statuses) if n == 0 or statuses[n - 1] != s] == [s for s in LIFECYCLE if s != "concatenating"]
+    [finalizing] = [d for d in mine if d["status"] == "finalizing"]
+    assert (finalizing["current_step"], finalizing["progress_percentage"]) == ("Finishing the audio stream", 97.5)
+    record = await (await client.get("/status/requests/streamed-1")).json()
+    assert record["progress"]["total_chunks"] == 2
+    assert record["audio_duration_seconds"] == round(len(pcm) / 2 / engine.sample_rate, 3)
+
+
+async def test_a_listener_hanging_up_in_the_middle_of_a_windowed_chunk_cancels_its_request(make_client, make_scripted):
+    """The engine streams its chunk in windows and has handed out the first one when the
+    client leaves: the request still ends cancelled, and the engine serves the next one."""
+    engine = make_scripted(streams=True)
+    client = await make_client(engine=engine, max_chunk_length=50)
+    engine.hold()
+    ended = terminal_waiter(client, "leaving-client-2")
+    body = {"input": f"{FIRST_PART} {SECOND_PART}", "response_format": "pcm", "streaming_chunk_size": 50}
+    request = asyncio.ensure_future(client.post("/v1/audio/speech/stream", json=body, headers={"X-Request-ID": "leaving-client-2"}))
+    assert await asyncio.to_thread(engine.wait_started) == FIRST_PART
+    response = await asyncio.wait_for(request, 10)
+    assert len(await asyncio.wait_for(response.content.readexactly(1000), 10)) == 1000  # the first window's start
+    response.close()
+    assert await asyncio.wait_for(ended, 10) == "cancelled"
+    engine.release(5)
     after = await client.post("/v1/audio/speech", json={"input": "Next one."})
     assert after.status == 200
     stats = await (await client.get("/status/statistics")).json()

@@ -90,6 +90,8 @@ def test_split_chunks_rejects_max_length_below_one(max_length):
 @pytest.mark.parametrize("text", ["", "   ", "\n\n", " \n \t "])
 def test_split_chunks_empty_text_gives_no_chunks(text):
     assert split_chunks(text, 50) == []
+    # The server refuses empty input before it plans, but plan() itself must not fail on it.
+    assert Chunking(50, first_length=10).plan(text) == []
 
 
 def test_split_chunks_short_text_is_one_chunk():
@@ -125,6 +127,9 @@ SECOND = "Then he left the room quietly."
         "Pi is 3.14.",
         "Get v1.2.3.",
         "In 1999.",
+        # A word in capitals, or one lowercase letter, is not an initial: the full stop ends it.
+        "He works at NASA.",
+        "Solve for x.",
     ],
 )
 def test_split_chunks_splits_at_sentence_end(first):
@@ -160,7 +165,9 @@ def test_split_chunks_closing_quote_stays_with_sentence():
         "We meet at 5 p.m. on Fridays.",
         "The U.S. Army marched on.",
         "Room No. 5 is free now.",
+        "We chose No. 7, the blue one.",
         "See Fig. 3 for details.",
+        "See Fig. 3b for details.",
         "It takes approx. ten minutes.",
         "Acme Inc. makes anvils.",
         "Acme Ltd. makes anvils.",
@@ -177,6 +184,7 @@ def test_split_chunks_closing_quote_stays_with_sentence():
         "Call 555.123.4567 after lunch.",
         "Well... maybe not today.",
         "Well\u2026 maybe not today.",
+        "Well... iPhones sold out fast.",
         'He said "Wait..." and left us.',
         "Wait... (maybe) we should go.",
     ],
@@ -402,6 +410,12 @@ def test_every_strategy_keeps_every_word_in_order_within_the_size(strategy, size
     assert " ".join(chunks).split() == STRATEGY_TEXT.split()
 
 
+def test_paragraph_strategy_counts_a_paragraph_of_exactly_the_size_as_whole():
+    # Every paragraph fits, the last one exactly: whole paragraphs are packed, so the first two share a chunk.
+    text = "One.\nTwo.\nThird one is twenty."
+    assert split_by_strategy(text, 20, "paragraph") == ["One. Two.", "Third one is twenty."]
+
+
 def test_paragraph_strategy_packs_whole_paragraphs_only():
     chunks = split_by_strategy(STRATEGY_TEXT, 90, "paragraph")
     assert chunks[0] == "First paragraph has two sentences. Here is the second one. Second paragraph, short."
@@ -414,8 +428,14 @@ def test_word_strategy_ignores_sentence_ends():
     assert split_by_strategy(text, 14, "sentence") == ["One two.", "Three four.", "Five six."]
 
 
+def test_word_strategy_ignores_clause_ends_too():
+    # By clauses it would be ["We sat,", "talked a lot."]; by words the first chunk takes all that fits.
+    assert split_by_strategy("We sat, talked a lot.", 14, "word") == ["We sat, talked", "a lot."]
+    assert split_by_strategy("We sat, talked a lot.", 14, "fixed") == ["We sat, talked", "a lot."]
+
+
 def test_unknown_strategy_is_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown chunking strategy 'semantic'"):
         split_by_strategy("Hello.", 50, "semantic")
 
 

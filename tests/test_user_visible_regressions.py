@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from conftest import record_events
 from eventsource import EventSource
 
 TERMINAL = ("completed", "error", "cancelled")
@@ -69,6 +70,34 @@ async def test_a_cancelled_request_does_not_lower_the_success_rate(make_client, 
     assert (stats["completed_requests"], stats["cancelled_requests"], stats["error_requests"]) == (1, 1, 0)
     assert stats["success_rate"] == 100.0
     assert (await get_json(client, "/info"))["uptime_info"]["success_rate"] == 100.0
+
+
+async def test_each_way_a_request_ends_is_named_in_its_last_step(make_client, make_scripted):
+    """The status API's current_step of a finished request says how it ended."""
+    engine = make_scripted(fail_on="broken")
+    client = await make_client(engine=engine)
+    assert (await post(client, "This one is fine.", "ends-completed")).status == 200
+    assert (await post(client, "This one is broken.", "ends-failed")).status == 500
+    engine.hold()
+    cancelled = asyncio.ensure_future(post(client, "This one is cancelled.", "ends-cancelled"))
+    await asyncio.to_thread(engine.wait_started)
+    assert (await client.delete("/v1/audio/speech/ends-cancelled")).status == 200
+    assert (await cancelled).status == 409
+    created = await client.post("/audio/speech/long", json={"input": "A long-text job that is paused. It has two chunks.", "chunk_size": 40})
+    assert created.status == 200, await created.text()
+    job_id = (await created.json())["job_id"]
+    await asyncio.to_thread(engine.wait_started)
+    assert (await client.put(f"/audio/speech/long/{job_id}/pause")).status == 200
+    steps = {}
+    for request_id in ("ends-completed", "ends-failed", "ends-cancelled", job_id):
+        record = await get_json(client, f"/status/requests/{request_id}")
+        steps[request_id] = (record["status"], record["progress"]["current_step"])
+    assert steps == {
+        "ends-completed": ("completed", "Completed"),
+        "ends-failed": ("error", "Failed"),
+        "ends-cancelled": ("cancelled", "Cancelled"),
+        job_id: ("paused", "Paused"),
+    }
 
 
 # -- the queue's estimates -------------------------------------------------------------------
@@ -174,6 +203,7 @@ async def test_a_long_text_job_regenerating_a_corrupt_chunk_never_shows_less_pro
     engine = make_scripted()
     client = await make_client(engine=engine, data_dir=str(data_dir))
     stream = EventSource(await client.get("/status/stream"))
+    progress_events = record_events(client, types=("progress",))
     engine.hold()
     body = {"input": " ".join(SENTENCES), "response_format": "wav", "chunk_size": 55}
     created = await client.post("/audio/speech/long", json=body)
@@ -192,6 +222,11 @@ async def test_a_long_text_job_regenerating_a_corrupt_chunk_never_shows_less_pro
     assert [t for t in engine.calls[2:]] == [*SENTENCES, SENTENCES[0]]  # after the two warm-ups
     percentages = [e["progress_percentage"] for e in events]
     assert percentages == sorted(percentages), percentages
+    # The chunk generated again earns nothing new: generation stays within its 95% share.
+    assert max(e["progress_percentage"] for e in events if e["status"] == "generating_audio") <= 95.0
+    # A progress event means progress: while the chunk is generated again, none is sent.
+    mine = [e.data["progress_percentage"] for e in progress_events if e.data["request_id"] == job_id]
+    assert len(mine) == len(set(mine)), mine
     assert percentages[-1] == 100.0 and all(p < 100.0 for p in percentages[:-1])
     job = await get_json(client, f"/audio/speech/long/{job_id}")
     assert job["status"] == "completed"

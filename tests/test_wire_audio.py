@@ -8,6 +8,10 @@ spoke, so a wrong byte order or scale shows in every format that carries raw PCM
 
 from __future__ import annotations
 
+import asyncio
+import io
+
+import av
 import numpy as np
 import pytest
 from helpers import pcm16_reference, wav_fields
@@ -87,3 +91,53 @@ async def test_a_chunk_streamed_in_windows_reaches_the_wire_whole_and_in_order(m
     assert b"".join(pieces) == pcm16_reference(expected)
     whole = await client.post("/v1/audio/speech", json={"input": text, "response_format": "pcm"})
     assert await whole.read() == pcm16_reference(expected)  # a whole file takes no windows
+
+
+async def test_a_window_reaches_the_client_while_its_chunk_is_still_being_spoken(make_client, make_scripted):
+    """A streaming engine's first window goes out at once, not when its chunk ends: the
+    client reads it while the engine is held in the middle of the chunk."""
+    engine = make_scripted(streams=True)
+    client = await make_client(engine=engine)
+    engine.hold()
+    request = asyncio.ensure_future(client.post("/v1/audio/speech/stream", json={"input": TEXT, "response_format": "pcm"}))
+    assert await asyncio.to_thread(engine.wait_started) == TEXT  # its first window handed out, the rest held
+    response = await asyncio.wait_for(request, 10)
+    assert response.status == 200
+    tone = engine.tone(TEXT)
+    first_window = pcm16_reference(tone[: len(tone) // 3])
+    assert await asyncio.wait_for(response.content.readexactly(len(first_window)), 10) == first_window
+    engine.release()
+    assert first_window + await response.read() == pcm16_reference(tone)
+
+
+async def test_a_streamed_flac_decodes_to_exactly_what_the_engine_spoke(make_client, scripted):
+    """FLAC is lossless and its encoder holds back a block until the stream is flushed: the
+    streamed file, to its last byte, decodes to every sample spoken."""
+    client = await make_client(engine=scripted)
+    response = await client.post("/v1/audio/speech/stream", json={"input": TEXT, "response_format": "flac"})
+    assert response.status == 200
+    with av.open(io.BytesIO(await response.read())) as container:
+        decoded = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)])
+    assert decoded.astype("<i2").tobytes() == pcm16_reference(scripted.tone(TEXT))
+
+
+async def test_the_next_chunks_first_window_reaches_the_client_while_that_chunk_is_still_spoken(make_client, make_scripted):
+    """The engine starts the second chunk, and hands out its first window, before the
+    pipeline has moved on to it: that window still goes out at once, after the first chunk
+    and the pause."""
+    engine = make_scripted(streams=True)
+    client = await make_client(engine=engine, max_chunk_length=50)
+    engine.hold()
+    first, second = "The first sentence is short.", "A second one follows it."
+    body = {"input": f"{first} {second}", "response_format": "pcm", "streaming_chunk_size": 50}
+    request = asyncio.ensure_future(client.post("/v1/audio/speech/stream", json=body))
+    assert await asyncio.to_thread(engine.wait_started) == first
+    engine.release()
+    assert await asyncio.to_thread(engine.wait_started) == second  # its first window handed out, the rest held
+    response = await asyncio.wait_for(request, 10)
+    gap = np.zeros(int(round(0.2 * engine.sample_rate)), dtype=np.float32)
+    tone = engine.tone(second)
+    so_far = pcm16_reference(np.concatenate([engine.tone(first), gap, tone[: len(tone) // 3]]))
+    assert await asyncio.wait_for(response.content.readexactly(len(so_far)), 10) == so_far
+    engine.release()
+    assert so_far + await response.read() == pcm16_reference(np.concatenate([engine.tone(first), gap, tone]))
