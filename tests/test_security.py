@@ -523,3 +523,31 @@ def test_the_dashboard_asks_before_sending_a_key_elsewhere(base, answer, expecte
     outcome = json.loads(result.stdout)
     assert outcome["ok"] is expected
     assert outcome["asked"] == (["https://evil.example"] if base and "evil" in base else [])
+
+
+# -- chunk files are data, never code --------------------------------------------------------
+
+UNPICKLED: list[str] = []
+
+
+def _record_unpickling(marker: str) -> str:
+    UNPICKLED.append(marker)
+    return marker
+
+
+class _Payload:
+    """A pickled object whose loading runs code (here: records that it ran)."""
+
+    def __reduce__(self):
+        return _record_unpickling, ("ran",)
+
+
+def test_a_chunk_file_holding_a_pickle_is_refused_without_running_it(tmp_path):
+    import numpy as np
+
+    from chatterbox_status.longtext.files import read_chunk
+
+    path = tmp_path / "chunk_0000.npy"
+    np.save(path, np.array([_Payload()], dtype=object), allow_pickle=True)
+    assert read_chunk(path, None) is None  # generated again, as a corrupt chunk is
+    assert UNPICKLED == []
