@@ -216,7 +216,7 @@ class Settings:
     max_batch_size: int = _setting(
         0,
         "MAX_BATCH_SIZE",
-        "requests whose chunks the chatterbox engine steps together through the model; 0 chooses by device (8 on CUDA, 1 elsewhere)",
+        "requests whose chunks chatterbox and chatterbox-turbo step together through the model; 0 chooses by device (8 on CUDA, 1 elsewhere)",
         _between(0, 256),
     )
     chunk_timeout: float = _setting(600.0, "CHUNK_TIMEOUT", "seconds one chunk may take before its request fails", _between(0.01, 86400))

@@ -155,6 +155,26 @@ def test_a_streamed_chunk_in_a_batch_speaks_in_windows_that_add_up_to_its_tokens
     assert got == [expected[1]] and len(replies[1]) == len(expected[1]) * SAMPLES_PER_TOKEN
 
 
+TURBO_REQUESTS = [
+    ("Hello there.", SynthesisParams(exaggeration=0.0, cfg_weight=0.0, temperature=0.8, seed=200)),
+    ("A somewhat longer sentence to speak now.", SynthesisParams(exaggeration=0.0, cfg_weight=0.0, temperature=0.5, seed=201, top_p=0.8)),
+    ("Hi!", SynthesisParams(exaggeration=0.0, cfg_weight=0.0, temperature=1.0, seed=202, repetition_penalty=1.6)),
+]
+
+
+def test_turbo_chunks_batched_sample_the_tokens_they_sample_alone(checkpoint):
+    engine = TinyChatterboxEngine("chatterbox-turbo", checkpoint("chatterbox-turbo"), max_batch_size=4)
+    engine.load(lambda fraction: None)
+    assert engine.max_batch_size == 4
+    expected = [alone(engine, text, params) for text, params in TURBO_REQUESTS]
+    with vocoder_double(engine) as got:
+        replies, fractions = batched(engine, TURBO_REQUESTS)
+    assert sorted(got) == sorted(tokens for tokens, _ in expected)  # its own prompt and sampling each
+    for (_, samples), reply, reported in zip(expected, replies, fractions):
+        assert len(reply) == samples
+        assert reported[-1] == 1.0
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def batching_server(checkpoint, tmp_path_factory):
     kwargs = {"kind": "chatterbox", "checkpoint_dir": str(checkpoint("chatterbox")), "max_batch_size": 4}

@@ -63,6 +63,7 @@ class TinyChatterboxEngine(ChatterboxEngine):
             model = super()._load_model(cls, device)
         if self.name == "chatterbox-turbo":
             cap_turbo_tokens(model, TURBO_TOKEN_CAP)
+            self.max_new_tokens = TURBO_TOKEN_CAP + 1  # batched chunks too, as many as the capped loop gives
         return model
 
 

@@ -31,6 +31,9 @@ from .base import AudioFn, Cancelled, ChunkRequest, EngineError, ProgressFn, Syn
 from .chatterbox_batch import MAX_NEW_TOKENS, BatchedSequence, sample_together
 from .chatterbox_stream import SPEECH_VOCABULARY, WindowedVocoder
 
+# chatterbox.models.s3gen.const.S3GEN_SIL, the token of silence.
+S3GEN_SILENCE = 4299
+
 log = logging.getLogger(__name__)
 
 CLASSES = {
@@ -49,6 +52,12 @@ TOKENS_PER_CHAR_ALPHA = 0.3
 TOKEN_SHARE = 0.8
 # What ChatterboxTTS.generate samples with when a request leaves these out.
 GENERATE_DEFAULTS = {"repetition_penalty": 1.2, "min_p": 0.05, "top_p": 1.0}
+# ... and what ChatterboxTurboTTS.generate samples with.
+TURBO_DEFAULTS = {"repetition_penalty": 1.2, "top_p": 0.95, "top_k": 1000}
+# Silence tokens ChatterboxTurboTTS.generate ends a chunk's speech tokens with, and its
+# vocoder's flow-matching steps (a meanflow S3Gen).
+TURBO_TAIL_TOKENS = 3
+TURBO_CFM_STEPS = 2
 # The engines whose chunks can be spoken as they are generated (chatterbox_stream.py): the
 # multilingual model's token loop also steers by attention (its alignment analyser) and
 # turbo samples through another loop (``inference_turbo``), so those speak whole chunks.
@@ -58,9 +67,10 @@ GENERATE_DEFAULTS = {"repetition_penalty": 1.2, "min_p": 0.05, "top_p": 1.0}
 # (docs/benchmarks.rst, "Streaming within a chunk").
 STREAMING_ENGINES = ("chatterbox",)
 # The engines whose concurrent chunks are stepped together through T3 (chatterbox_batch.py):
-# the multilingual model's alignment analyser follows one sequence's attention, and turbo's
-# loop (``inference_turbo``) takes no attention mask, so those run one chunk at a time.
-BATCHING_ENGINES = ("chatterbox",)
+# the multilingual model's token loop is steered by an alignment analyser that follows one
+# sequence's attention (forward hooks on three heads, reading row 0 of the batch), so it runs
+# one chunk at a time.
+BATCHING_ENGINES = ("chatterbox", "chatterbox-turbo")
 # MAX_BATCH_SIZE=0 chooses by device: on CUDA eight requests' key/value caches (about 0.6 GB
 # each at 1000 tokens in float32) fit beside the model on a 24 GB card; on a CPU, S3Gen's
 # vocoding dominates a chunk and batching T3 hardly pays (docs/benchmarks.rst).
@@ -145,6 +155,8 @@ class ChatterboxEngine:
         self._builtin: Any = None
         self._chunk: _Chunk | None = None
         self._torch: Any = None
+        # Speech tokens a batched chunk may sample (the library's loops stop at 1000 too).
+        self.max_new_tokens = MAX_NEW_TOKENS
 
     # -- loading -------------------------------------------------------------------
 
@@ -285,26 +297,29 @@ class ChatterboxEngine:
                 chunk.reply(exc)
 
     def _sequence_for(self, chunk: ChunkRequest, state: _Chunk) -> tuple[Any, Any]:
-        """A chunk as ``chatterbox_batch`` samples it: what ``ChatterboxTTS.generate`` gives
-        ``T3.inference``, with the request's own random generator."""
+        """A chunk as ``chatterbox_batch`` samples it: what the class's ``generate`` gives its
+        token loop, with the request's own random generator."""
         torch, model = self._torch, self.model
+        turbo = self.name == "chatterbox-turbo"
         conds = self._conditionals_for(chunk.voice, chunk.params)
-        kwargs = {**GENERATE_DEFAULTS, **self._generate_kwargs(chunk.params)}
+        kwargs = {**(TURBO_DEFAULTS if turbo else GENERATE_DEFAULTS), **self._generate_kwargs(chunk.params)}
         generator = torch.Generator(device=model.device)
         if chunk.params.seed is not None:
             generator.manual_seed(chunk.params.seed)
         else:
             generator.seed()
         sequence = BatchedSequence(
-            t3_cond=self._t3_cond(conds, kwargs["exaggeration"]),
-            text_tokens=self._text_tokens(chunk.text),
+            t3_cond=conds.t3 if turbo else self._t3_cond(conds, kwargs["exaggeration"]),
+            text_tokens=self._turbo_text_tokens(chunk.text) if turbo else self._text_tokens(chunk.text),
             cfg_weight=kwargs["cfg_weight"],
             temperature=kwargs["temperature"],
             repetition_penalty=kwargs["repetition_penalty"],
             min_p=kwargs["min_p"],
             top_p=kwargs["top_p"],
+            top_k=kwargs.get("top_k", 0),
             generator=generator,
             on_token=state.advance,
+            max_new_tokens=self.max_new_tokens,
         )
         return sequence, conds
 
@@ -319,6 +334,12 @@ class ChatterboxEngine:
         try:
             if windows is not None:
                 wav = windows.finish()
+            elif self.name == "chatterbox-turbo":  # as ChatterboxTurboTTS.generate: silence at the end, two flow steps
+                speech += [S3GEN_SILENCE] * TURBO_TAIL_TOKENS
+                out, _ = model.s3gen.inference(
+                    speech_tokens=torch.tensor(speech, device=model.device), ref_dict=conds.gen, n_cfm_timesteps=TURBO_CFM_STEPS
+                )
+                wav = model.watermarker.apply_watermark(out.squeeze(0).detach().cpu().numpy(), sample_rate=model.sr)
             elif not speech:
                 wav = np.zeros(0, dtype=np.float32)
             else:
@@ -346,6 +367,13 @@ class ChatterboxEngine:
             cond_prompt_speech_tokens=cond.cond_prompt_speech_tokens,
             emotion_adv=exaggeration * self._torch.ones(1, 1, 1),
         ).to(device=self.model.device)
+
+    def _turbo_text_tokens(self, text: str) -> Any:
+        """A chunk's text tokens as ``ChatterboxTurboTTS.generate`` makes them (one row)."""
+        from chatterbox.tts_turbo import punc_norm
+
+        tokens = self.model.tokenizer(punc_norm(text), return_tensors="pt", padding=True, truncation=True)
+        return tokens.input_ids.to(self.model.device)
 
     def _text_tokens(self, text: str) -> Any:
         """The guidance pair of a chunk's text tokens, between start and stop (as ``generate``)."""

@@ -1,18 +1,19 @@
 """Concurrent requests stepped together through T3: one forward pass per token for all.
 
-``T3.inference`` samples one request's speech tokens with a batch of two rows, the
-classifier-free-guidance pair. Here the pairs of several requests share each forward pass:
-their prompts (voice conditioning, text, start token) differ in length, so they are padded on
-the left, with an attention mask hiding the padding and position ids counting each row's own
+``T3.inference`` (ChatterboxTTS) samples one request's speech tokens with a batch of two
+rows, the classifier-free-guidance pair; ``T3.inference_turbo`` (ChatterboxTurboTTS) with
+one row and no guidance. Here the rows of several requests share each forward pass: their
+prompts (voice conditioning, text, start token) differ in length, so they are padded on the
+left, with an attention mask hiding the padding and position ids counting each row's own
 tokens, so every row sees what it would see alone. Each request keeps its own sampling
-(guidance weight, temperature, repetition penalty, min_p, top_p, its own random generator,
-so a seed gives the same tokens batched or not), its own progress and its own cancellation,
-and leaves the batch when it samples its stop token, reaches its cap, or is cancelled: its
-rows are dropped from the key/value cache, so the others go on without it.
+(guidance weight, temperature, repetition penalty, min_p or top_k, top_p, its own random
+generator, so a seed gives the same tokens batched or not), its own progress and its own
+cancellation, and leaves the batch when it samples its stop token, reaches its cap, or is
+cancelled: its rows are dropped from the key/value cache, so the others go on without it.
 
-Built on the library's own modules (``prepare_input_embeds``, the Llama backbone, the speech
-embedding, positions and head) and the same logits processors ``T3.inference`` uses, in the
-same order; nothing of the model is rewritten.
+Built on the library's own modules (``prepare_input_embeds``, the Llama or GPT-2 backbone,
+the speech embedding, positions and head) and the same logits processors the library's two
+loops use, in their order; nothing of the model is rewritten.
 
 Requests join a batch when it starts (at a chunk boundary), not mid-way: joining at a step
 would mean prefilling the newcomer's prompt into a cache whose rows are already hundreds of
@@ -45,9 +46,32 @@ class BatchedSequence:
     # takes the sequence out of the batch.
     on_token: Callable[[int], None]
     max_new_tokens: int = MAX_NEW_TOKENS
+    top_k: int = 0  # turbo's (its loop keeps the 1000 likeliest tokens); 0: no such cut
     tokens: list[int] = field(default_factory=list)
     error: BaseException | None = None
     done: bool = False
+
+
+def _processors(sequence: BatchedSequence, turbo: bool) -> list[Any]:
+    """The logits processors the library's loop applies, in its order."""
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    temperature = [TemperatureLogitsWarper(sequence.temperature)] if sequence.temperature != 1.0 else []
+    repetition = RepetitionPenaltyLogitsProcessor(penalty=float(sequence.repetition_penalty))
+    if not turbo:  # T3.inference
+        return [repetition, *temperature, MinPLogitsWarper(min_p=sequence.min_p), TopPLogitsWarper(top_p=sequence.top_p)]
+    return [  # T3.inference_turbo
+        *(temperature if sequence.temperature > 0 else []),
+        *([TopKLogitsWarper(sequence.top_k)] if sequence.top_k > 0 else []),
+        *([TopPLogitsWarper(sequence.top_p)] if sequence.top_p < 1.0 else []),
+        *([repetition] if sequence.repetition_penalty != 1.0 else []),
+    ]
 
 
 def sample_together(t3: Any, sequences: list[BatchedSequence], on_done: Callable[[BatchedSequence], None]) -> None:
@@ -55,59 +79,56 @@ def sample_together(t3: Any, sequences: list[BatchedSequence], on_done: Callable
     each as soon as it leaves the batch (stopped, capped, cancelled or failed), so its audio
     can be made while the others are still sampled."""
     import torch
-    from transformers.generation.logits_process import (
-        MinPLogitsWarper,
-        RepetitionPenaltyLogitsProcessor,
-        TopPLogitsWarper,
-    )
 
     hp = t3.hp
     start, stop = hp.start_speech_token, hp.stop_speech_token
     device = t3.device
+    turbo = bool(getattr(t3, "is_gpt", False))
+    rows = 1 if turbo else 2  # turbo has no guidance pair
     prompts = []
     for seq in sequences:
         start_tokens = start * torch.ones_like(seq.text_tokens[:, :1])
         embeds, _ = t3.prepare_input_embeds(
-            t3_cond=seq.t3_cond, text_tokens=seq.text_tokens, speech_tokens=start_tokens, cfg_weight=seq.cfg_weight
+            t3_cond=seq.t3_cond, text_tokens=seq.text_tokens, speech_tokens=start_tokens, cfg_weight=0.0 if turbo else seq.cfg_weight
         )
-        bos = t3.speech_emb(torch.tensor([[start]], device=device)) + t3.speech_pos_emb.get_fixed_embedding(0)
-        prompts.append(torch.cat([embeds, bos.expand(embeds.size(0), -1, -1)], dim=1))
+        if not turbo:  # T3.inference feeds its start token once more, at fixed position 0
+            bos = t3.speech_emb(torch.tensor([[start]], device=device)) + t3.speech_pos_emb.get_fixed_embedding(0)
+            embeds = torch.cat([embeds, bos.expand(embeds.size(0), -1, -1)], dim=1)
+        prompts.append(embeds)
     longest = max(p.size(1) for p in prompts)
     width = prompts[0].size(2)
-    inputs = torch.zeros(2 * len(prompts), longest, width, dtype=prompts[0].dtype, device=device)
-    mask = torch.zeros(2 * len(prompts), longest, dtype=torch.long, device=device)
+    inputs = torch.zeros(rows * len(prompts), longest, width, dtype=prompts[0].dtype, device=device)
+    mask = torch.zeros(rows * len(prompts), longest, dtype=torch.long, device=device)
     for n, prompt in enumerate(prompts):
-        inputs[2 * n : 2 * n + 2, longest - prompt.size(1) :] = prompt
-        mask[2 * n : 2 * n + 2, longest - prompt.size(1) :] = 1
+        inputs[rows * n : rows * n + rows, longest - prompt.size(1) :] = prompt
+        mask[rows * n : rows * n + rows, longest - prompt.size(1) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    processors = [
-        (
-            RepetitionPenaltyLogitsProcessor(penalty=float(seq.repetition_penalty)),
-            MinPLogitsWarper(min_p=seq.min_p),
-            TopPLogitsWarper(top_p=seq.top_p),
+    processors = [_processors(seq, turbo) for seq in sequences]
+
+    def forward(embeds: Any, past: Any) -> Any:
+        output = t3.tfmr(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True,
+            output_hidden_states=not turbo, return_dict=True,
         )
-        for seq in sequences
-    ]
+        # T3.inference reads the last of the hidden states, as its backend does; turbo the output.
+        hidden = output.last_hidden_state if turbo else output.hidden_states[-1]
+        return t3.speech_head(hidden[:, -1, :]), output.past_key_values
+
     active = list(range(len(sequences)))  # indices into sequences, in row order
-    output = t3.tfmr(
-        inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True, output_hidden_states=True, return_dict=True
-    )
-    past = output.past_key_values
+    logits, past = forward(inputs, None)
     step = 0
     while active:
-        logits = t3.speech_head(output.hidden_states[-1][:, -1, :])  # (2 * active, V)
         next_tokens = []
         leaving = []
         for row, n in enumerate(active):
             seq = sequences[n]
-            cond, uncond = logits[2 * row : 2 * row + 1], logits[2 * row + 1 : 2 * row + 2]
-            scores = cond + torch.as_tensor(seq.cfg_weight, device=device, dtype=cond.dtype) * (cond - uncond)
-            generated = torch.tensor([[start, *seq.tokens]], device=device)
-            repetition, min_p, top_p = processors[n]
-            scores = repetition(generated, scores)
-            if seq.temperature != 1.0:
-                scores = scores / seq.temperature
-            scores = top_p(generated, min_p(generated, scores))
+            scores = logits[rows * row : rows * row + 1]
+            if not turbo:  # the guidance pair: conditioned, then unconditioned
+                uncond = logits[rows * row + 1 : rows * row + 2]
+                scores = scores + torch.as_tensor(seq.cfg_weight, device=device, dtype=scores.dtype) * (scores - uncond)
+            generated = torch.tensor([[start, *seq.tokens]] if not turbo or not seq.tokens else [seq.tokens], device=device)
+            for processor in processors[n]:
+                scores = processor(generated, scores)
             token = int(torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=seq.generator))
             next_tokens.append(token)
             if token == stop:
@@ -131,17 +152,15 @@ def sample_together(t3: Any, sequences: list[BatchedSequence], on_done: Callable
             active = [active[row] for row in keep]
             if not active:
                 break
-            rows = torch.tensor([r for row in keep for r in (2 * row, 2 * row + 1)], device=device)
-            past.batch_select_indices(rows)
-            mask, positions = mask[rows], positions[rows]
+            kept_rows = torch.tensor([rows * row + r for row in keep for r in range(rows)], device=device)
+            past.batch_select_indices(kept_rows)
+            mask, positions = mask[kept_rows], positions[kept_rows]
             next_tokens = [next_tokens[row] for row in keep]
         step += 1
-        token_ids = torch.tensor(next_tokens, device=device).repeat_interleave(2).unsqueeze(1)
-        embeds = t3.speech_emb(token_ids) + t3.speech_pos_emb.get_fixed_embedding(step)
+        token_ids = torch.tensor(next_tokens, device=device).repeat_interleave(rows).unsqueeze(1)
+        embeds = t3.speech_emb(token_ids)
+        if not turbo:  # learned speech positions; turbo's backbone adds its own from position_ids
+            embeds = embeds + t3.speech_pos_emb.get_fixed_embedding(step)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
-        output = t3.tfmr(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True,
-            output_hidden_states=True, return_dict=True,
-        )
-        past = output.past_key_values
+        logits, past = forward(embeds, past)
