@@ -53,7 +53,7 @@ def main() -> None:
     print(f"T3 on {args.device}, {args.threads} threads, {'full-size' if args.full_size else 'tiny'} checkpoint")
     print(f"{'N':>3} {'alone tok/s':>12} {'batched tok/s':>14} {'ratio':>6}  same tokens")
     with torch.inference_mode():
-        t3.inference(t3_cond=conds.t3, text_tokens=engine._text_tokens(SENTENCES[0]), max_new_tokens=1000, **kwargs)  # warm-up
+        t3.inference(t3_cond=conds.t3, text_tokens=engine._text_tokens(SENTENCES[0], None), max_new_tokens=1000, **kwargs)  # warm-up
         for size in (int(n) for n in args.sizes.split(",")):
             texts = [SENTENCES[n % len(SENTENCES)] for n in range(size)]
             sync()
@@ -61,13 +61,13 @@ def main() -> None:
             alone = []
             for n, text in enumerate(texts):
                 torch.manual_seed(n)
-                tokens = t3.inference(t3_cond=conds.t3, text_tokens=engine._text_tokens(text), max_new_tokens=1000, **kwargs)
+                tokens = t3.inference(t3_cond=conds.t3, text_tokens=engine._text_tokens(text, None), max_new_tokens=1000, **kwargs)
                 alone.append([t for t in tokens[0].tolist() if t != t3.hp.stop_speech_token])
             sync()
             alone_seconds = time.perf_counter() - started
             sequences = [
                 BatchedSequence(
-                    conds.t3, engine._text_tokens(text), generator=torch.Generator(device=engine.model.device).manual_seed(n),
+                    conds.t3, engine._text_tokens(text, None), generator=torch.Generator(device=engine.model.device).manual_seed(n),
                     on_token=lambda count: None, **kwargs,
                 )
                 for n, text in enumerate(texts)

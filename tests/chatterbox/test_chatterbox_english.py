@@ -20,6 +20,7 @@ from chatterbox_support.harness import (
     s3gen_tokens,
     sha256_of,
     spying,
+    streamed_and_whole,
 )
 
 from chatterbox_status.engines.chatterbox import NO_GUIDANCE, TOKEN_SHARE
@@ -317,27 +318,16 @@ async def test_a_seeded_chunk_streams_in_windows_the_same_tokens_it_speaks_whole
     """Streamed, the chunk's tokens are vocoded window by window; the vocoding draws its
     noise apart from T3's sampling, so the same seed gives the same tokens, and the windows
     add up to the samples of the whole chunk."""
-    client = english
-    engine = core_of(client).engine
-    body = {"input": TEXT, "seed": 11, "response_format": "pcm"}
-    with spying(engine.model.s3gen, "inference") as whole_pass:
-        whole = await asyncio.wait_for(client.post("/v1/audio/speech", json=body), TIMEOUT)
-        whole_audio = await whole.read()
-    assert whole.status == 200
-    tokens = whole_pass.calls[-1].kwargs["speech_tokens"].reshape(-1).tolist()
-    with spying(engine.model.s3gen, "flow_inference") as windows:
-        streamed = await asyncio.wait_for(client.post("/v1/audio/speech/stream", json=body), TIMEOUT)
-        streamed_audio = await streamed.read()
-    assert streamed.status == 200
-    assert len(windows.calls) >= 2  # a window while T3 sampled, then the rest
-    assert windows.calls[-1].args[0].reshape(-1).tolist() == tokens
+    tokens, windows, whole_audio, streamed_audio = await streamed_and_whole(english, {"input": TEXT, "seed": 11}, TIMEOUT)
+    assert len(windows) >= 2  # a window while T3 sampled, then the rest
+    assert windows[-1] == tokens
     assert len(streamed_audio) == len(whole_audio) == len(tokens) * SAMPLES_PER_TOKEN * 2
 
 
 async def test_only_a_gpu_streams_within_a_chunk():
     """On a CPU, S3Gen's fixed cost a pass outweighs what windows save: chunks stream whole."""
-    from chatterbox_status.engines.chatterbox import kind_streams
+    from chatterbox_status.engines.chatterbox import CLASSES, kind_streams
 
-    assert kind_streams("chatterbox", "cuda") and kind_streams("chatterbox", "cuda:1") and kind_streams("chatterbox", "mps")
-    assert not kind_streams("chatterbox", "cpu")
-    assert not kind_streams("chatterbox-multilingual", "cuda") and not kind_streams("chatterbox-turbo", "cuda")
+    for kind in CLASSES:
+        assert kind_streams(kind, "cuda") and kind_streams(kind, "cuda:1") and kind_streams(kind, "mps")
+        assert not kind_streams(kind, "cpu")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from chatterbox_support.harness import SAMPLES_PER_TOKEN, RequestEvents, core_of, decode_wav, s3gen_tokens, spying
+from chatterbox_support.harness import SAMPLES_PER_TOKEN, RequestEvents, core_of, decode_wav, s3gen_tokens, spying, streamed_and_whole
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -74,3 +74,12 @@ async def test_requests_leave_no_hooks_on_the_model(multilingual):
     response = await multilingual.post("/v1/audio/speech", json={"input": "Guten Tag.", "language": "de"})
     assert response.status == 200, await response.text()
     assert _forward_hooks(tfmr) == before
+
+
+async def test_a_seeded_french_chunk_streams_in_windows_the_same_tokens_it_speaks_whole(multilingual):
+    tokens, windows, whole_audio, streamed_audio = await streamed_and_whole(
+        multilingual, {"input": "Bonjour tout le monde, comment allez-vous?", "language": "fr", "seed": 5}
+    )
+    assert len(windows) >= 2  # a window while T3 sampled, then the rest
+    assert windows[-1] == tokens
+    assert len(streamed_audio) == len(whole_audio) == len(tokens) * SAMPLES_PER_TOKEN * 2

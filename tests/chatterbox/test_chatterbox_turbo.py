@@ -11,6 +11,7 @@ from chatterbox_support.harness import (
     decode_wav,
     s3gen_tokens,
     spying,
+    streamed_and_whole,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -50,3 +51,12 @@ async def test_paralinguistic_tag_reaches_turbo_intact(turbo, every_progress_eve
     assert len(progress) > 5 and {p["status"] for p in progress} == {"generating_audio"}  # token by token
     record = await (await client.get("/status/requests/turbo-tagged-01")).json()
     assert record["status"] == "completed" and record["text_preview"] == TAGGED
+
+
+async def test_a_seeded_turbo_chunk_streams_in_windows_the_same_tokens_it_speaks_whole(turbo):
+    """Turbo's loop embeds each token too, so its chunks stream in windows; the last window's
+    tokens end with the silence ChatterboxTurboTTS.generate appends, as the whole pass's do."""
+    tokens, windows, whole_audio, streamed_audio = await streamed_and_whole(turbo, {"input": TAGGED, "seed": 9})
+    assert len(windows) >= 2  # a window while T3 sampled, then the rest
+    assert windows[-1] == tokens and tokens[-3:] == [4299] * 3
+    assert len(streamed_audio) == len(whole_audio) == len(tokens) * SAMPLES_PER_TOKEN * 2

@@ -159,6 +159,23 @@ def spying(owner: Any, name: str, capture: Callable[..., Any] | None = None):
         spy.restore()
 
 
+async def streamed_and_whole(client: TestClient, body: dict, timeout: float = LOAD_TIMEOUT) -> tuple[list[int], list[list[int]], bytes, bytes]:
+    """``body`` spoken whole, then streamed (pcm both): the speech tokens S3Gen vocoded whole,
+    the tokens of each window's flow pass, and the two responses' audio."""
+    engine = core_of(client).engine
+    body = {**body, "response_format": "pcm"}
+    with spying(engine.model.s3gen, "inference") as whole_pass:
+        whole = await asyncio.wait_for(client.post("/v1/audio/speech", json=body), timeout)
+        whole_audio = await whole.read()
+    assert whole.status == 200, whole_audio[:300]
+    with spying(engine.model.s3gen, "flow_inference") as windows:
+        streamed = await asyncio.wait_for(client.post("/v1/audio/speech/stream", json=body), timeout)
+        streamed_audio = await streamed.read()
+    assert streamed.status == 200, streamed_audio[:300]
+    tokens = whole_pass.calls[-1].kwargs["speech_tokens"].reshape(-1).tolist()
+    return tokens, [call.args[0].reshape(-1).tolist() for call in windows.calls], whole_audio, streamed_audio
+
+
 def s3gen_tokens(call: Call) -> int:
     """Speech tokens a ``model.s3gen.inference`` call vocoded."""
     return int(call.kwargs["speech_tokens"].shape[-1])

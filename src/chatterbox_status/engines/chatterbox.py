@@ -50,22 +50,23 @@ INITIAL_TOKENS_PER_CHAR = 25 / 14
 TOKENS_PER_CHAR_ALPHA = 0.3
 # Share of a chunk's progress earned by the token loop; S3Gen's vocoding earns the rest.
 TOKEN_SHARE = 0.8
-# What ChatterboxTTS.generate samples with when a request leaves these out.
-GENERATE_DEFAULTS = {"repetition_penalty": 1.2, "min_p": 0.05, "top_p": 1.0}
-# ... and what ChatterboxTurboTTS.generate samples with.
-TURBO_DEFAULTS = {"repetition_penalty": 1.2, "top_p": 0.95, "top_k": 1000}
+# What each class's ``generate`` samples with when a request leaves these out.
+GENERATE_DEFAULTS = {
+    "chatterbox": {"repetition_penalty": 1.2, "min_p": 0.05, "top_p": 1.0},
+    "chatterbox-multilingual": {"repetition_penalty": 2.0, "min_p": 0.05, "top_p": 1.0},
+    "chatterbox-turbo": {"repetition_penalty": 1.2, "top_p": 0.95, "top_k": 1000},
+}
 # Silence tokens ChatterboxTurboTTS.generate ends a chunk's speech tokens with, and its
 # vocoder's flow-matching steps (a meanflow S3Gen).
 TURBO_TAIL_TOKENS = 3
 TURBO_CFM_STEPS = 2
-# The engines whose chunks can be spoken as they are generated (chatterbox_stream.py): the
-# multilingual model's token loop also steers by attention (its alignment analyser) and
-# turbo samples through another loop (``inference_turbo``), so those speak whole chunks.
-# Only on a GPU: there T3's token loop takes most of a chunk's time, so the first window is
-# heard early; on a CPU, S3Gen's fixed cost per pass (the voice prompt's frames) dominates,
-# and windows would make a streamed chunk slower to finish and hardly faster to start
-# (docs/benchmarks.rst, "Streaming within a chunk").
-STREAMING_ENGINES = ("chatterbox",)
+# The engines whose chunks can be spoken as they are generated (chatterbox_stream.py): all
+# three, whose token loops embed each sampled token with ``t3.speech_emb``. Only on a GPU:
+# there T3's token loop takes most of a chunk's time, so the first window is heard early; on
+# a CPU, S3Gen's fixed cost per pass (the voice prompt's frames) dominates, and windows would
+# make a streamed chunk slower to finish and hardly faster to start (docs/benchmarks.rst,
+# "Streaming within a chunk").
+STREAMING_ENGINES = tuple(CLASSES)
 # The engines whose concurrent chunks are stepped together through T3 (chatterbox_batch.py):
 # the multilingual model's token loop is steered by an alignment analyser that follows one
 # sequence's attention (forward hooks on three heads, reading row 0 of the batch), so it runs
@@ -300,17 +301,16 @@ class ChatterboxEngine:
         """A chunk as ``chatterbox_batch`` samples it: what the class's ``generate`` gives its
         token loop, with the request's own random generator."""
         torch, model = self._torch, self.model
-        turbo = self.name == "chatterbox-turbo"
         conds = self._conditionals_for(chunk.voice, chunk.params)
-        kwargs = {**(TURBO_DEFAULTS if turbo else GENERATE_DEFAULTS), **self._generate_kwargs(chunk.params)}
+        kwargs = self._sampling(chunk.params)
         generator = torch.Generator(device=model.device)
         if chunk.params.seed is not None:
             generator.manual_seed(chunk.params.seed)
         else:
             generator.seed()
         sequence = BatchedSequence(
-            t3_cond=conds.t3 if turbo else self._t3_cond(conds, kwargs["exaggeration"]),
-            text_tokens=self._turbo_text_tokens(chunk.text) if turbo else self._text_tokens(chunk.text),
+            t3_cond=conds.t3 if self.name == "chatterbox-turbo" else self._t3_cond(conds, kwargs["exaggeration"]),
+            text_tokens=self._text_tokens(chunk.text, chunk.params.language),
             cfg_weight=kwargs["cfg_weight"],
             temperature=kwargs["temperature"],
             repetition_penalty=kwargs["repetition_penalty"],
@@ -329,23 +329,18 @@ class ChatterboxEngine:
         """A batched chunk's tokens into its audio, as ``generate`` makes it (S3Gen, watermark),
         or, streamed, its last window; S3Gen's steps check this chunk's cancellation."""
         torch, model = self._torch, self.model
-        speech = [token for token in tokens if token < SPEECH_VOCABULARY]
+        speech = self._speech_of(tokens)
+        # Turbo's S3Gen (meanflow) takes two flow-matching steps, as ChatterboxTurboTTS.generate asks.
+        steps = {"n_cfm_timesteps": TURBO_CFM_STEPS} if self.name == "chatterbox-turbo" else {}
         self._chunk = state
         try:
             if windows is not None:
-                wav = windows.finish()
-            elif self.name == "chatterbox-turbo":  # as ChatterboxTurboTTS.generate: silence at the end, two flow steps
-                speech += [S3GEN_SILENCE] * TURBO_TAIL_TOKENS
-                out, _ = model.s3gen.inference(
-                    speech_tokens=torch.tensor(speech, device=model.device), ref_dict=conds.gen, n_cfm_timesteps=TURBO_CFM_STEPS
-                )
-                wav = model.watermarker.apply_watermark(out.squeeze(0).detach().cpu().numpy(), sample_rate=model.sr)
+                wav = windows.finish(speech)
             elif not speech:
                 wav = np.zeros(0, dtype=np.float32)
             else:
-                out, _ = model.s3gen.inference(speech_tokens=torch.tensor(speech, device=model.device), ref_dict=conds.gen)
-                wav = out.squeeze(0).detach().cpu().numpy()
-                wav = model.watermarker.apply_watermark(wav, sample_rate=model.sr)
+                out, _ = model.s3gen.inference(speech_tokens=torch.tensor(speech, device=model.device), ref_dict=conds.gen, **steps)
+                wav = model.watermarker.apply_watermark(out.squeeze(0).detach().cpu().numpy(), sample_rate=model.sr)
         except Exception as exc:  # Cancelled included: it is this chunk's result
             return exc
         finally:
@@ -368,36 +363,50 @@ class ChatterboxEngine:
             emotion_adv=exaggeration * self._torch.ones(1, 1, 1),
         ).to(device=self.model.device)
 
-    def _turbo_text_tokens(self, text: str) -> Any:
-        """A chunk's text tokens as ``ChatterboxTurboTTS.generate`` makes them (one row)."""
-        from chatterbox.tts_turbo import punc_norm
+    def _speech_of(self, tokens: list[int]) -> list[int]:
+        """The speech tokens S3Gen gets of what the token loop sampled, as ``generate`` hands
+        them over: control tokens left out, and turbo's silence at the end."""
+        speech = [token for token in tokens if token < SPEECH_VOCABULARY]
+        return speech + [S3GEN_SILENCE] * TURBO_TAIL_TOKENS if self.name == "chatterbox-turbo" else speech
 
-        tokens = self.model.tokenizer(punc_norm(text), return_tensors="pt", padding=True, truncation=True)
-        return tokens.input_ids.to(self.model.device)
+    def _sampling(self, params: SynthesisParams) -> dict[str, Any]:
+        """Everything the class's token loop samples with: the request's, else ``generate``'s defaults."""
+        return {**GENERATE_DEFAULTS[self.name], **self._generate_kwargs(params)}
 
-    def _text_tokens(self, text: str) -> Any:
-        """The guidance pair of a chunk's text tokens, between start and stop (as ``generate``)."""
-        from chatterbox.tts import punc_norm
-
-        torch, model = self._torch, self.model
-        tokens = model.tokenizer.text_to_tokens(punc_norm(text)).to(model.device)
-        tokens = torch.cat([tokens, tokens], dim=0)
+    def _text_tokens(self, text: str, language: str | None) -> Any:
+        """A chunk's text tokens as the class's ``generate`` makes them: turbo's one row, or the
+        guidance pair between start and stop tokens (in ``language``, for the multilingual model)."""
+        module = importlib.import_module(CLASSES[self.name][0])
+        torch, model, text = self._torch, self.model, module.punc_norm(text)
+        if self.name == "chatterbox-turbo":
+            return model.tokenizer(text, return_tensors="pt", padding=True, truncation=True).input_ids.to(model.device)
+        if self.name == "chatterbox-multilingual":
+            tokens = model.tokenizer.text_to_tokens(text, language_id=(language or "en").lower())
+        else:
+            tokens = model.tokenizer.text_to_tokens(text)
+        tokens = torch.cat([tokens, tokens], dim=0).to(model.device)
         tokens = torch.nn.functional.pad(tokens, (1, 0), value=model.t3.hp.start_text_token)
         return torch.nn.functional.pad(tokens, (0, 1), value=model.t3.hp.stop_text_token)
 
     def _generate_in_windows(self, text: str, params: SynthesisParams, on_audio: AudioFn) -> Any:
-        """What ``ChatterboxTTS.generate`` does, with T3's tokens vocoded in windows as they
-        are sampled (chatterbox_stream.WindowedVocoder); the chunk's last window is returned."""
+        """What the class's ``generate`` does, with T3's tokens vocoded in windows as they are
+        sampled (chatterbox_stream.WindowedVocoder); the chunk's last window is returned."""
         torch, model = self._torch, self.model
-        kwargs = {**GENERATE_DEFAULTS, **self._generate_kwargs(params)}
-        t3_cond = self._t3_cond(model.conds, kwargs.pop("exaggeration"))
-        text_tokens = self._text_tokens(text)
+        kwargs = self._sampling(params)
+        text_tokens = self._text_tokens(text, kwargs.pop("language_id", None))
+        exaggeration = kwargs.pop("exaggeration")
         vocoder = WindowedVocoder(model, on_audio, model.conds)
         hook = model.t3.speech_emb.register_forward_hook(vocoder.on_embedding)
         try:
             with torch.inference_mode():
-                model.t3.inference(t3_cond=t3_cond, text_tokens=text_tokens, max_new_tokens=MAX_NEW_TOKENS, **kwargs)
-                last = vocoder.finish()
+                if self.name == "chatterbox-turbo":
+                    sampling = {name: kwargs[name] for name in ("temperature", "top_k", "top_p", "repetition_penalty")}
+                    tokens = model.t3.inference_turbo(t3_cond=model.conds.t3, text_tokens=text_tokens, **sampling)
+                else:
+                    t3_cond = self._t3_cond(model.conds, exaggeration)
+                    tokens = model.t3.inference(t3_cond=t3_cond, text_tokens=text_tokens, max_new_tokens=MAX_NEW_TOKENS, **kwargs)
+                # The loop's own list: its last token (at the cap) was never embedded, so never seen.
+                last = vocoder.finish(self._speech_of(tokens[0].tolist()))
         finally:
             hook.remove()
         return torch.from_numpy(last).unsqueeze(0)

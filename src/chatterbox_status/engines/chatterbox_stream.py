@@ -1,11 +1,13 @@
-"""Speech inside a chunk, as it is generated: ChatterboxTTS's speech tokens are vocoded in
-windows while T3 still samples the next ones, so a streamed request speaks after its
-first window instead of after its whole chunk.
+"""Speech inside a chunk, as it is generated: the speech tokens of the three Chatterbox
+classes are vocoded in windows while T3 still samples the next ones, so a streamed request
+speaks after its first window instead of after its whole chunk.
 
 Built on the library's own modules, not a rewrite of the model:
 
-- T3's token loop (``t3.inference``) embeds each token it samples with ``t3.speech_emb``
-  before feeding it back; a forward hook there sees the tokens one by one.
+- T3's token loops (``t3.inference``, ``t3.inference_turbo``) embed each token they sample
+  with ``t3.speech_emb`` before feeding it back; a forward hook there sees the tokens one by
+  one (a batch, chatterbox_batch.py, hands them over itself). The loop's returned tokens
+  are the chunk's in the end: the last one, sampled at the cap, is never embedded.
 - S3Gen's flow (``flow_inference``) turns all the tokens so far into mel frames; the frames
   of the last tokens, which its lookahead (``pre_lookahead_len``) would see differently once
   more tokens come, are held back until the next window, and only frames not sent before
@@ -87,8 +89,11 @@ class WindowedVocoder:
                 self._vocode(finalize=False)
             self.next_window = len(self.tokens) + max(WINDOW_TOKENS, len(self.tokens))
 
-    def finish(self) -> np.ndarray:
-        """After T3 has stopped: the chunk's last audio (every frame, the lookahead's too)."""
+    def finish(self, tokens: list[int]) -> np.ndarray:
+        """After T3 has stopped: the chunk's last audio (every frame, the lookahead's too), of
+        ``tokens``, the chunk's speech tokens as the loop returned them (the windows' so far,
+        then any the hook never saw, and what ``generate`` appends)."""
+        self.tokens = tokens
         return self._vocode(finalize=True)
 
     def _vocode(self, finalize: bool) -> np.ndarray:
