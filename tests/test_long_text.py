@@ -470,12 +470,18 @@ async def test_a_job_waiting_for_its_turn_behind_a_request_is_cancelled_at_once(
         engine.release(10_000)
 
 
-async def test_jobs_beyond_the_concurrency_limit_wait_pending(make_long):
+async def one_running_one_pending(make_long):
+    """A held engine speaking a first job, and a second job waiting behind the limit of one."""
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True, max_concurrent_jobs=1)
     first = (await submit(client))["job_id"]
     await in_thread(engine.wait_started)
     second = (await submit(client, text="Second job speaks this. And this too."))["job_id"]
+    return engine, client, first, second
+
+
+async def test_jobs_beyond_the_concurrency_limit_wait_pending(make_long):
+    engine, client, first, second = await one_running_one_pending(make_long)
     assert (await status_of(client, first))["status"] == "processing"
     view = await status_of(client, second)
     assert view["status"] == "pending" and view["can_pause"]
@@ -488,11 +494,7 @@ async def test_jobs_beyond_the_concurrency_limit_wait_pending(make_long):
 
 async def test_a_pending_job_that_never_started_can_be_deleted(make_long):
     """A job waiting behind the concurrency limit has no files yet: deleting it still works."""
-    engine = ScriptedEngine()
-    client = await make_long(engine, hold=True, max_concurrent_jobs=1)
-    first = (await submit(client))["job_id"]
-    await in_thread(engine.wait_started)
-    second = (await submit(client, text="Second job speaks this. And this too."))["job_id"]
+    engine, client, first, second = await one_running_one_pending(make_long)
     assert (await status_of(client, second))["status"] == "pending"
     assert not files.job_dir(manager_of(client).root, second).exists()
     resp = await client.delete(f"/audio/speech/long/{second}?action=delete")

@@ -119,6 +119,19 @@ async def assert_json_error(port: int, request: bytes, status: int, code: str, s
     return error
 
 
+async def error_of_a_handler_raising(exc: Exception, status: int, code: str, says: str) -> dict:
+    """The JSON error a server answers when its one handler raises ``exc`` and no middleware
+    catches it (an app without any)."""
+
+    async def raising(request: web.Request) -> web.Response:
+        raise exc
+
+    app = web.Application()
+    app.router.add_get("/raise", raising)
+    async with JsonErrorTestServer(app) as test_server:
+        return await assert_json_error(test_server.port, b"GET /raise HTTP/1.1\r\n" + HOST + b"\r\n", status, code, says)
+
+
 async def assert_still_serving(port: int) -> None:
     status, headers, body = await exchange(port, PING)
     assert status == 200, body
@@ -142,15 +155,7 @@ async def test_a_request_aiohttp_cannot_parse_is_a_json_400_and_the_server_goes_
 async def test_what_escapes_the_app_is_a_json_500_without_a_traceback():
     """handle_error's other answer: an exception no middleware caught (an app without any)."""
 
-    async def crash(request: web.Request) -> web.Response:
-        raise RuntimeError("a secret detail of the crash")
-
-    app = web.Application()
-    app.router.add_get("/crash", crash)
-    async with JsonErrorTestServer(app) as test_server:
-        error = await assert_json_error(
-            test_server.port, b"GET /crash HTTP/1.1\r\n" + HOST + b"\r\n", 500, "internal_error", r"^Internal server error$"
-        )
+    error = await error_of_a_handler_raising(RuntimeError("a secret detail of the crash"), 500, "internal_error", r"^Internal server error$")
     assert "secret" not in json.dumps(error)
 
 
@@ -158,16 +163,9 @@ async def test_a_handler_timeout_that_escapes_the_app_is_a_json_504():
     """handle_error's third answer: a TimeoutError no middleware caught is aiohttp's 504. 504
     is not in errors.HTTP_ERROR_TYPES, so its type is the fallback for the server's fault."""
 
-    async def stuck(request: web.Request) -> web.Response:
-        raise TimeoutError("an upstream wait ran out")
-
-    app = web.Application()
-    app.router.add_get("/stuck", stuck)
-    async with JsonErrorTestServer(app) as test_server:
-        error = await assert_json_error(
-            test_server.port, b"GET /stuck HTTP/1.1\r\n" + HOST + b"\r\n", 504, "handler_timeout",
-            r"^The server timed out handling the request$",
-        )
+    error = await error_of_a_handler_raising(
+        TimeoutError("an upstream wait ran out"), 504, "handler_timeout", r"^The server timed out handling the request$"
+    )
     assert error["type"] == "server_error"
     assert "upstream" not in json.dumps(error)
 

@@ -29,10 +29,11 @@ chunk is faded in as ``S3Gen.inference`` fades it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from .base import AudioFn
 
 # Tokens (25 a second) before the first window, and the least between later ones.
 FIRST_WINDOW_TOKENS = 10
@@ -42,8 +43,6 @@ MEL_CACHE_FRAMES = 8
 SAMPLES_PER_FRAME = 480
 # T3's speech vocabulary: tokens from here on are control tokens (start, stop, padding).
 SPEECH_VOCABULARY = 6561
-
-AudioFn = Callable[[np.ndarray], None]
 
 
 class WindowedVocoder:
