@@ -31,12 +31,16 @@ setup(
     extras_require={
         # Resemble AI's models; on a CUDA machine this brings torch with CUDA.
         "chatterbox": ["chatterbox-tts>=0.1.7"],
+        # REDIS_URL: several server processes sharing one event log. redis-py 8.2 never
+        # finishes cancelling a blocking XREAD, so a server on it could not stop.
+        "redis": ["redis>=5.2,<8.2"],
         "test": [
             "pytest>=8",
             "pytest-aiohttp>=1.0",
             "schemathesis>=4.32,<5",
             "openapi-spec-validator>=0.7",
             "pocketsphinx==5.0.4",
+            "redis>=5.2,<8.2",
         ],
     },
     entry_points={

@@ -107,6 +107,7 @@ ENVIRONMENT_CASES = [
     ("MODEL_KEEP_ALIVE", "90s", "model_keep_alive", "90s"),
     ("MODEL_KEEP_ALIVE", "-1", "model_keep_alive", "-1"),
     ("MAX_LOADED_MODELS", "1", "max_loaded_models", 1),
+    ("REDIS_URL", "redis://:secret@10.0.0.5:6380/2", "redis_url", "redis://:secret@10.0.0.5:6380/2"),
 ]
 
 
@@ -234,6 +235,7 @@ def test_say_accepts_the_same_setting_flags():
         ("MODEL_KEEP_ALIVE", "soon"),
         ("MODEL_KEEP_ALIVE", "5d"),
         ("MAX_LOADED_MODELS", "0"),
+        ("REDIS_URL", "http://10.0.0.5:6379"),
     ],
 )
 def test_invalid_environment_value_is_refused_naming_the_variable(env_name, raw):

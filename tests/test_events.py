@@ -10,10 +10,12 @@ async def test_ids_increase_and_listeners_see_every_event_first():
     seen = []
     bus.add_listener(lambda e: seen.append((e.id, bus.subscriber_count)))
     sub = bus.subscribe()
-    events = [bus.publish("status", {"n": n}) for n in range(3)]
-    assert [e.id for e in events] == [1, 2, 3]
+    for n in range(3):
+        bus.publish("status", {"n": n})
+    assert bus.last_id == 3
     assert [s[0] for s in seen] == [1, 2, 3]
-    assert [(await sub.get()).data["n"] for _ in range(3)] == [0, 1, 2]
+    events = [await sub.get() for _ in range(3)]
+    assert [(e.id, e.data["n"]) for e in events] == [(1, 0), (2, 1), (3, 2)]
     assert all("timestamp" in e.data for e in events)
 
 

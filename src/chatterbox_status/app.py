@@ -53,7 +53,7 @@ async def _drain(app: web.Application) -> None:
 
 async def _run_core(app: web.Application) -> AsyncIterator[None]:
     core = app[CORE]
-    core.start()
+    await core.start()
     yield
     await core.stop()
 

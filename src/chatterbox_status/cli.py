@@ -112,7 +112,7 @@ async def say(settings: Settings, args: argparse.Namespace) -> int:
     response_format = output.suffix.lstrip(".").lower() or "wav"
     core = Core(settings)
     core.bus.add_listener(ProgressBar(sys.stderr))
-    core.start()
+    await core.start()
     try:
         body = SpeechRequest.model_validate(
             {"input": text, "voice": args.voice, "speed": args.speed, "seed": args.seed, "response_format": response_format}

@@ -94,6 +94,12 @@ def _aliases(value: str) -> str | None:
     return None
 
 
+def _redis_url(value: str) -> str | None:
+    if not value or value.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        return None
+    return "must be a redis://, rediss:// or unix:// URL"
+
+
 def names(value: str) -> list[str]:
     """The items of a comma-separated setting, stripped, empty ones left out."""
     return [item.strip() for item in value.split(",") if item.strip()]
@@ -218,6 +224,13 @@ class Settings:
         "MAX_BATCH_SIZE",
         "requests whose chunks chatterbox and chatterbox-turbo step together through the model; 0 chooses by device (8 on CUDA, 1 elsewhere)",
         _between(0, 256),
+    )
+    redis_url: str = _setting(
+        "",
+        "REDIS_URL",
+        "redis://HOST:PORT/DB of a Redis that several server processes share: one event log, one status view and "
+        "exact statistics over all of them (empty: everything stays in this process)",
+        _redis_url,
     )
     chunk_timeout: float = _setting(600.0, "CHUNK_TIMEOUT", "seconds one chunk may take before its request fails", _between(0.01, 86400))
     shutdown_timeout: float = _setting(

@@ -16,12 +16,12 @@ from pathlib import Path
 from . import engines, memory, pipeline
 from .config import Settings, names, parse_duration
 from .engine_pool import CancelFlag, EngineHost, EnginePool, EngineSlot
-from .events import EventBus
-from .exceptions import Cancelled, EngineUnavailable, QueueFull
+from .events import Event, EventBus
+from .exceptions import Cancelled, EngineUnavailable, EventLogUnavailable, QueueFull
 from .pipeline import Job, ProgressBook
 from .planning import Planner, SpeechJob
 from .supervisor import EngineFacts, EngineProcess, EngineSpec
-from .tracker import StatusTracker
+from .tracker import PAUSED, TERMINAL_STATUSES, StatusTracker
 from .voices import VoiceLibrary
 from .worker import Worker
 
@@ -53,9 +53,9 @@ class Core:
             self.catalog = engines.catalog(self.choice.name, [h.engine.name for h in hosts[1:]], settings.model_aliases)
         self.host = hosts[0]
         self.engine = self.host.engine
-        self.bus = EventBus(settings.event_replay_size, settings.sse_queue_size, settings.max_sse_subscribers)
-        self.tracker = StatusTracker(settings.history_size, self.catalog.default)
+        self.bus, self.tracker = self._event_log(settings)
         self.bus.add_listener(self.tracker.apply)
+        self.bus.add_listener(self._cancel_asked)
         self.progress = ProgressBook(self.bus, self.tracker)
         keep_alive = parse_duration(settings.model_keep_alive)
         self.engines = EnginePool([EngineSlot(h, self.bus, keep_alive) for h in hosts], settings.max_loaded_models)
@@ -65,7 +65,20 @@ class Core:
         self.started_at = time.time()
         self._processed = 0
 
-    def start(self) -> None:
+    def _event_log(self, settings: Settings) -> tuple[EventBus, StatusTracker]:
+        """The bus and the tracker that folds it: in process, or over the Redis that
+        REDIS_URL names, shared with the cluster's other nodes."""
+        sizes = (settings.event_replay_size, settings.sse_queue_size, settings.max_sse_subscribers)
+        if not settings.redis_url:
+            return EventBus(*sizes), StatusTracker(settings.history_size, self.catalog.default)
+        from . import redis_events  # the redis package is needed only here
+
+        node = redis_events.node_name()
+        tracker = StatusTracker(settings.history_size, self.catalog.default, node)
+        return redis_events.RedisEventBus(settings.redis_url, node, tracker, *sizes), tracker
+
+    async def start(self) -> None:
+        await self.bus.start()
         log.info("engine: %s (%s)", self.choice.name, self.choice.reason)
         if self.settings.voice_sample_path and not self.engine.supports_cloning:
             log.warning("VOICE_SAMPLE_PATH is ignored: engine %s cannot clone voices", self.engine.name)
@@ -90,7 +103,7 @@ class Core:
 
     async def stop(self) -> None:
         await self.worker.stop()
-        self.bus.close()
+        await self.bus.stop()
 
     async def run_job(self, job: Job) -> None:
         """Through the pipeline; every MEMORY_CLEANUP_INTERVAL jobs, release memory."""
@@ -122,18 +135,21 @@ class Core:
         slot = await self.engines.acquire(name, CancelFlag())
         await self.engines.release(slot)
 
-    def check_engine(self, name: str) -> None:
-        """Refuse new work for engine ``name`` when it failed to load (the tracker knows)."""
-        state = self.tracker.engine_state(name)
+    def check_ready(self, engine: str) -> None:
+        """Refuse new work for ``engine`` when it failed to load (the tracker knows), or when
+        the shared event log is unreachable, so the work could not be tracked."""
+        state = self.tracker.engine_state(engine)
         if state.get("state") == "error":
             raise EngineUnavailable(state.get("error") or "the engine failed to load")
+        if self.bus.problem:
+            raise EventLogUnavailable(f"The request cannot be tracked: {self.bus.problem}")
 
     def submit(self, request_id: str, speech: SpeechJob, temporary_files: list[Path] | None = None) -> Job:
         """Queue a job (raises QueueFull, ShuttingDown or EngineUnavailable) and announce it.
 
         Await ``job.result`` for the audio; a streamed job's audio comes through ``job.stream``.
         """
-        self.check_engine(speech.engine)
+        self.check_ready(speech.engine)
         stream = pipeline.AudioStream() if speech.stream_format else None
         output = (
             pipeline.StreamedOutput(speech.response_format, stream)
@@ -176,7 +192,11 @@ class Core:
         return max(1.0, eta - time.time()) if eta else 1.0
 
     def cancel(self, request_id: str) -> bool:
-        """Cancel a queued or running request; a queued one ends at once."""
+        """Cancel a queued or running request; a queued one ends at once. One that another
+        node runs (on a shared event log) is asked to stop through the log."""
+        return self._cancel_here(request_id) or self._cancel_elsewhere(request_id)
+
+    def _cancel_here(self, request_id: str) -> bool:
         job = self.worker.cancel(request_id)
         if job is None:
             return False
@@ -186,3 +206,15 @@ class Core:
                 job.result.set_exception(Cancelled(f"Request {request_id} was cancelled"))
             job.end()
         return True
+
+    def _cancel_elsewhere(self, request_id: str) -> bool:
+        record = self.tracker.find(request_id)
+        if self.bus.node is None or record is None or record.status in TERMINAL_STATUSES or record.status == PAUSED:
+            return False
+        self.bus.publish("cancel", {"request_id": request_id})
+        return True
+
+    def _cancel_asked(self, event: Event) -> None:
+        """Another node was asked to cancel a request: if it is this node's, cancel it."""
+        if event.type == "cancel" and event.data.get("node") != self.bus.node:
+            self._cancel_here(event.data["request_id"])

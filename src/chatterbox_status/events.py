@@ -1,10 +1,11 @@
 """The event bus: every state transition of every request, in one ordered stream.
 
 The bus alone assigns event ids (increasing integers) and their order. Listeners are
-synchronous folds (the status tracker) run inside ``publish``, so state is current the
-moment an event exists; subscribers (SSE streams) get bounded queues and are dropped,
-never waited on, when they fall behind. Events are plain JSON-ready records, so a
-Redis Streams bus can replace this one without touching publishers or subscribers.
+synchronous folds (the status tracker) run as each event is delivered, so state is current
+the moment an event exists; subscribers (SSE streams) get bounded queues and are dropped,
+never waited on, when they fall behind. Events are plain JSON-ready records: the Redis
+bus (redis_events.py) delivers the same events, numbered by Redis for every node, without
+touching publishers or subscribers.
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ class Subscription:
 class EventBus:
     """In-process fan-out of events with a bounded replay ring; loop thread only."""
 
+    # On a shared event log: where it is, and which of the processes sharing it this is.
+    url: str | None = None
+    node: str | None = None
+
     def __init__(
         self, replay_size: int = 1024, subscriber_queue_size: int = 256, max_subscribers: int | None = None
     ) -> None:
-        self._next_id = 1
+        self._last_id = 0
         self._replay: collections.deque[Event] = collections.deque(maxlen=replay_size)
         self._listeners: list[Callable[[Event], None]] = []
         self._subscribers: set[Subscription] = set()
@@ -64,15 +69,37 @@ class EventBus:
 
     @property
     def last_id(self) -> int:
-        return self._next_id - 1
+        """The id of the newest event delivered here (what the tracker has folded)."""
+        return self._last_id
+
+    @property
+    def problem(self) -> str | None:
+        """Why events cannot be published now (None: they can; in process they always can)."""
+        return None
+
+    async def start(self) -> None:
+        """Ready to publish (in process there is nothing to connect to)."""
+
+    async def settled(self) -> None:
+        """Return once every event published here so far is delivered: in process, at once.
+        Whoever answers a client after publishing awaits this, so the client's next status
+        request sees what its answer implied."""
+
+    async def stop(self) -> None:
+        """At the very end: end every subscription."""
+        self.close()
 
     def add_listener(self, listener: Callable[[Event], None]) -> None:
         """Register a synchronous fold that sees every event before anyone else."""
         self._listeners.append(listener)
 
-    def publish(self, type: str, data: dict[str, Any]) -> Event:
-        event = Event(self._next_id, type, {"timestamp": time.time(), **data})
-        self._next_id += 1
+    def publish(self, type: str, data: dict[str, Any]) -> None:
+        self._deliver(Event(self._last_id + 1, type, {"timestamp": time.time(), **data}))
+
+    def _deliver(self, event: Event) -> None:
+        """The event is the newest now: into the replay ring, through every listener, then
+        to every subscriber."""
+        self._last_id = event.id
         self._replay.append(event)
         for listener in self._listeners:
             listener(event)
@@ -81,7 +108,6 @@ class EventBus:
                 self._drop(sub)
             else:
                 sub.queue.put_nowait(event)
-        return event
 
     def subscribe(self) -> Subscription:
         """A new subscriber's queue; after close() it is already ended. Every event stream

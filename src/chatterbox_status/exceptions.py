@@ -83,6 +83,12 @@ class EngineUnavailable(Unavailable):
     code = "engine_unavailable"
 
 
+class EventLogUnavailable(Unavailable):
+    """The shared event log (Redis) cannot be reached, so a request could not be tracked."""
+
+    code = "event_log_unavailable"
+
+
 class ShuttingDown(Unavailable):
     """The server is shutting down and takes no new jobs."""
 

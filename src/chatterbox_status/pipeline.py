@@ -462,11 +462,13 @@ async def process(job: Job, worker: Worker, chunk_timeout: float) -> None:
     """Run one job until it ends (completed, error, cancelled) or stops (paused, shut down).
 
     The job's future gets the encoded audio or the error; a streamed job's audio goes out
-    through ``job.stream`` chunk by chunk instead.
+    through ``job.stream`` chunk by chunk instead. Either comes once the bus has delivered
+    the job's last event, so a client that asks for the request's status next sees it.
     """
     progress, output = job.progress, job.output
     slot = worker.engines[job.engine]
     engine = slot.engine
+    outcome: bytes | Exception | None = None
     try:
         waiting = "Waiting for the model to load" if not slot.ready else "Starting request processing"
         progress.stage("initializing", waiting)
@@ -478,17 +480,17 @@ async def process(job: Job, worker: Worker, chunk_timeout: float) -> None:
         data = await output.finish(progress)
     except Cancelled:
         if job.stop_reason == "shutdown":
-            _fail(job, Cancelled("The server shut down"))
+            outcome = Cancelled("The server shut down")
         elif job.stop_reason == "pause":
             await output.stopped("pause")
             progress.pause()
-            _fail(job, Cancelled(f"Request {job.request_id} was paused"))
+            outcome = Cancelled(f"Request {job.request_id} was paused")
         else:
             await output.stopped("cancel")
             progress.finish("cancelled", "Cancelled")
-            _fail(job, Cancelled(f"Request {job.request_id} was cancelled"))
+            outcome = Cancelled(f"Request {job.request_id} was cancelled")
     except EngineUnavailable as exc:
-        await _failed(job, str(exc), exc)
+        outcome = await _failed(job, str(exc), exc)
     except Exception as exc:
         if memory.is_out_of_memory(exc):
             await worker.release()
@@ -497,16 +499,24 @@ async def process(job: Job, worker: Worker, chunk_timeout: float) -> None:
             if not isinstance(exc, EngineError):
                 log.exception("request %s failed", job.request_id)
             message = f"Generation failed: {exc}"
-        await _failed(job, message, EngineError(message))
+        outcome = await _failed(job, message, EngineError(message))
     else:
         extra: dict[str, Any] = {"audio_duration_seconds": round(output.samples / engine.sample_rate, 3)}
         if generated:
             extra.update(generation_seconds=time.perf_counter() - started, generated_characters=generated)
         progress.finish("completed", "Completed", **extra)
-        if not job.result.done():
-            job.result.set_result(data)
+        outcome = data
     finally:
-        job.end()
+        try:
+            if outcome is not None:
+                await progress.book.bus.settled()
+        finally:
+            if outcome is not None and not job.result.done():
+                if isinstance(outcome, Exception):
+                    job.result.set_exception(outcome)
+                else:
+                    job.result.set_result(outcome)
+            job.end()
 
 
 async def _speak(job: Job, worker: Worker, slot: EngineSlot, chunk_timeout: float) -> int:
@@ -579,15 +589,11 @@ async def _generate(
             _discard(upcoming)
 
 
-async def _failed(job: Job, message: str, exc: Exception) -> None:
+async def _failed(job: Job, message: str, exc: Exception) -> Exception:
+    """The request ends in error: what its future gets."""
     try:
         await job.output.failed(message)
     except Exception:
         log.exception("request %s: its failure could not be stored", job.request_id)
     job.progress.finish("error", "Failed", error_message=message)
-    _fail(job, exc)
-
-
-def _fail(job: Job, exc: Exception) -> None:
-    if not job.result.done():
-        job.result.set_exception(exc)
+    return exc

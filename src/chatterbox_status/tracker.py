@@ -9,6 +9,7 @@ bounded and clearing it leaves the counters alone.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,10 +138,13 @@ class StatusTracker:
     """Folds events into current state; every public method is a read-only view.
 
     Engines are known by name (``default_engine`` is the one a request gets when its model
-    names none); each has its state, its measured throughput and its own statistics.
+    names none); each has its state, its measured throughput and its own statistics. On a
+    shared event log (Redis) every server process, its ``node``, has engines of its own: the
+    engine events of other nodes are not folded into this one's engine states.
     """
 
-    def __init__(self, history_size: int, default_engine: str = "") -> None:
+    def __init__(self, history_size: int, default_engine: str = "", node: str | None = None) -> None:
+        self.node = node
         self._active: dict[str, RequestRecord] = {}
         self._paused: dict[str, RequestRecord] = {}
         self._history: collections.deque[RequestRecord] = collections.deque(maxlen=history_size)
@@ -177,11 +181,11 @@ class StatusTracker:
     # -- the fold ---------------------------------------------------------------
 
     def apply(self, event: Event) -> None:
-        if event.type == "engine":
+        if event.type == "engine" and event.data.get("node") == self.node:
             name = event.data.get("name", self.default_engine)
             state = self.engines.setdefault(name, {})
             self._engine_stats(name)
-            state.update({k: v for k, v in event.data.items() if k != "timestamp"})
+            state.update({k: v for k, v in event.data.items() if k not in ("timestamp", "node")})
             if "seconds_per_char" in event.data:
                 self.throughput[name] = event.data["seconds_per_char"]
         elif event.type in ("status", "progress"):
@@ -208,6 +212,29 @@ class StatusTracker:
             self._paused[request_id] = self._active.pop(request_id)
         elif record.status in TERMINAL_STATUSES:
             self._finish(record, data)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What the fold holds (JSON-ready), but for engine states, which are each node's
+        own: with ``restore`` on another process, the same state without the events."""
+        return {
+            "active": [dataclasses.asdict(r) for r in self._active.values()],
+            "paused": [dataclasses.asdict(r) for r in self._paused.values()],
+            "history": [dataclasses.asdict(r) for r in self._history],
+            "stats": dataclasses.asdict(self.stats),
+            "engine_stats": {name: dataclasses.asdict(stats) for name, stats in self.engine_stats.items()},
+            "throughput": dict(self.throughput),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the fold by a ``checkpoint`` (this node's engine states stay)."""
+        self._active = {r["request_id"]: RequestRecord(**r) for r in state["active"]}
+        self._paused = {r["request_id"]: RequestRecord(**r) for r in state["paused"]}
+        self._history.clear()
+        self._history.extend(RequestRecord(**r) for r in state["history"])
+        self._finished = {r.request_id: r for r in self._history}
+        self.stats = Statistics(**state["stats"])
+        self.engine_stats = {name: Statistics(**stats) for name, stats in state["engine_stats"].items()}
+        self.throughput = dict(state["throughput"])
 
     def _engine_stats(self, engine: str | None) -> Statistics:
         return self.engine_stats.setdefault(engine or self.default_engine, Statistics())

@@ -15,6 +15,7 @@ from ..schemas.meta import (
     DefaultsConfig,
     Endpoint,
     Endpoints,
+    EventLog,
     Health,
     HealthConfig,
     Language,
@@ -50,11 +51,13 @@ async def health(request: web.Request) -> web.Response:
     core = request.app[CORE]
     engine = engine_view(core)
     if engine.state == "error":
-        status, initialization_state = "error", "error"
+        initialization_state = "error"
     elif engine.state in ("ready", "unloading", "unloaded"):  # unloaded: it loads again on the next request
-        status, initialization_state = "healthy", "ready"
+        initialization_state = "ready"
     else:
-        status, initialization_state = "initializing", "initializing"
+        initialization_state = "initializing"
+    # Without its event log the server cannot take requests, however ready its engine.
+    status = "error" if core.bus.problem else {"ready": "healthy"}.get(initialization_state, initialization_state)
     settings = core.settings
     body = Health(
         status=status,  # type: ignore[arg-type]
@@ -76,8 +79,19 @@ async def health(request: web.Request) -> web.Response:
             default_temperature=settings.temperature,
         ),
         memory_info=memory_info(core),
+        event_log=event_log_view(core),
     )
     return json_model(body)
+
+
+def event_log_view(core: Core) -> EventLog:
+    return EventLog(
+        backend="redis" if core.bus.url else "memory",
+        node=core.bus.node,
+        url=core.bus.url,
+        connected=core.bus.problem is None,
+        error=core.bus.problem,
+    )
 
 
 @api_route(

@@ -146,7 +146,7 @@ class LongTextManager:
 
     async def create(self, plan: LongTextPlan, session_id: str | None = None, display_name: str | None = None) -> JobRecord:
         speech = plan.speech
-        self.core.check_engine(speech.engine)
+        self.core.check_ready(speech.engine)
         self._check_room()
         rate = self.core.planner.engines[speech.engine].sample_rate
         # Chunk files are float32; the final file is the format's size for speech and silence.

@@ -19,8 +19,19 @@ class HealthConfig(Body):
     default_temperature: float
 
 
+class EventLog(Body):
+    """Where this server's events go: in process, or the Redis that several nodes share."""
+
+    backend: Literal["memory", "redis"]
+    node: str | None = Field(description="This server process among those sharing the Redis event log")
+    url: str | None = Field(description="The Redis URL, without its password")
+    connected: bool
+    error: str | None = Field(description="Why events cannot be published now (speech requests get 503 until Redis is back)")
+
+
 class Health(Body):
-    """Healthy, still initializing, or failed to load (status error); always a 200."""
+    """Healthy, still initializing, or failed (the engine failed to load, or the shared event
+    log is unreachable: status error); always a 200."""
 
     status: Literal["healthy", "initializing", "error"]
     model_loaded: bool
@@ -34,6 +45,7 @@ class Health(Body):
     version: str
     config: HealthConfig
     memory_info: MemoryInfo
+    event_log: EventLog
 
 
 class Ping(Body):

@@ -265,3 +265,4 @@ class StatusEventData(Body):
     keep_alive_seconds: float = sometimes()
     unload_reason: str = sometimes()
     batched_with: list[str] = sometimes(description="The other requests whose chunks are stepped together with this one's")
+    node: str = sometimes(description="On a shared event log (REDIS_URL): the server process that published the event")

@@ -1,0 +1,114 @@
+"""A real redis-server and real server processes sharing it, for the cluster tests.
+
+Each test starts its own redis-server on a free loopback port in its temporary directory
+(appendonly, so a restart keeps what was written) and ends it by pid; nodes are
+``chatterbox-status serve --redis-url ...`` processes on the embedded voice, each in a
+directory of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import free_port, http, start_serve, stop, tail, wait_healthy
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisServer:
+    """One redis-server of a test's own; ``stop`` and ``start`` again keep its data."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--appendonly", "yes", "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log")],
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"redis-server exited with {self.process.returncode}:\n{tail(self.directory / 'redis.log')}")
+            if self.ping():
+                return
+            time.sleep(0.05)  # poll interval; the deadline decides
+        pytest.fail(f"redis-server did not answer within 20 s:\n{tail(self.directory / 'redis.log')}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM: redis-server flushes its append-only file and exits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+class Node:
+    """One server process of the cluster: ``chatterbox-status serve`` on the embedded voice."""
+
+    def __init__(self, directory: Path, redis_url: str, *args: str) -> None:
+        directory.mkdir()
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process, self.log_path = start_serve(directory, self.port, "--engine", "hibari", "--redis-url", redis_url, *args)
+        self.health = wait_healthy(self.base, self.process, self.log_path, deadline_s=120)
+        self.name = self.health["event_log"]["node"]
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        status, _, raw = http(method, self.base + path, body, timeout=60)
+        return status, raw
+
+    def json(self, method: str, path: str, body: dict | None = None) -> dict:
+        status, raw = self.call(method, path, body)
+        assert status == 200, f"{method} {path}: {status} {raw[:500]!r}\n{tail(self.log_path)}"
+        return json.loads(raw)
+
+    def statistics(self) -> dict:
+        return self.json("GET", "/status/statistics")
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def start_node(tmp_path: Path, redis_server: RedisServer) -> Iterator:
+    """Start a node on the test's Redis (``start_node("a", *flags)``); every one is stopped."""
+    nodes: list[Node] = []
+
+    def start(name: str, *args: str) -> Node:
+        node = Node(tmp_path / name, redis_server.url, *args)
+        nodes.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in nodes:
+            node.stop()

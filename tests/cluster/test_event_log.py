@@ -1,0 +1,107 @@
+"""The Redis event log on its own, against a real redis-server: numbering, exactly-once
+appends, and a node that starts after the stream was trimmed restoring a checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from chatterbox_status import redis_events
+from chatterbox_status.redis_events import RedisEventBus
+from chatterbox_status.tracker import StatusTracker
+
+
+def request_events(n: int) -> list[tuple[str, dict]]:
+    """Request ``n`` queued, then ended: completed, failed or cancelled by turns."""
+    request_id = f"request-{n:05d}"
+    ending = ("completed", "error", "cancelled")[n % 3]
+    return [
+        ("status", {"request_id": request_id, "status": "queued", "text_length": 10 + n, "engine": "hibari"}),
+        ("status", {"request_id": request_id, "status": "generating_audio", "progress_percentage": 50.0}),
+        ("status", {"request_id": request_id, "status": ending, "progress_percentage": 100.0}),
+    ]
+
+
+@pytest.fixture
+async def start_bus(redis_server):
+    """A node's bus and the tracker folding it (``await start_bus(name)``); all stopped after."""
+    buses: list[RedisEventBus] = []
+
+    async def start(name: str) -> tuple[RedisEventBus, StatusTracker]:
+        tracker = StatusTracker(history_size=20, default_engine="hibari", node=name)
+        bus = RedisEventBus(redis_server.url, name, tracker, replay_size=64)
+        bus.add_listener(tracker.apply)
+        buses.append(bus)
+        await bus.start()
+        return bus, tracker
+
+    yield start
+    for bus in buses:
+        await bus.stop()
+
+
+async def test_a_resent_event_is_appended_once(redis_server):
+    client = aioredis.from_url(redis_server.url)
+    append = client.register_script(redis_events.APPEND)
+    keys = [redis_events.STREAM, redis_events.SEQUENCE, redis_events.APPENDED]
+    first = await append(keys=keys, args=["node-a", 1, 1000, "status", "{}"])
+    again = await append(keys=keys, args=["node-a", 1, 1000, "status", "{}"])  # after a lost reply
+    other = await append(keys=keys, args=["node-b", 1, 1000, "status", "{}"])
+    assert (first, again, other) == (1, 0, 2)
+    assert await client.xlen(redis_events.STREAM) == 2
+    await client.aclose()
+
+
+async def test_a_node_started_after_trimming_restores_the_checkpoint_and_agrees(redis_server, start_bus, monkeypatch):
+    monkeypatch.setattr(redis_events, "CHECKPOINT_EVERY", 50)
+    monkeypatch.setattr(redis_events, "STREAM_LENGTH", 10)  # Redis trims whole nodes of 100 entries
+    first, first_tracker = await start_bus("node-a")
+    for n in range(150):
+        for type, data in request_events(n):
+            first.publish(type, data)
+        await first.settled()  # a node that keeps up with the stream
+    first.publish("status", {"request_id": "in-flight", "status": "queued", "text_length": 7})
+    await first.settled()
+    assert first.last_id == 451
+    client = aioredis.from_url(redis_server.url)
+    oldest = int((await client.xrange(redis_events.STREAM, count=1))[0][1][b"seq"])
+    assert oldest > 1  # the stream no longer holds the beginning
+    later, later_tracker = await start_bus("node-b")
+    await later.settled()
+    assert later.last_id == 451
+    assert later_tracker.checkpoint() == first_tracker.checkpoint()
+    stats = later_tracker.statistics()
+    assert (stats["total_requests"], stats["completed_requests"], stats["error_requests"], stats["cancelled_requests"]) == (
+        151, 50, 50, 50
+    )
+    assert [r.request_id for r in later_tracker.queued()] == ["in-flight"]
+    # and both go on folding the same events
+    later.publish("status", {"request_id": "in-flight", "status": "completed"})
+    await later.settled()
+    await first.settled()
+    assert first_tracker.checkpoint() == later_tracker.checkpoint()
+    await client.aclose()
+
+
+async def test_settled_returns_once_this_nodes_events_are_folded_here(start_bus):
+    bus, tracker = await start_bus("node-a")
+    other, other_tracker = await start_bus("node-b")
+    for type, data in request_events(0):
+        bus.publish(type, data)
+    assert tracker.find("request-00000") is None  # numbered by Redis first, like any node's
+    await bus.settled()
+    assert tracker.find("request-00000").status == "completed"
+    assert bus.last_id == 3
+    await other.settled()  # other published nothing: it need not have folded these yet
+    async with asyncio.timeout(5):
+        while other.last_id < 3:
+            await asyncio.sleep(0.01)  # poll interval; the bound decides
+    assert other_tracker.checkpoint() == tracker.checkpoint()
+
+
+def test_the_url_shown_in_health_and_logs_has_no_password():
+    assert redis_events.redacted("redis://:secret@10.0.0.5:6380/2") == "redis://:***@10.0.0.5:6380/2"
+    assert redis_events.redacted("redis://user:secret@cache.internal/0") == "redis://user:***@cache.internal/0"
+    assert redis_events.redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
