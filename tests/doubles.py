@@ -232,12 +232,21 @@ class BatchingEngine(GatedEngine):
     together (``synthesize_batch``), as the chatterbox engine does, each with its own reply.
     A batch holding a chunk with "HOLD" reports a first progress for every chunk, then waits
     until the file ``batch_gate`` exists; a chunk cancelled meanwhile is answered Cancelled
-    at once, and the others go on."""
+    at once, and the others go on. Like the chatterbox engine, it says it takes one chunk at
+    a time until it has loaded; with ``load_gate``, loading waits until that file exists."""
 
-    def __init__(self, gate: str = "", batch_gate: str = "", max_batch_size: int = 4) -> None:
+    def __init__(self, gate: str = "", batch_gate: str = "", max_batch_size: int = 4, load_gate: str = "") -> None:
         super().__init__(gate=gate)
         self.batch_gate = batch_gate
-        self.max_batch_size = max_batch_size
+        self.load_gate_file = load_gate
+        self.loaded_batch_size = max_batch_size
+        self.max_batch_size = 1
+
+    def load(self, progress) -> None:
+        while self.load_gate_file and not os.path.exists(self.load_gate_file):  # the test's signal, polled
+            time.sleep(0.005)
+        super().load(progress)
+        self.max_batch_size = self.loaded_batch_size
 
     def synthesize_batch(self, chunks) -> None:
         going = list(chunks)

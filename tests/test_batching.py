@@ -18,11 +18,21 @@ from test_engine_process import speak, watch
 from test_faults import assert_statistics_add_up, terminal_counter
 
 TONE = ScriptedEngine()
+BOUND = 30  # seconds a wait may take: a test that would hang fails instead
 
 
 def frames(wav: bytes) -> int:
     with wave.open(io.BytesIO(wav)) as audio:
         return audio.getnframes()
+
+
+async def get_json(client, path: str) -> dict:
+    """The JSON body of GET ``path``, within BOUND."""
+
+    async def get() -> dict:
+        return await (await client.get(path)).json()
+
+    return await asyncio.wait_for(get(), BOUND)
 
 
 def first_event(client, request_id: str, **fields) -> asyncio.Future:
@@ -84,6 +94,56 @@ async def test_requests_that_wait_together_are_batched_and_each_gets_its_own_aud
     assert counts == dict.fromkeys(texts, 1)
     stats = await assert_statistics_add_up(client)
     assert stats["completed_requests"] == 4
+
+
+async def test_requests_waiting_for_the_model_start_together_once_it_loads(make_client, tmp_path):
+    load_gate, gate, batch_gate = tmp_path / "load-gate", tmp_path / "gate", tmp_path / "batch-gate"
+    host = in_process_of_its_own(BatchingEngine, gate=str(gate), batch_gate=str(batch_gate), load_gate=str(load_gate), max_batch_size=3)
+    client = await make_client(engine=host, wait_loaded=False)
+    health = await get_json(client, "/health")
+    assert health["engine"]["max_batch_size"] == 1  # one at a time, until the loaded engine says more
+    counts = terminal_counter(client)
+    texts = {
+        "early-one": "HOLD the engine with the first request.",
+        "early-two": "HOLD it with the second one as well.",
+        "early-three": "HOLD it with the third, which came last.",
+    }
+    waiting = first_event(client, "early-one", status="initializing", current_step="Waiting for the model to load")
+    calls = {}
+    for name, text in texts.items():  # in this order: each is queued before the next is sent
+        queued = first_event(client, name, status="queued")
+        calls[name] = speak(client, text, name)
+        await asyncio.wait_for(queued, BOUND)
+    await asyncio.wait_for(waiting, BOUND)  # the first runs, and waits for the model
+    status = await get_json(client, "/status")
+    assert (status["request_id"], status["status"]) == ("early-one", "initializing")
+    assert [entry["request_id"] for entry in status["queue"]["requests"]] == ["early-two", "early-three"]
+
+    handed = [handed_to_the_engine(client, name) for name in texts]
+    load_gate.touch()
+    # All three run at once: each is handed to the engine while every chunk is still held.
+    await asyncio.wait_for(asyncio.gather(*handed), BOUND)
+    status = await get_json(client, "/status")
+    assert status["queue"]["requests"] == []
+    health = await get_json(client, "/health")
+    assert health["engine"]["max_batch_size"] == 3
+    gate.touch()  # a chunk the engine took alone
+    batch_gate.touch()  # chunks it took together
+    for name, call in calls.items():
+        response = await asyncio.wait_for(call, BOUND)
+        body = await asyncio.wait_for(response.read(), BOUND)
+        assert response.status == 200, body
+        assert frames(body) == len(TONE.tone(texts[name])), name  # its own text's audio
+    # Which of them one batch holds is the engine process's to see: it takes the chunks waiting
+    # for it when it wakes, so the first may have reached it alone; the others reached it while
+    # it held that one, and are stepped together next.
+    records = {name: await get_json(client, f"/status/requests/{name}") for name in texts}
+    batches = {frozenset([name, *records[name].get("batched_with", [])]) for name in texts}
+    assert sorted(name for batch in batches for name in batch) == sorted(texts), records  # each in one batch, named alike by all
+    assert len(batches) <= 2, batches
+    assert counts == dict.fromkeys(texts, 1)
+    stats = await asyncio.wait_for(assert_statistics_add_up(client), BOUND)
+    assert stats["completed_requests"] == 3
 
 
 async def test_a_request_cancelled_mid_batch_ends_alone_and_the_others_finish(make_client, tmp_path):
