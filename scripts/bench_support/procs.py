@@ -1,6 +1,6 @@
 """Server subprocesses for the benchmark: free ports, start, readiness, stop, logs.
 
-Every server binds 127.0.0.1 only. On Linux each child gets PR_SET_PDEATHSIG, so a
+Every server binds 127.0.0.1 only (a redis-server of the benchmark's own too). On Linux each child gets PR_SET_PDEATHSIG, so a
 benchmark that dies (or is killed) never leaves a server behind.
 """
 
@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import aiohttp
 
 HOST = "127.0.0.1"
 PR_SET_PDEATHSIG = 1
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 def free_port() -> int:
@@ -107,6 +109,49 @@ class ServerProcess:
             self._log.close()
             self._log = None
         return self.proc.returncode
+
+
+def redis_server(directory: Path, port: int) -> ServerProcess:
+    """A redis-server of the benchmark's own, not started: loopback only, its files in
+    ``directory``, appendonly as README.rst runs a cluster's Redis, no RDB snapshots. It is
+    a child like the other servers (stopped by its pid, gone with the benchmark), so no
+    other Redis on the machine is ever touched."""
+    if not Path(REDIS_SERVER).exists():
+        raise RuntimeError(f"{REDIS_SERVER} not found: the cluster phase needs redis-server (Debian: apt-get install redis-server)")
+    argv = [
+        REDIS_SERVER, "--port", str(port), "--bind", HOST, "--dir", str(directory),
+        "--appendonly", "yes", "--save", "", "--daemonize", "no",
+    ]
+    return ServerProcess("redis-server", argv, port, directory / "redis.log", directory, child_env())
+
+
+def redis_version() -> str | None:
+    try:
+        return subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+async def wait_redis(server: ServerProcess, timeout: float) -> float:
+    """PING ``server`` until it answers PONG (Redis speaks no HTTP, so not ``wait_ready``);
+    returns the seconds it took."""
+    started = time.perf_counter()
+    deadline = started + timeout
+    for _ in range(int(timeout / 0.05) + 1):
+        if server.exited() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.exited()} during start:\n{server.log_tail()}")
+        with contextlib.suppress(OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, server.port), 1)
+            try:
+                writer.write(b"PING\r\n")
+                if (await asyncio.wait_for(reader.readline(), 1)).startswith(b"+PONG"):
+                    return time.perf_counter() - started
+            finally:
+                writer.close()
+        if time.perf_counter() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{server.name} not answering PING after {timeout:.0f}s:\n{server.log_tail()}")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
