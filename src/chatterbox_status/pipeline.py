@@ -127,9 +127,10 @@ class Progress:
         self._advance(self.percentage if percentage is None else percentage)
         self.book.bus.publish("status", {**self._fields(), **extra})
 
-    def queued(self, step: str, voice_source: str, parameters: dict[str, Any], engine: str) -> None:
+    def queued(self, step: str, voice_source: str, parameters: dict[str, Any], engine: str, durable: bool = False) -> None:
         """The request enters a queue: the event that makes it known, with what the
-        status API shows of it for its whole life."""
+        status API shows of it for its whole life. A ``durable`` one (a long-text job)
+        outlives its server process: it is resumed when that starts again."""
         self.engine = engine
         self.stage(
             "queued",
@@ -139,6 +140,7 @@ class Progress:
             voice_source=voice_source,
             parameters=parameters,
             engine=engine,
+            **({"durable": True} if durable else {}),
         )
 
     def plan(self, chunks: Sequence[str], done: Sequence[int] = ()) -> None:

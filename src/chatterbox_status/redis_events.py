@@ -14,6 +14,12 @@ states, which are each node's own) is checkpointed in Redis every ``CHECKPOINT_E
 events by the nodes that fold that event; a node that starts, or finds that the stream was
 trimmed past its position, restores the newest checkpoint and folds the events after it.
 Redis must persist its data (appendonly) for the figures to outlive a Redis restart.
+
+Each node says it is alive every ``HEARTBEAT_SECONDS``; when a node has not for
+``NODE_TTL_SECONDS`` (killed, its machine gone), the others end the requests it was running
+or holding in its queue as ``error``, each once (the node that claims a request in Redis
+first publishes its end). Long-text jobs stay as they were: their node resumes them when it
+starts again.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ STREAM = KEY + "events"
 SEQUENCE = KEY + "events:seq"
 APPENDED = KEY + "events:appended"  # each node's newest appended event number
 CHECKPOINT = KEY + "checkpoint"
+ALIVE = KEY + "alive:"  # + node: set while the node beats
+ENDED = KEY + "ended:"  # + request id: the node that ended a request of a node that stopped
+HEARTBEAT_SECONDS = 1.0
+NODE_TTL_SECONDS = 8.0
 CHECKPOINT_EVERY = 1000
 # Events the stream keeps (about: Redis trims in whole nodes): many checkpoints' worth, so a
 # node restoring the newest checkpoint always finds the events after it.
@@ -70,12 +80,15 @@ return 1
 """
 
 
-class Checkpointed(Protocol):
-    """The fold a checkpoint saves and restores (the status tracker)."""
+class SharedFold(Protocol):
+    """The fold the cluster shares (the status tracker): what a checkpoint saves and
+    restores, and which node runs which request."""
 
     def checkpoint(self) -> dict[str, Any]: ...
 
     def restore(self, state: dict[str, Any]) -> None: ...
+
+    def running_on(self) -> dict[str, list[str]]: ...
 
 
 def node_name() -> str:
@@ -101,11 +114,13 @@ class RedisEventBus(EventBus):
     (listeners, replay ring, subscribers) exactly as the in-process bus does.
     """
 
+    node: str
+
     def __init__(
         self,
         url: str,
         node: str,
-        fold: Checkpointed,
+        fold: SharedFold,
         replay_size: int = 1024,
         subscriber_queue_size: int = 256,
         max_subscribers: int | None = None,
@@ -127,10 +142,11 @@ class RedisEventBus(EventBus):
         self._tasks: list[asyncio.Task] = []
         self._write_error: str | None = "not connected to Redis yet"
         self._read_error: str | None = "not connected to Redis yet"
+        self._watch_error: str | None = None
 
     @property
     def problem(self) -> str | None:
-        error = self._write_error or self._read_error
+        error = self._write_error or self._read_error or self._watch_error
         return None if error is None else f"the event log (Redis at {self.url}) is unreachable: {error}"
 
     def publish(self, type: str, data: dict[str, Any]) -> None:
@@ -143,9 +159,12 @@ class RedisEventBus(EventBus):
         """Start appending and reading, and wait (SETTLE_SECONDS at most) until this node has
         folded the stream so far, so it never shows a view the cluster has left behind;
         until Redis answers, ``problem`` says so."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._beat()  # alive before anything of this node's is folded anywhere
         self._tasks = [
             asyncio.create_task(self._keep(self._write, "_write_error"), name="event-log-writer"),
             asyncio.create_task(self._keep(self._read, "_read_error"), name="event-log-reader"),
+            asyncio.create_task(self._keep(self._watch, "_watch_error"), name="event-log-watcher"),
         ]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._caught_up.wait(), SETTLE_SECONDS)
@@ -168,6 +187,8 @@ class RedisEventBus(EventBus):
         for task in self._tasks:
             task.cancel()
         await asyncio.wait(self._tasks, timeout=SETTLE_SECONDS)  # bounded: shutdown never hangs on Redis
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.delete(ALIVE + self.node)  # gone, with nothing left running
         await self._client.aclose()
         self.close()
 
@@ -241,6 +262,29 @@ class RedisEventBus(EventBus):
                 self._caught_up.set()
             async with self._folded:
                 self._folded.notify_all()
+
+    async def _beat(self) -> None:
+        await self._client.set(ALIVE + self.node, "1", px=int(NODE_TTL_SECONDS * 1000))
+
+    async def _watch(self) -> None:
+        """Beat; end the requests of the nodes that stopped beating."""
+        while True:
+            await self._beat()
+            self._watch_error = None
+            for node, request_ids in self._fold.running_on().items():
+                if node == self.node or await self._client.exists(ALIVE + node):
+                    continue
+                for request_id in request_ids:
+                    if await self._client.set(ENDED + request_id, self.node, nx=True, ex=86400):
+                        log.warning("event log: node %s stopped; request %s ends as error", node, request_id)
+                        self.publish("status", {
+                            "request_id": request_id,
+                            "status": "error",
+                            "is_processing": False,
+                            "current_step": "Failed",
+                            "error_message": f"The server process running it ({node}) stopped",
+                        })
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _restore(self) -> None:
         """Start again from the newest checkpoint (or the stream's beginning)."""

@@ -45,6 +45,7 @@ RECORD_FIELDS = (
     "error_message",
     "audio_duration_seconds",
     "batched_with",
+    "durable",  # a long-text job: its node resumes it after a restart
 )
 # What is known of an engine before its events say more.
 ENGINE_DEFAULTS: dict[str, Any] = {
@@ -103,7 +104,7 @@ class RequestRecord:
             "parameters": self.fields.get("parameters", {}),
             "progress": self.progress_view(now),
         }
-        for name in ("engine", "error_message", "audio_duration_seconds"):
+        for name in ("engine", "error_message", "audio_duration_seconds", "node"):
             if name in self.fields:
                 body[name] = self.fields[name]
         if self.fields.get("batched_with"):
@@ -203,6 +204,8 @@ class StatusTracker:
             if data["status"] != QUEUED:
                 return
             record = self._active[request_id] = RequestRecord(request_id, data["timestamp"])
+            if "node" in data:  # on a shared event log: the node that queued it runs it
+                record.fields["node"] = data["node"]
             self.stats.total_requests += 1
             self._engine_stats(data.get("engine")).total_requests += 1
         record.status = data["status"]
@@ -290,6 +293,16 @@ class StatusTracker:
         """The request the engine is on: the oldest one past the queue, else the head of the queue."""
         running = next((r for r in self._active.values() if r.status != QUEUED), None)
         return running or next(iter(self._active.values()), None)
+
+    def running_on(self) -> dict[str, list[str]]:
+        """Requests queued or running that end with the node running them, by node: not the
+        long-text jobs, which that node resumes when it starts again."""
+        nodes: dict[str, list[str]] = {}
+        for record in self._active.values():
+            node = record.fields.get("node")
+            if node is not None and not record.fields.get("durable"):
+                nodes.setdefault(node, []).append(record.request_id)
+        return nodes
 
     def find(self, request_id: str) -> RequestRecord | None:
         return self._active.get(request_id) or self._paused.get(request_id) or self._finished.get(request_id)

@@ -68,8 +68,10 @@ class Node:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process, self.log_path = start_serve(directory, self.port, "--engine", "hibari", "--redis-url", redis_url, *args)
-        self.health = wait_healthy(self.base, self.process, self.log_path, deadline_s=120)
-        self.name = self.health["event_log"]["node"]
+        self.name = ""
+
+    def wait_healthy(self) -> None:
+        self.name = wait_healthy(self.base, self.process, self.log_path, deadline_s=120)["event_log"]["node"]
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
         status, _, raw = http(method, self.base + path, body, timeout=60)
@@ -104,7 +106,8 @@ def start_node(tmp_path: Path, redis_server: RedisServer) -> Iterator:
 
     def start(name: str, *args: str) -> Node:
         node = Node(tmp_path / name, redis_server.url, *args)
-        nodes.append(node)
+        nodes.append(node)  # stopped at the end even if it never became healthy
+        node.wait_healthy()
         return node
 
     try:

@@ -138,3 +138,36 @@ async def test_without_redis_speech_is_a_clear_503_and_health_says_why_until_it_
     for node in (a, b):
         stats = wait_for(lambda node=node: (s := node.statistics())["completed_requests"] == 2 and s, "both requests folded")
         assert stats["total_requests"] == 2 and stats["error_requests"] == 0
+
+
+async def test_the_requests_of_a_node_that_is_killed_end_in_error_once_on_the_others(start_node):
+    a, b = start_node("a"), start_node("b")
+    running, waiting = "cluster-killed-0001", "cluster-killed-0002"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async with session.get(f"{b.base}/status/stream") as stream:
+            events = EventSource(stream, timeout=60)
+            await events.next_event()
+            posts = [asyncio.ensure_future(speak(session, a, LONG, request_id)) for request_id in (running, waiting)]
+            seen: dict[str, str] = {}
+            await events.until(
+                lambda e: seen.update({e.json().get("request_id"): e.json().get("status")}) or seen.get(running) == "generating_audio"
+            )
+            assert seen.get(waiting) == "queued"  # behind it on A
+            a.process.kill()  # SIGKILL: A says nothing more
+            ended = {}
+            while len(ended) < 2:
+                event = await events.next_event()
+                assert event is not None
+                data = event.json()
+                if data.get("status") in TERMINAL:
+                    assert data["request_id"] not in ended, "a request ended twice"
+                    ended[data["request_id"]] = data
+        for post in posts:  # A's clients lost their connection
+            assert isinstance((await asyncio.gather(post, return_exceptions=True))[0], aiohttp.ClientError)
+    assert {r: d["status"] for r, d in ended.items()} == {running: "error", waiting: "error"}
+    assert all(a.name in d["error_message"] and d["node"] == b.name for d in ended.values())
+    record = b.json("GET", f"/status/requests/{running}")
+    assert (record["status"], record["node"]) == ("error", a.name)
+    stats = b.statistics()
+    assert (stats["total_requests"], stats["error_requests"], stats["is_processing"]) == (2, 2, False)
+    assert b.json("GET", "/status")["status"] == "idle"

@@ -307,7 +307,7 @@ class LongTextManager:
         chunks = await self._db("chunks", record.job_id)
         progress = self.core.progress.open(record.job_id, record.text)
         progress.plan([c.text for c in chunks], done=[c.index for c in chunks if c.done])
-        progress.queued("Waiting for a long-text slot", record.voice, record.parameters, self._engine(record))
+        progress.queued("Waiting for a long-text slot", record.voice, record.parameters, self._engine(record), durable=True)
         run.task = asyncio.create_task(self._run(run, record, chunks, progress), name=f"long-text-{record.job_id}")
 
     def _engine(self, record: JobRecord) -> str:

@@ -52,6 +52,7 @@ class RequestRecord(Body):
         description="The other requests whose chunks the engine steps together with this request's current chunk "
         "(an engine that batches, MAX_BATCH_SIZE); absent while it runs alone"
     )
+    node: str = sometimes(description="On a shared event log (REDIS_URL): the server process that runs the request")
 
 
 class RequestDetail(RequestRecord):
@@ -266,3 +267,4 @@ class StatusEventData(Body):
     unload_reason: str = sometimes()
     batched_with: list[str] = sometimes(description="The other requests whose chunks are stepped together with this one's")
     node: str = sometimes(description="On a shared event log (REDIS_URL): the server process that published the event")
+    durable: bool = sometimes(description="In a queued event: a long-text job, which outlives its server process")

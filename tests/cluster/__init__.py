@@ -1,0 +1,1 @@
+"""Several server processes sharing one Redis event log (tox env cluster)."""
