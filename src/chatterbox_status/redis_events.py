@@ -193,14 +193,17 @@ class RedisEventBus(EventBus):
         self.close()
 
     async def _keep(self, run: Callable[[], Any], error_attribute: str) -> None:
-        """Run one of the two loops for ever, through Redis going away and coming back:
-        the error is kept for ``problem`` until the loop has connected again."""
+        """Run one of the loops for ever, through Redis going away and coming back: the error
+        is kept for ``problem`` until the loop has connected again. A bug (a listener that
+        raised) is logged and the loop goes on, rather than leave this node's view frozen."""
         failures = 0
         while True:
             try:
                 await run()
-            except (RedisError, OSError) as exc:
-                if getattr(self, error_attribute) is None:
+            except Exception as exc:
+                if not isinstance(exc, RedisError | OSError):
+                    log.exception("event log: %s failed", error_attribute.strip("_").removesuffix("_error"))
+                elif getattr(self, error_attribute) is None:
                     log.error("event log: lost Redis at %s: %s", self.url, exc)
                     failures = 0
                 setattr(self, error_attribute, str(exc) or type(exc).__name__)

@@ -105,3 +105,20 @@ def test_the_url_shown_in_health_and_logs_has_no_password():
     assert redis_events.redacted("redis://:secret@10.0.0.5:6380/2") == "redis://:***@10.0.0.5:6380/2"
     assert redis_events.redacted("redis://user:secret@cache.internal/0") == "redis://user:***@cache.internal/0"
     assert redis_events.redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+async def test_a_listener_that_raises_does_not_stop_the_node_folding(start_bus, caplog):
+    bus, tracker = await start_bus("node-a")
+
+    def broken(event) -> None:
+        if event.data.get("request_id") == "request-00001":
+            raise RuntimeError("a bug in a listener")
+
+    bus.add_listener(broken)
+    for n in (1, 2):
+        for type, data in request_events(n):
+            bus.publish(type, data)
+    await bus.settled()
+    assert tracker.find("request-00002").status == "cancelled"  # folded after the bug
+    assert bus.problem is None
+    assert "a bug in a listener" in caplog.text
