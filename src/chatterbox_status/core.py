@@ -60,7 +60,7 @@ class Core:
         keep_alive = parse_duration(settings.model_keep_alive)
         self.engines = EnginePool([EngineSlot(h, self.bus, keep_alive) for h in hosts], settings.max_loaded_models)
         self.worker: Worker[Job] = Worker(self.engines, settings.max_queue_size)
-        self.voices = VoiceLibrary(Path(settings.voice_library_dir))
+        self.voices = self._voice_library(settings)
         self.planner = Planner(settings, self.catalog, {h.engine.name: h.engine for h in hosts}, self.voices)
         self.started_at = time.time()
         self._processed = 0
@@ -77,8 +77,17 @@ class Core:
         tracker = StatusTracker(settings.history_size, self.catalog.default, node)
         return redis_events.RedisEventBus(settings.redis_url, node, tracker, *sizes), tracker
 
+    def _voice_library(self, settings: Settings) -> VoiceLibrary:
+        """The voices of this node, or of every node sharing REDIS_URL."""
+        if not settings.redis_url:
+            return VoiceLibrary(Path(settings.voice_library_dir))
+        from .redis_voices import SharedVoiceLibrary
+
+        return SharedVoiceLibrary(settings.voice_library_dir, settings.redis_url, self.bus)
+
     async def start(self) -> None:
         await self.bus.start()
+        await self.voices.start()
         log.info("engine: %s (%s)", self.choice.name, self.choice.reason)
         if self.settings.voice_sample_path and not self.engine.supports_cloning:
             log.warning("VOICE_SAMPLE_PATH is ignored: engine %s cannot clone voices", self.engine.name)
@@ -103,6 +112,7 @@ class Core:
 
     async def stop(self) -> None:
         await self.worker.stop()
+        await self.voices.stop()
         await self.bus.stop()
 
     async def run_job(self, job: Job) -> None:

@@ -89,6 +89,12 @@ class EventLogUnavailable(Unavailable):
     code = "event_log_unavailable"
 
 
+class SharedStateUnavailable(Unavailable):
+    """What the cluster shares in Redis (the voice library) cannot be reached or changed now."""
+
+    code = "redis_unavailable"
+
+
 class ShuttingDown(Unavailable):
     """The server is shutting down and takes no new jobs."""
 

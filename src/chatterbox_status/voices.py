@@ -348,6 +348,12 @@ class VoiceLibrary:
         self._lock = asyncio.Lock()
         self._index = self._load()
 
+    async def start(self) -> None:
+        """Ready before serving (on one node the index was read from disk already)."""
+
+    async def stop(self) -> None:
+        """At the very end."""
+
     # -- reads: from memory, no lock needed on the event loop --------------------------
 
     def voices(self) -> list[VoiceEntry]:

@@ -13,7 +13,7 @@ import time
 
 import aiohttp
 from eventsource import EventSource
-from helpers import LIFECYCLE
+from helpers import LIFECYCLE, wav_tone
 
 TERMINAL = {"completed", "error", "cancelled"}
 TEXT = "The lighthouse keeper wrote the weather in his book every evening."
@@ -129,6 +129,12 @@ async def test_without_redis_speech_is_a_clear_503_and_health_says_why_until_it_
             assert refused.status == 503
             error = (await refused.json())["error"]
         assert error["code"] == "event_log_unavailable" and "Redis" in error["message"]
+        form = aiohttp.FormData()
+        form.add_field("voice_name", "narrator")
+        form.add_field("voice_file", wav_tone(1.0), filename="narrator.wav", content_type="audio/wav")
+        async with session.post(f"{a.base}/v1/voices", data=form) as upload:
+            assert upload.status == 503
+            assert (await upload.json())["error"]["code"] == "redis_unavailable"
         assert a.call("GET", "/ping")[0] == 200  # alive, and the status API still answers
         assert a.statistics()["total_requests"] == 1
         redis_server.start()
@@ -171,3 +177,39 @@ async def test_the_requests_of_a_node_that_is_killed_end_in_error_once_on_the_ot
     stats = b.statistics()
     assert (stats["total_requests"], stats["error_requests"], stats["is_processing"]) == (2, 2, False)
     assert b.json("GET", "/status")["status"] == "idle"
+
+
+def voice_names(node) -> list[str]:
+    return [voice["name"] for voice in node.json("GET", "/v1/voices")["voices"]]
+
+
+async def test_a_voice_uploaded_to_one_node_is_in_every_nodes_library(start_node):
+    a, b = start_node("a"), start_node("b")
+    clip = wav_tone(1.5)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def upload(node, name: str) -> int:
+            form = aiohttp.FormData()
+            form.add_field("voice_name", name)
+            form.add_field("voice_file", clip, filename="narrator.wav", content_type="audio/wav")
+            async with session.post(f"{node.base}/v1/voices", data=form) as response:
+                return response.status
+
+        # The same name on both nodes at once: the library is one, so one of them wins.
+        assert sorted(await asyncio.gather(upload(a, "narrator"), upload(b, "Narrator"))) == [201, 409]
+        wait_for(lambda: voice_names(b) == voice_names(a) and len(voice_names(a)) == 1, "one voice on both nodes")
+        name = voice_names(a)[0]
+        status, downloaded = b.call("GET", f"/v1/voices/{name}/download")
+        assert (status, downloaded) == (200, clip)  # B holds the clip its engine would read
+        async with session.put(f"{b.base}/v1/voices/{name}", data={"new_name": "storyteller"}) as renamed:
+            assert renamed.status == 200
+        wait_for(lambda: voice_names(a) == ["storyteller"], "A sees B's rename")
+        c = start_node("c")  # a node that starts now has the library before it serves
+        assert voice_names(c) == ["storyteller"]
+        assert c.call("GET", "/v1/voices/storyteller/download") == (200, clip)
+        async with session.delete(f"{a.base}/v1/voices/storyteller") as deleted:
+            assert deleted.status == 200
+        for node in (b, c):
+            wait_for(lambda node=node: voice_names(node) == [], f"{node.name} forgets the deleted voice")
+            clips = [p for p in (node.log_path.parent / "voices").glob("*") if not p.name.startswith(".")]
+            assert clips == []  # and its copy of the clip is gone

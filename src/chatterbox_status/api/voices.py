@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..engines.base import EngineDescription
 from ..errors import ApiError
-from ..exceptions import Conflict, InvalidInput, NotFound
+from ..exceptions import Conflict, InvalidInput, NotFound, Unavailable
 from ..schemas.voices import (
     AliasChanged,
     AliasForm,
@@ -183,7 +183,7 @@ def usable_voices(engine: EngineDescription, library: VoiceLibrary) -> list[Usab
         multipart_only=True,
     ),
     responses={201: Reply("The voice is stored", VoiceCreated)},
-    errors=(InvalidInput, Conflict),
+    errors=(InvalidInput, Conflict, Unavailable),
 )
 async def upload_voice(request: web.Request) -> web.Response:
     upload = await read_form(request, _TEXT_FIELDS, "voice_file", MAX_UPLOAD_BYTES)
@@ -219,7 +219,7 @@ async def get_default_voice(request: web.Request) -> web.Response:
     tag="voices",
     body=_name_form(VoiceNameForm, "voice_name"),
     responses={200: Reply("The new default", DefaultVoiceSet)},
-    errors=(InvalidInput, NotFound),
+    errors=(InvalidInput, NotFound, Unavailable),
     params=(_name_query("voice_name", "The voice"),),
 )
 async def set_default_voice(request: web.Request) -> web.Response:
@@ -238,6 +238,7 @@ async def set_default_voice(request: web.Request) -> web.Response:
     summary="Go back to the server's own default voice",
     tag="voices",
     responses={200: Reply("No library default", DefaultVoiceCleared)},
+    errors=(Unavailable,),
 )
 async def clear_default_voice(request: web.Request) -> web.Response:
     await _library(request).clear_default()
@@ -265,6 +266,7 @@ async def all_voice_names(request: web.Request) -> web.Response:
     summary="Forget voices whose audio file is missing",
     tag="voices",
     responses={200: Reply("What was forgotten", VoicesCleanup)},
+    errors=(Unavailable,),
 )
 async def cleanup_voices(request: web.Request) -> web.Response:
     removed = await _library(request).prune_missing()
@@ -296,7 +298,7 @@ async def get_voice(request: web.Request) -> web.Response:
     tag="voices",
     body=_name_form(NewNameForm, "new_name"),
     responses={200: Reply("The voice under its new name", VoiceRenamed)},
-    errors=(InvalidInput, NotFound, Conflict),
+    errors=(InvalidInput, NotFound, Conflict, Unavailable),
     params=(_name_query("new_name", "The new name"),),
     path_params=VOICE_NAME,
 )
@@ -320,7 +322,7 @@ async def rename_voice(request: web.Request) -> web.Response:
     summary="Delete a voice and its file",
     tag="voices",
     responses={200: Reply("The voice is gone", VoiceDeleted)},
-    errors=(NotFound,),
+    errors=(NotFound, Unavailable),
     path_params=VOICE_NAME,
 )
 async def delete_voice(request: web.Request) -> web.Response:
@@ -376,7 +378,7 @@ async def list_aliases(request: web.Request) -> web.Response:
     tag="voices",
     body=_name_form(AliasForm, "alias"),
     responses={201: Reply("The alias is added (or was there already)", AliasChanged)},
-    errors=(InvalidInput, NotFound, Conflict),
+    errors=(InvalidInput, NotFound, Conflict, Unavailable),
     params=(_name_query("alias", "The alias"),),
     path_params=VOICE_NAME,
 )
@@ -399,7 +401,7 @@ async def add_alias(request: web.Request) -> web.Response:
     summary="Remove one of a voice's aliases",
     tag="voices",
     responses={200: Reply("The alias is removed", AliasChanged)},
-    errors=(NotFound,),
+    errors=(NotFound, Unavailable),
     path_params={**VOICE_NAME, "alias": "The alias to remove"},
 )
 async def remove_alias(request: web.Request) -> web.Response:
