@@ -12,6 +12,9 @@ import time
 
 import pytest
 
+from chatterbox_status.events import Event
+from chatterbox_status.tracker import StatusTracker
+
 PROGRESS_KEYS = {"current_chunk", "total_chunks", "current_step", "progress_percentage", "estimated_completion"}
 QUEUE_ENTRY_KEYS = {"request_id", "position", "text_length", "queued_at", "estimated_start", "estimated_completion"}
 LONG_TEXT = " ".join(
@@ -206,3 +209,26 @@ def test_measured_throughput_moves_toward_each_new_measurement():
     assert tracker.seconds_per_char is not None
     assert 0.01 < tracker.seconds_per_char < 0.02
     assert tracker.seconds_per_char == pytest.approx(0.01 + THROUGHPUT_ALPHA * (0.02 - 0.01))
+
+
+def test_on_a_shared_event_log_each_nodes_queue_waits_only_for_its_own_node():
+    """Nodes sharing a Redis event log each run their own queue: a request queued on an idle
+    node is not estimated behind another node's long request."""
+    now = time.time()
+    tracker = StatusTracker(10, "hibari", node="a")
+    events = [
+        ("engine", {"name": "hibari", "node": "a", "state": "ready", "seconds_per_char": 0.01}),
+        ("status", {"request_id": "long-on-a", "status": "queued", "node": "a", "text_length": 10_000, "engine": "hibari"}),
+        ("status", {"request_id": "long-on-a", "status": "generating_audio", "estimated_completion": now + 100}),
+        ("status", {"request_id": "short-on-b", "status": "queued", "node": "b", "text_length": 500, "engine": "hibari"}),
+        ("status", {"request_id": "short-on-b", "status": "generating_audio", "estimated_completion": now + 5}),
+        ("status", {"request_id": "next-on-a", "status": "queued", "node": "a", "text_length": 100, "engine": "hibari"}),
+        ("status", {"request_id": "next-on-b", "status": "queued", "node": "b", "text_length": 100, "engine": "hibari"}),
+    ]
+    for n, (type, data) in enumerate(events, start=1):
+        tracker.apply(Event(n, type, {"timestamp": now, **data}))
+    queue = {entry["request_id"]: entry for entry in tracker.queue_view(now)["requests"]}
+    assert [queue[r]["position"] for r in ("next-on-a", "next-on-b")] == [1, 2]  # one queue, in order
+    assert queue["next-on-a"]["estimated_start"] == round(now + 100, 3)
+    assert queue["next-on-b"]["estimated_start"] == round(now + 5, 3)  # B's own running request only
+    assert queue["next-on-b"]["estimated_completion"] == round(now + 5 + 100 * 0.01, 3)

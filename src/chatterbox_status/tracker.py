@@ -311,16 +311,21 @@ class StatusTracker:
         return [r for r in self._active.values() if r.status == QUEUED]
 
     def queue_view(self, now: float | None = None) -> dict[str, Any]:
-        """Queue positions with start and completion estimates from measured throughput."""
+        """Queue positions with start and completion estimates from measured throughput.
+
+        Positions are in the order requests were queued; each estimate follows the requests
+        ahead of it in its own node's queue (on a shared event log every node has its own)."""
         now = time.time() if now is None else now
-        clock: float | None = now
+        clocks: dict[str | None, float | None] = {}
         for record in self._active.values():
             if record.status != QUEUED:
-                eta = record.progress_view(now)["estimated_completion"]
-                clock = max(clock, eta) if (clock is not None and eta is not None) else None
+                node = record.fields.get("node")
+                clock, eta = clocks.get(node, now), record.progress_view(now)["estimated_completion"]
+                clocks[node] = max(clock, eta) if (clock is not None and eta is not None) else None
         entries = []
         for position, record in enumerate(self.queued(), start=1):
-            start = clock
+            node = record.fields.get("node")
+            start = clocks.get(node, now)
             spc = self.seconds_per_char_of(record.fields.get("engine"))
             done = None if (start is None or spc is None) else round(start + record.fields.get("text_length", 0) * spc, 3)
             entries.append(
@@ -333,7 +338,7 @@ class StatusTracker:
                     "estimated_completion": done,
                 }
             )
-            clock = done
+            clocks[node] = done
         return {"length": len(entries), "requests": entries}
 
     def history(self, limit: int) -> list[dict[str, Any]]:
