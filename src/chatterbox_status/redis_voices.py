@@ -24,7 +24,7 @@ from redis.exceptions import RedisError, WatchError
 from .events import Event, EventBus
 from .exceptions import SharedStateUnavailable
 from .redis_events import KEY
-from .voices import INDEX_NAME, VoiceLibrary, _Index, _write_atomic
+from .voices import INDEX_NAME, VoiceIndex, VoiceLibrary, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ CLIP = KEY + "voices:clip:"  # + the clip's file name
 T = TypeVar("T")
 
 
-def _files(index: _Index) -> set[str]:
+def _files(index: VoiceIndex) -> set[str]:
     return {entry.filename for entry in index.voices.values()}
 
 
@@ -47,7 +47,7 @@ class SharedVoiceLibrary(VoiceLibrary):
         self.directory = Path(directory)
         self._index_path = self.directory / INDEX_NAME
         self._lock = asyncio.Lock()
-        self._index = _Index.build([])
+        self._index = VoiceIndex.build([])
         self._client = aioredis.from_url(url)
         self._bus = bus
         self._refreshing: asyncio.Task | None = None
@@ -70,7 +70,7 @@ class SharedVoiceLibrary(VoiceLibrary):
             self._refreshing.cancel()
         await self._client.aclose()
 
-    async def _apply(self, change: Callable[[_Index], tuple[_Index, T]]) -> T:
+    async def _apply(self, change: Callable[[VoiceIndex], tuple[VoiceIndex, T]]) -> T:
         """One change, atomic in Redis against every node's: retried when another node
         changed the index meanwhile."""
         async with self._lock:
@@ -89,11 +89,11 @@ class SharedVoiceLibrary(VoiceLibrary):
                 self._bus.publish("voices", {"voices": len(index.voices)})
             return result
 
-    async def _commit(self, change: Callable[[_Index], tuple[_Index, T]]) -> tuple[_Index | None, T]:
+    async def _commit(self, change: Callable[[VoiceIndex], tuple[VoiceIndex, T]]) -> tuple[VoiceIndex | None, T]:
         async with self._client.pipeline(transaction=True) as pipe:
             await pipe.watch(INDEX)
             raw = await pipe.get(INDEX)
-            current = _Index.build([]) if raw is None else _Index.decode(raw)
+            current = VoiceIndex.build([]) if raw is None else VoiceIndex.decode(raw)
             index, result = change(current)
             if index is current:
                 return None, result
@@ -130,13 +130,13 @@ class SharedVoiceLibrary(VoiceLibrary):
         """Load the index from Redis, copy its clips here, then take it; delete the clips of
         the voices it no longer has."""
         raw = await self._client.get(INDEX)
-        index = await self._with_clips(_Index.build([]) if raw is None else _Index.decode(raw))
+        index = await self._with_clips(VoiceIndex.build([]) if raw is None else VoiceIndex.decode(raw))
         async with self._lock:
             old, self._index = self._index, index
         for name in _files(old) - _files(index):
             await asyncio.to_thread((self.directory / name).unlink, missing_ok=True)
 
-    async def _with_clips(self, index: _Index) -> _Index:
+    async def _with_clips(self, index: VoiceIndex) -> VoiceIndex:
         """``index`` once every clip it names is here (copied from Redis); without a voice
         whose clip has gone from Redis meanwhile (its deletion's event loads again)."""
         for entry in list(index.voices.values()):
@@ -146,5 +146,5 @@ class SharedVoiceLibrary(VoiceLibrary):
                 if data is None:
                     index = index.changed(entry, None)
                     continue
-                await asyncio.to_thread(_write_atomic, path, data)
+                await asyncio.to_thread(write_atomic, path, data)
         return index

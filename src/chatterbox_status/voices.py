@@ -272,7 +272,7 @@ def _require(condition: bool, problem: str) -> None:
 
 
 @dataclass(frozen=True)
-class _Index:
+class VoiceIndex:
     """An immutable snapshot of the library; every change makes a new one."""
 
     voices: Mapping[str, VoiceEntry]  # by folded name, in upload order
@@ -280,7 +280,7 @@ class _Index:
     default: str | None = None  # folded name of the default voice
 
     @classmethod
-    def build(cls, entries: Iterable[VoiceEntry], default: str | None = None) -> _Index:
+    def build(cls, entries: Iterable[VoiceEntry], default: str | None = None) -> VoiceIndex:
         """The one place names are checked for uniqueness, across names and aliases alike."""
         voices: dict[str, VoiceEntry] = {}
         names: dict[str, str] = {}
@@ -305,14 +305,14 @@ class _Index:
             raise UnknownVoice(f"Voice {name!r} not found")
         return found
 
-    def changed(self, old: VoiceEntry, new: VoiceEntry | None) -> _Index:
+    def changed(self, old: VoiceEntry, new: VoiceEntry | None) -> VoiceIndex:
         """This index with ``old`` replaced by ``new`` (or removed), the default following it."""
         key = _fold(old.name)
         entries = [new if k == key else e for k, e in self.voices.items()]
         default = self.default
         if default == key:
             default = None if new is None else _fold(new.name)
-        return _Index.build([e for e in entries if e is not None], default)
+        return VoiceIndex.build([e for e in entries if e is not None], default)
 
     def encode(self) -> bytes:
         default = None if self.default is None else self.voices[self.default].name
@@ -324,7 +324,7 @@ class _Index:
         return json.dumps(body, indent=2, ensure_ascii=False).encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> _Index:
+    def decode(cls, raw: bytes) -> VoiceIndex:
         """An index read back from disk; ValueError when it is not one the library wrote."""
         body = json.loads(raw)
         _require(isinstance(body, dict) and body.get("version") == INDEX_VERSION, "unknown index version")
@@ -396,11 +396,11 @@ class VoiceLibrary:
             sha256=clip.sha256,
         )
 
-        def change(index: _Index) -> tuple[_Index, VoiceEntry]:
-            return _Index.build([*index.voices.values(), entry], index.default), entry
+        def change(index: VoiceIndex) -> tuple[VoiceIndex, VoiceEntry]:
+            return VoiceIndex.build([*index.voices.values(), entry], index.default), entry
 
         path = self.path(entry)
-        await asyncio.to_thread(_write_atomic, path, data)
+        await asyncio.to_thread(write_atomic, path, data)
         try:
             return await self._change(change)
         except Exception:
@@ -411,7 +411,7 @@ class VoiceLibrary:
         """Give a voice a new name; its file, aliases and default status stay with it."""
         new_name = check_name(new_name)
 
-        def change(index: _Index) -> tuple[_Index, VoiceEntry]:
+        def change(index: VoiceIndex) -> tuple[VoiceIndex, VoiceEntry]:
             old = index.entry(name)
             aliases = tuple(a for a in old.aliases if _fold(a) != _fold(new_name))
             new = replace(old, name=new_name, aliases=aliases)
@@ -422,7 +422,7 @@ class VoiceLibrary:
     async def delete(self, name: str) -> VoiceEntry:
         """Remove a voice and its file; it stops being the default if it was."""
 
-        def change(index: _Index) -> tuple[_Index, VoiceEntry]:
+        def change(index: VoiceIndex) -> tuple[VoiceIndex, VoiceEntry]:
             old = index.entry(name)
             return index.changed(old, None), old
 
@@ -434,7 +434,7 @@ class VoiceLibrary:
         """Another name for a voice; adding one it already has changes nothing."""
         alias = check_name(alias)
 
-        def change(index: _Index) -> tuple[_Index, VoiceEntry]:
+        def change(index: VoiceIndex) -> tuple[VoiceIndex, VoiceEntry]:
             old = index.entry(name)
             if index.find(alias) is old:
                 return index, old
@@ -444,7 +444,7 @@ class VoiceLibrary:
         return await self._change(change)
 
     async def remove_alias(self, name: str, alias: str) -> VoiceEntry:
-        def change(index: _Index) -> tuple[_Index, VoiceEntry]:
+        def change(index: VoiceIndex) -> tuple[VoiceIndex, VoiceEntry]:
             old = index.entry(name)
             kept = tuple(a for a in old.aliases if _fold(a) != _fold(alias))
             if len(kept) == len(old.aliases):
@@ -457,7 +457,7 @@ class VoiceLibrary:
     async def set_default(self, name: str) -> VoiceEntry:
         """Make a library voice what the OpenAI names and "default" speak with."""
 
-        def change(index: _Index) -> tuple[_Index, VoiceEntry]:
+        def change(index: VoiceIndex) -> tuple[VoiceIndex, VoiceEntry]:
             entry = index.entry(name)
             return replace(index, default=_fold(entry.name)), entry
 
@@ -471,38 +471,38 @@ class VoiceLibrary:
         """Forget voices whose audio file has gone from the directory; their names."""
         return await self._change(self._without_missing)
 
-    async def _change(self, change: Callable[[_Index], tuple[_Index, T]]) -> T:
+    async def _change(self, change: Callable[[VoiceIndex], tuple[VoiceIndex, T]]) -> T:
         """Run one change to completion even if the caller is cancelled, so disk and memory agree."""
         return await asyncio.shield(self._apply(change))
 
-    async def _apply(self, change: Callable[[_Index], tuple[_Index, T]]) -> T:
+    async def _apply(self, change: Callable[[VoiceIndex], tuple[VoiceIndex, T]]) -> T:
         async with self._lock:
             index, result = change(self._index)
             if index is not self._index:
-                await asyncio.to_thread(_write_atomic, self._index_path, index.encode())
+                await asyncio.to_thread(write_atomic, self._index_path, index.encode())
                 self._index = index
             return result
 
     # -- start-up ------------------------------------------------------------------------
 
-    def _load(self) -> _Index:
+    def _load(self) -> VoiceIndex:
         """The index on disk: none means an empty library, a corrupt one is rebuilt from the files."""
         try:
             raw = self._index_path.read_bytes()
         except FileNotFoundError:
-            return _Index.build([])
+            return VoiceIndex.build([])
         try:
-            index = _Index.decode(raw)
+            index = VoiceIndex.decode(raw)
         except (ValueError, TypeError, RecursionError) as problem:
             return self._recover(problem)
         index, missing = self._without_missing(index)
         if missing:
             log.warning("voice library: forgetting voices whose files are gone: %s", ", ".join(missing))
-            _write_atomic(self._index_path, index.encode())
+            write_atomic(self._index_path, index.encode())
         self._sweep_orphans(index)
         return index
 
-    def _sweep_orphans(self, index: _Index) -> None:
+    def _sweep_orphans(self, index: VoiceIndex) -> None:
         """Remove clips no voice uses and leftover temporary files: what a crash between
         writing a clip and writing the index leaves behind."""
         used = {entry.filename for entry in index.voices.values()}
@@ -513,18 +513,18 @@ class VoiceLibrary:
                 log.warning("voice library: removing %s, which no voice uses", path.name)
                 path.unlink(missing_ok=True)
 
-    def _without_missing(self, index: _Index) -> tuple[_Index, list[str]]:
+    def _without_missing(self, index: VoiceIndex) -> tuple[VoiceIndex, list[str]]:
         missing = [entry for entry in index.voices.values() if not self.path(entry).is_file()]
         for entry in missing:
             index = index.changed(entry, None)
         return index, [entry.name for entry in missing]
 
-    def _recover(self, problem: Exception) -> _Index:
+    def _recover(self, problem: Exception) -> VoiceIndex:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = self._index_path.with_name(f"{INDEX_NAME}.corrupt-{stamp}-{uuid.uuid4().hex[:6]}")
         os.replace(self._index_path, aside)
-        index = _Index.build(self._scan())
-        _write_atomic(self._index_path, index.encode())
+        index = VoiceIndex.build(self._scan())
+        write_atomic(self._index_path, index.encode())
         log.error(
             "voice library index %s was unreadable (%s); moved it to %s and rebuilt it from the audio files: "
             "%d voices",
@@ -567,7 +567,7 @@ def _taken(name: str, owner: VoiceEntry) -> NameTaken:
     return NameTaken(f"The name {name!r} is already used by voice {owner.name!r}")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write through a temporary file in the same directory: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
