@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from conftest import core_of, decode_wav, record_events
+from test_status_stream import open_stream
 
 from chatterbox_status.engine_pool import WARM_UP_TEXT
 
@@ -164,3 +165,106 @@ async def test_engine_failure_ends_request_in_error_and_server_keeps_serving(mak
     stats = await (await client.get("/status/statistics")).json()
     assert (stats["total_requests"], stats["completed_requests"], stats["error_requests"]) == (2, 1, 1)
     assert stats["success_rate"] == 50.0
+
+
+# -- when the worker counts as idle: shutdown waits for it -------------------------------
+
+BOUND = 30  # seconds a wait may take: a test that would hang fails instead
+
+
+def first_status(client, request_id: str, status: str) -> asyncio.Future:
+    """Resolves once ``request_id`` is published with ``status``."""
+    seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def listen(event) -> None:
+        data = event.data
+        if data.get("request_id") == request_id and data.get("status") == status and not seen.done():
+            seen.set_result(data)
+
+    core_of(client).bus.add_listener(listen)
+    return seen
+
+
+def post(client, text: str, request_id: str) -> asyncio.Future:
+    return asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": text}, headers={"X-Request-ID": request_id}))
+
+
+async def shutdown_waits_for(client, scripted, request_id: str) -> None:
+    """Begin a shutdown while ``request_id`` is held in its chunk: the server refuses new
+    requests but does not finish shutting down (nor end its status stream) until the
+    request is released and completes with its audio."""
+    core = core_of(client)
+    stream = await asyncio.wait_for(open_stream(client), BOUND)
+    assert (await asyncio.wait_for(stream.next_event(), BOUND)).type == "snapshot"
+    closing = asyncio.ensure_future(core.shutdown())
+    refused = await asyncio.wait_for(client.post("/v1/audio/speech", json={"input": "Too late for this."}), BOUND)
+    assert refused.status == 503  # shutdown has begun
+    assert not closing.done(), "shutdown finished while a request was still running"
+    scripted.release()
+    rest = await asyncio.wait_for(stream.rest(), BOUND)
+    await asyncio.wait_for(closing, BOUND)
+    finals = [e.json() for e in rest if e.type == "status" and e.json().get("status") == "completed"]
+    assert [data["request_id"] for data in finals] == [request_id]  # the stream carried its end
+    record = await asyncio.wait_for(client.get(f"/status/requests/{request_id}"), BOUND)
+    assert (await record.json())["status"] == "completed"
+
+
+async def test_shutdown_waits_for_the_running_request_after_the_queued_one_is_cancelled(make_client, scripted):
+    """Cancelling the only queued request while another runs leaves the worker busy."""
+    client = await make_client(engine=scripted, shutdown_timeout=BOUND)
+    scripted.hold()
+    running = post(client, "Spoken through the shutdown.", "running-0003")
+    assert await asyncio.wait_for(asyncio.to_thread(scripted.wait_started), BOUND) == "Spoken through the shutdown."
+    in_queue = first_status(client, "queued-00003", "queued")
+    queued = post(client, "Cancelled while queued.", "queued-00003")
+    await asyncio.wait_for(in_queue, BOUND)
+    assert (await asyncio.wait_for(client.delete("/v1/audio/speech/queued-00003"), BOUND)).status == 200
+    assert (await asyncio.wait_for(queued, BOUND)).status == 409
+
+    await shutdown_waits_for(client, scripted, "running-0003")
+    response = await asyncio.wait_for(running, BOUND)
+    assert response.status == 200
+    assert decode_wav(await response.read())[2] == len(scripted.tone("Spoken through the shutdown."))
+
+
+async def test_shutdown_waits_for_the_request_that_was_queued_when_the_one_before_it_ended(make_client, scripted):
+    """When a request ends with another queued, the worker is still busy: the next one runs."""
+    client = await make_client(engine=scripted, shutdown_timeout=BOUND)
+    scripted.hold()
+    first = post(client, "The first request.", "first-00004")
+    assert await asyncio.wait_for(asyncio.to_thread(scripted.wait_started), BOUND) == "The first request."
+    in_queue = first_status(client, "second-0004", "queued")
+    second = post(client, "The second request.", "second-0004")
+    await asyncio.wait_for(in_queue, BOUND)
+    scripted.release()
+    assert (await asyncio.wait_for(first, BOUND)).status == 200
+    assert await asyncio.wait_for(asyncio.to_thread(scripted.wait_started), BOUND) == "The second request."
+
+    await shutdown_waits_for(client, scripted, "second-0004")
+    response = await asyncio.wait_for(second, BOUND)
+    assert response.status == 200
+    assert decode_wav(await response.read())[2] == len(scripted.tone("The second request."))
+
+
+async def test_shutdown_past_its_timeout_cancels_the_running_and_the_queued_request(make_client, scripted):
+    """SHUTDOWN_TIMEOUT ends with one request held in its chunk and another queued: both end
+    409 ``cancelled``, are counted so, and the shutdown completes."""
+    client = await make_client(engine=scripted, shutdown_timeout=0.2)
+    scripted.hold()
+    running = post(client, "Held past the shutdown timeout.", "running-0005")
+    assert await asyncio.wait_for(asyncio.to_thread(scripted.wait_started), BOUND) == "Held past the shutdown timeout."
+    in_queue = first_status(client, "queued-00005", "queued")
+    queued = post(client, "Still queued at the end.", "queued-00005")
+    await asyncio.wait_for(in_queue, BOUND)
+
+    await asyncio.wait_for(core_of(client).shutdown(), BOUND)
+    for call in (running, queued):
+        response = await asyncio.wait_for(call, BOUND)
+        assert response.status == 409
+        assert (await response.json())["error"]["code"] == "cancelled"
+    for request_id in ("running-0005", "queued-00005"):
+        record = await asyncio.wait_for(client.get(f"/status/requests/{request_id}"), BOUND)
+        assert (await record.json())["status"] == "cancelled"
+    stats = await (await asyncio.wait_for(client.get("/status/statistics"), BOUND)).json()
+    assert (stats["total_requests"], stats["cancelled_requests"], stats["completed_requests"]) == (2, 2, 0)
+    assert scripted.calls[-1] == "Held past the shutdown timeout."  # the queued text was never spoken
