@@ -223,7 +223,9 @@ async def test_the_chunk_handed_ahead_of_a_cancelled_request_ends_without_a_logg
     request = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": text}, headers={"X-Request-ID": "ahead-of-1"}))
     await asyncio.to_thread(scripted.wait_started)
     assert (await client.delete("/v1/audio/speech/ahead-of-1")).status == 200
-    assert (await request).status == 409
+    response = await request
+    assert response.status == 409
+    assert (await response.json())["error"]["message"] == "Request ahead-of-1 was cancelled"
     scripted.release(5)
     # The engine takes calls in order: once the next request is spoken, the discarded call has ended.
     assert (await client.post("/v1/audio/speech", json={"input": "Next one."})).status == 200
