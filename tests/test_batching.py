@@ -12,8 +12,8 @@ import asyncio
 import io
 import wave
 
-from conftest import core_of
-from doubles import BatchingEngine, ScriptedEngine, in_process_of_its_own
+from conftest import core_of, record_events
+from doubles import BatchingEngine, ScriptedEngine, ThreadHost, in_process_of_its_own
 from test_engine_process import speak, watch
 from test_faults import assert_statistics_add_up, terminal_counter
 
@@ -173,3 +173,51 @@ async def test_a_request_cancelled_mid_batch_ends_alone_and_the_others_finish(ma
     assert counts == {"opener-one": 1, "quitter-one": 1, "stayer-one": 1}
     stats = await assert_statistics_add_up(client)
     assert (stats["completed_requests"], stats["cancelled_requests"]) == (2, 1)
+
+
+class BatchReportingHost(ThreadHost):
+    """Stands for an engine process that steps each chunk together with a chunk of another
+    request (partner-request-N for its Nth chunk), and says so as soon as it takes the chunk:
+    before the pipeline starts it, as for a chunk handed to the engine ahead."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self.taken = 0
+
+    def synthesize(self, text, voice, params, progress, cancel, on_audio=None, job="", on_batch=None):
+        if on_batch is not None:  # not the warm-up's call
+            self.taken += 1
+            on_batch([job, f"partner-request-{self.taken}"])
+        return super().synthesize(text, voice, params, progress, cancel, on_audio=on_audio, job=job)
+
+
+async def test_a_chunk_known_to_be_batched_before_it_starts_says_so_as_it_starts(make_client):
+    """The second chunk is handed to the engine (and batched) while the first is spoken: each
+    chunk's events name its own partner, from the event that starts it on."""
+    client = await make_client(engine=BatchReportingHost(ScriptedEngine()), max_chunk_length=40)
+    events = record_events(client)
+    text = "The first chunk of this request. And the second chunk of it."
+    response = await client.post("/v1/audio/speech", json={"input": text}, headers={"X-Request-ID": "batched-early-1"})
+    assert response.status == 200
+    mine = [e.data for e in events if e.data["request_id"] == "batched-early-1"]
+    starts = [e for e in mine if e["status"] == "generating_audio" and e["current_step"].startswith("Generating")]
+    assert [(e["current_chunk"], e["batched_with"]) for e in starts if "batched_with" in e] == [
+        (1, ["partner-request-1"]),
+        (2, ["partner-request-2"]),
+    ]
+    for e in mine:
+        if "batched_with" in e:
+            assert e["batched_with"] == [f"partner-request-{e['current_chunk']}"], e
+    record = await (await client.get("/status/requests/batched-early-1")).json()
+    assert record["batched_with"] == ["partner-request-2"]
+
+
+async def test_a_request_spoken_alone_says_it_shares_its_chunks_with_nobody(make_client, scripted):
+    client = await make_client(engine=scripted, max_chunk_length=40)
+    events = record_events(client, types=("status",))
+    text = "The first chunk of this request. And the second chunk of it."
+    response = await client.post("/v1/audio/speech", json={"input": text}, headers={"X-Request-ID": "spoken-alone-1"})
+    assert response.status == 200
+    starts = [e.data for e in events if e.data["request_id"] == "spoken-alone-1" and e.data["status"] == "generating_audio"]
+    assert [(e["current_chunk"], e["batched_with"]) for e in starts] == [(1, []), (2, [])]
+    assert "batched_with" not in await (await client.get("/status/requests/spoken-alone-1")).json()

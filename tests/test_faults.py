@@ -223,9 +223,22 @@ async def test_the_chunk_handed_ahead_of_a_cancelled_request_ends_without_a_logg
     request = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": text}, headers={"X-Request-ID": "ahead-of-1"}))
     await asyncio.to_thread(scripted.wait_started)
     assert (await client.delete("/v1/audio/speech/ahead-of-1")).status == 200
-    assert (await request).status == 409
+    response = await request
+    assert response.status == 409
+    assert (await response.json())["error"]["message"] == "Request ahead-of-1 was cancelled"
     scripted.release(5)
     # The engine takes calls in order: once the next request is spoken, the discarded call has ended.
     assert (await client.post("/v1/audio/speech", json={"input": "Next one."})).status == 200
     gc.collect()
     assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_an_unexpected_engine_exception_is_logged_once_with_its_traceback(make_client, caplog):
+    """An exception that is not an EngineError (a bug, not a known failure) is the operator's to
+    see: "request ID failed" with its traceback, once; the client gets a 500 with its message."""
+    client = await make_client(engine=ScriptedEngine(fail_on="explode"))
+    failed = await client.post("/v1/audio/speech", json={"input": "Please explode now."}, headers={"X-Request-ID": "explodes-1"})
+    assert failed.status == 500
+    logged = [r for r in caplog.records if r.name == "chatterbox_status.pipeline" and r.levelname == "ERROR"]
+    assert [r.getMessage() for r in logged] == ["request explodes-1 failed"]
+    assert logged[0].exc_info is not None and "scripted failure" in str(logged[0].exc_info[1])

@@ -294,9 +294,12 @@ async def test_actions_the_state_does_not_allow_are_409(make_long):
     for method, action in [("PUT", "resume"), ("PUT", "pause"), ("POST", "retry")]:
         resp = await client.request(method, f"/audio/speech/long/{job_id}/{action}")
         assert resp.status == 409, action
-        assert error_of(await resp.json())["code"] == "invalid_job_state"
+        error = error_of(await resp.json())
+        assert error["code"] == "invalid_job_state"
+        assert error["message"].startswith(f"Cannot {action} job in completed state"), error
     resp = await client.delete(f"/audio/speech/long/{job_id}")
     assert resp.status == 409
+    assert error_of(await resp.json())["message"] == "Cannot cancel job in completed state"
     resp = await client.delete(f"/audio/speech/long/{job_id}?action=explode")
     assert resp.status == 400
     resp = await client.patch(f"/audio/speech/long/{job_id}", json={"display_name": 5})
@@ -485,6 +488,12 @@ async def test_jobs_beyond_the_concurrency_limit_wait_pending(make_long):
     assert (await status_of(client, first))["status"] == "processing"
     view = await status_of(client, second)
     assert view["status"] == "pending" and view["can_pause"]
+    # Waiting, it has no chunk yet, and its event no estimate of its own (the queue view chains one).
+    record = await (await client.get(f"/status/requests/{second}")).json()
+    assert (record["status"], record["progress"]["current_step"]) == ("queued", "Waiting for a long-text slot")
+    assert (record["progress"]["current_chunk"], record["progress"]["progress_percentage"]) == (0, 0.0)
+    replayed = [e.data for e in core_of(client).bus.since(0) if e.data.get("request_id") == second]  # as a stream from the start
+    assert [(e["status"], e["current_chunk"], e["estimated_completion"]) for e in replayed] == [("queued", 0, None)]
     engine.release(20)
     await finished(client, first)
     await finished(client, second)
@@ -500,6 +509,10 @@ async def test_a_pending_job_that_never_started_can_be_deleted(make_long):
     resp = await client.delete(f"/audio/speech/long/{second}?action=delete")
     assert resp.status == 200, await resp.text()
     assert (await client.get(f"/audio/speech/long/{second}")).status == 404
+    # The status API saw it end: cancelled, out of the queue.
+    record = await (await client.get(f"/status/requests/{second}")).json()
+    assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
+    assert (await (await client.get("/status")).json())["queue"]["requests"] == []
     engine.release(20)
     assert (await finished(client, first))["status"] == "completed"
     assert spoken(engine) == SENTENCES

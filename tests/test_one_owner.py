@@ -52,6 +52,12 @@ async def test_a_resumed_job_goes_on_from_its_percentage(make_long):
     percentages = [e["progress_percentage"] for e in events]
     assert percentages == sorted(percentages), percentages  # never backwards, across the pause
     assert events[-1]["status"] == "completed" and percentages[-1] == 100.0
+    # After the resume the chunks spoken before still count: the last chunk starts at the
+    # share of the three before it.
+    [last_start] = [e for e in events[seen_before_resume:] if e["status"] == "generating_audio" and e["current_step"].endswith("4/4")
+                    and "batched_with" in e]
+    total = sum(map(len, SENTENCES))
+    assert last_start["progress_percentage"] == round(95.0 * sum(map(len, SENTENCES[:3])) / total, 1)
 
 
 async def test_cancelling_a_paused_job_keeps_its_figures(make_long):
@@ -65,7 +71,7 @@ async def test_cancelling_a_paused_job_keeps_its_figures(make_long):
     for name in ("current_chunk", "total_chunks", "progress_percentage"):
         assert ended[name] == paused[name], name
     record = await (await client.get(f"/status/requests/{job_id}")).json()
-    assert record["status"] == "cancelled"
+    assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
     assert record["progress"]["total_chunks"] == 4
     assert record["progress"]["progress_percentage"] == paused["progress_percentage"]
     view = await (await client.get(f"/audio/speech/long/{job_id}")).json()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from conftest import core_of, record_events
@@ -135,3 +136,81 @@ async def test_token_by_token_progress_is_thinned_before_it_reaches_subscribers(
     # at most one more per PROGRESS_EVENT_INTERVAL; never one event per token.
     assert 2 <= len(events) <= 10
     assert events[-1].data["progress_percentage"] == 95.0
+
+
+class PacedEngine(ScriptedEngine):
+    """Reports a quarter, a half and three quarters of its one chunk, computing for longer
+    than PROGRESS_EVENT_INTERVAL between reports, as a slow model's token loop does."""
+
+    def synthesize(self, text, voice, params, progress, cancel):
+        from chatterbox_status.pipeline import PROGRESS_EVENT_INTERVAL
+
+        for fraction in (0.25, 0.5, 0.75):
+            progress(fraction)
+            time.sleep(3 * PROGRESS_EVENT_INTERVAL)  # the model's compute, not a wait for anything
+        return super().synthesize(text, voice, params, progress, cancel)
+
+
+async def test_reports_further_apart_than_the_event_interval_each_reach_subscribers(make_client):
+    client = await make_client(engine=PacedEngine())
+    events = record_events(client, types=("progress",))
+    text = "One chunk whose reports come slowly."
+    response = await client.post("/v1/audio/speech", json={"input": text})
+    assert response.status == 200
+    # The ScriptedEngine it is reports 0.5 and 1.0 at its end, with no time between them.
+    shown = [e.data["progress_percentage"] for e in events]
+    assert shown == [round(95.0 * fraction, 1) for fraction in (0.25, 0.5, 0.75, 1.0)], shown
+
+
+async def test_a_running_request_is_estimated_at_its_own_measured_pace(make_client, make_scripted):
+    """The warm-up measured a fast engine; this request's chunks are slow (WORK s/char). Once
+    its first chunk is done, its estimate counts that chunk's pace: at least WORK * done /
+    (PRIOR_WEIGHT_CHARS + done) seconds for each character still to speak, after the first
+    chunk's end, which comes at least its work after its release."""
+    from chatterbox_status.pipeline import PRIOR_WEIGHT_CHARS
+
+    engine = make_scripted()
+    client = await make_client(engine=engine, max_chunk_length=70)
+    chunks = [
+        "The first chunk is spoken slowly, at the pace this request measures.",
+        "The second chunk waits until the estimate has been read by the test.",
+        "And the third chunk ends the request once it is let go by the test.",
+    ]
+    work = 0.02
+    engine.work_seconds_per_char = work
+    engine.hold()
+    posted = time.time()
+    post = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": " ".join(chunks)}))
+    await asyncio.to_thread(engine.wait_started)
+    released = time.time()
+    engine.release()
+    await asyncio.to_thread(engine.wait_started)  # the second chunk, handed ahead, waits
+    engine.work_seconds_per_char = 0.0
+    while (view := await (await client.get("/status/progress")).json())["current_chunk"] < 2:
+        await asyncio.sleep(0)
+    done, total = len(chunks[0]), sum(map(len, chunks))
+    assert view["total_chunks"] == 3 and view["progress_percentage"] == round(95.0 * done / total, 1)
+    remaining = (1.0 - view["progress_percentage"] / 100.0) * total * work * done / (PRIOR_WEIGHT_CHARS + done)
+    assert view["estimated_completion"] >= released + work * done + remaining - 0.002, (view, released)
+    # And no later than if every character still took the warm-up's pace plus all the time
+    # this request has taken so far (its own pace is at most that over what it has done).
+    warm_up = core_of(client).tracker.seconds_per_char
+    assert view["estimated_completion"] <= time.time() + total * warm_up + (time.time() - posted) + 0.002, view
+    engine.release(2)
+    assert (await post).status == 200
+
+
+async def test_each_event_counts_its_requests_duration_to_the_millisecond(make_client, make_scripted):
+    """Between any two of a request's events, their duration_seconds grow by the time between
+    them (read as each event is published); durations and estimates are to the millisecond."""
+    client = await make_client(engine=make_scripted(work_seconds_per_char=0.005))
+    seen: list = []
+    core_of(client).bus.add_listener(lambda e: seen.append((time.time(), e.data)) if e.type in ("status", "progress") else None)
+    response = await client.post("/v1/audio/speech", json={"input": "Sixty characters or so, spoken at a measured, steady pace."})
+    assert response.status == 200
+    (first_at, first), *rest = seen
+    assert rest and rest[-1][1]["status"] == "completed"
+    for at, data in rest:
+        assert data["duration_seconds"] == round(data["duration_seconds"], 3)
+        assert data["estimated_completion"] is None or data["estimated_completion"] == round(data["estimated_completion"], 3)
+        assert abs((data["duration_seconds"] - first["duration_seconds"]) - (at - first_at)) < 0.003, (data, at - first_at)

@@ -563,7 +563,7 @@ async def test_speech_is_503_and_health_says_error_when_the_engine_failed_to_loa
     assert early_response.status == 503
     assert_error_shape(await early_response.json())
     record = await get_json(client, "/status/requests/early-bird-01")
-    assert record["status"] == "error"
+    assert record["status"] == "error" and "boom" in record["error_message"]
     assert (await get_json(client, "/info"))["status"] == "error"
     body = await get_json(client, "/health")
     assert body["status"] == "error"

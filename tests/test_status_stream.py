@@ -119,6 +119,14 @@ async def test_a_request_followed_on_the_stream_shows_every_transition_and_agree
         assert data["request_id"] == request_id
         assert data["is_processing"] is (data["status"] not in TERMINAL)
 
+    # Each stage before generation names its step.
+    steps = [(e.json()["status"], e.json()["current_step"]) for e in events if e.type == "status"][:4]
+    assert steps == [
+        ("queued", "Waiting in queue"),
+        ("initializing", "Starting request processing"),  # the model is loaded already
+        ("processing_text", "Validating and preparing text"),
+        ("chunking", "Splitting text into chunks"),
+    ]
     # One status event as each chunk starts, progress events while chunks are generated.
     generating = [e.json() for e in events if e.type == "status" and e.json()["status"] == "generating_audio"]
     total = generating[0]["total_chunks"]

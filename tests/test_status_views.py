@@ -88,8 +88,14 @@ async def test_averages_are_the_means_of_what_the_history_shows(make_client, mak
         assert (await post(client, text, f"average-{n}")).status == 200
         history = (await get_json(client, "/status/history"))["request_history"]
         assert all(ms_rounded(r["duration_seconds"]) for r in history)
+        # A completed request's estimated completion is when it completed, to the millisecond.
+        assert all(ms_rounded(r["progress"]["estimated_completion"]) for r in history)
         stats = await get_json(client, "/status/statistics")
-        assert stats["average_duration_seconds"] == round(sum(r["duration_seconds"] for r in history) / n, 3)
+        # The history shows durations rounded to the millisecond, the average is of the exact
+        # ones: they agree within a millisecond, and the average is itself to the millisecond.
+        mean_shown = sum(r["duration_seconds"] for r in history) / n
+        assert stats["average_duration_seconds"] == pytest.approx(mean_shown, abs=0.001 + 1e-9)
+        assert ms_rounded(stats["average_duration_seconds"])
         assert stats["average_text_length"] == round(sum(map(len, texts[:n])) / n, 1)
         assert stats["success_rate"] == 100.0
 
@@ -232,3 +238,33 @@ def test_on_a_shared_event_log_each_nodes_queue_waits_only_for_its_own_node():
     assert queue["next-on-a"]["estimated_start"] == round(now + 100, 3)
     assert queue["next-on-b"]["estimated_start"] == round(now + 5, 3)  # B's own running request only
     assert queue["next-on-b"]["estimated_completion"] == round(now + 5 + 100 * 0.01, 3)
+
+
+async def test_a_request_id_used_again_after_it_left_the_history_starts_afresh(make_client, scripted):
+    """HISTORY_SIZE=1: once a client's request id has left the history it may be used again,
+    and the new request shows its own text and starts at 0%, not its predecessor's figures."""
+    client = await make_client(engine=scripted, history_size=1)
+    assert (await post(client, "The first words sent under this id.", "reused-id-0001")).status == 200
+    assert (await post(client, "Another request pushes it out of the history.", "pusher-id-0002")).status == 200
+    assert (await client.get("/status/requests/reused-id-0001")).status == 404
+    scripted.hold()
+    again = asyncio.ensure_future(post(client, "Other words, later, under the same id.", "reused-id-0001"))
+    await asyncio.to_thread(scripted.wait_started)
+    record = await get_json(client, "/status/requests/reused-id-0001")
+    assert record["status"] == "generating_audio"
+    assert record["text_preview"] == "Other words, later, under the same id."
+    assert record["progress"]["progress_percentage"] == 0.0
+    scripted.release()
+    assert (await again).status == 200
+
+
+async def test_the_text_preview_is_the_whole_text_up_to_a_hundred_characters(make_client, scripted):
+    """A text of 100 characters is its own preview; one character more, and the preview is the
+    first 100 followed by "..."."""
+    client = await make_client(engine=scripted)
+    exact = ("Every word of this sentence counts. " * 3)[:99] + "."
+    longer = exact[:-1] + "s."
+    assert (len(exact), len(longer)) == (100, 101)
+    for request_id, text, shown in (("preview-exact", exact, exact), ("preview-longer", longer, longer[:100] + "...")):
+        assert (await post(client, text, request_id)).status == 200
+        assert (await get_json(client, f"/status/requests/{request_id}"))["text_preview"] == shown

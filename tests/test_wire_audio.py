@@ -9,6 +9,7 @@ spoke, so a wrong byte order or scale shows in every format that carries raw PCM
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 
 import av
@@ -141,3 +142,43 @@ async def test_the_next_chunks_first_window_reaches_the_client_while_that_chunk_
     assert await asyncio.wait_for(response.content.readexactly(len(so_far)), 10) == so_far
     engine.release()
     assert so_far + await response.read() == pcm16_reference(np.concatenate([engine.tone(first), gap, tone]))
+
+
+@pytest.mark.parametrize("speed", [0.5, 2.0, 4.0, 0.25])
+async def test_speeds_in_the_engines_range_are_its_own_and_the_others_time_stretched(make_client, make_scripted, speed):
+    """An engine that speaks 0.5x to 2x itself: at those speeds (the ends included) the wire
+    carries exactly its samples at that speed; beyond them it speaks at 1x and the server
+    stretches its audio to 1/speed of the length (within 10%: the filter rounds on short audio)."""
+    engine = make_scripted()
+    engine.speed_range = (0.5, 2.0)
+    client = await make_client(engine=engine)
+    response = await client.post("/v1/audio/speech", json={"input": TEXT, "response_format": "pcm", "speed": speed})
+    assert response.status == 200
+    data = await response.read()
+    if 0.5 <= speed <= 2.0:
+        assert data == pcm16_reference(engine.tone(TEXT, speed))
+    else:
+        at_one = len(engine.tone(TEXT, 1.0))
+        assert abs(len(data) // 2 - at_one / speed) < 0.1 * at_one / speed, (len(data) // 2, at_one / speed)
+
+
+async def test_an_engine_without_tempo_control_is_time_stretched_at_any_speed_but_one(make_client, make_scripted):
+    """Chatterbox has no tempo control (speed_range None): its audio is stretched by the server."""
+    engine = make_scripted()
+    engine.speed_range = None
+    spoken_at = []
+    synthesize = engine.synthesize
+
+    def at_its_own_tempo(text, voice, params, progress, cancel, on_audio=None):
+        spoken_at.append(params.speed)
+        return synthesize(text, voice, dataclasses.replace(params, speed=1.0), progress, cancel, on_audio)
+
+    engine.synthesize = at_its_own_tempo
+    client = await make_client(engine=engine)
+    at_one = len(engine.tone(TEXT, 1.0))
+    for speed in (1.0, 1.5):
+        response = await client.post("/v1/audio/speech", json={"input": TEXT, "response_format": "pcm", "speed": speed})
+        assert response.status == 200
+        samples = len(await response.read()) // 2
+        assert abs(samples - at_one / speed) < 0.1 * at_one / speed, (speed, samples, at_one / speed)
+    assert spoken_at[-2:] == [1.0, 1.0]  # the engine is never asked for a tempo it cannot make
