@@ -34,7 +34,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -60,6 +60,9 @@ STREAM_LENGTH = 20 * CHECKPOINT_EVERY
 READ_BATCH = 512
 READ_BLOCK_MS = 1000
 SEND_BATCH = 256
+# What the client answers (it does not decode responses): a stream's entries, a hash.
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+Hash = dict[bytes, bytes]
 # How long an answer waits for its request's events to come back from Redis folded.
 SETTLE_SECONDS = 5.0
 RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
@@ -244,7 +247,7 @@ class RedisEventBus(EventBus):
         while True:
             assert self._position is not None
             block = READ_BLOCK_MS if self._caught_up.is_set() else None
-            reply = await self._client.xread({STREAM: self._position}, count=READ_BATCH, block=block)
+            reply = cast(list[tuple[bytes, Entries]], await self._client.xread({STREAM: self._position}, count=READ_BATCH, block=block))
             entries = reply[0][1] if reply else []
             for position, fields in entries:
                 seq = int(fields[b"seq"])
@@ -291,7 +294,7 @@ class RedisEventBus(EventBus):
 
     async def _restore(self) -> None:
         """Start again from the newest checkpoint (or the stream's beginning)."""
-        saved = await self._client.hgetall(CHECKPOINT)
+        saved = cast(Hash, await self._client.hgetall(CHECKPOINT))
         if saved:
             self._fold.restore(json.loads(saved[b"state"]))
             self._last_id, self._position = int(saved[b"seq"]), saved[b"position"].decode()

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
@@ -92,7 +92,7 @@ class SharedVoiceLibrary(VoiceLibrary):
     async def _commit(self, change: Callable[[VoiceIndex], tuple[VoiceIndex, T]]) -> tuple[VoiceIndex | None, T]:
         async with self._client.pipeline(transaction=True) as pipe:
             await pipe.watch(INDEX)
-            raw = await pipe.get(INDEX)
+            raw = cast(bytes | None, await pipe.get(INDEX))
             current = VoiceIndex.build([]) if raw is None else VoiceIndex.decode(raw)
             index, result = change(current)
             if index is current:
@@ -129,7 +129,7 @@ class SharedVoiceLibrary(VoiceLibrary):
     async def _refresh(self) -> None:
         """Load the index from Redis, copy its clips here, then take it; delete the clips of
         the voices it no longer has."""
-        raw = await self._client.get(INDEX)
+        raw = cast(bytes | None, await self._client.get(INDEX))
         index = await self._with_clips(VoiceIndex.build([]) if raw is None else VoiceIndex.decode(raw))
         async with self._lock:
             old, self._index = self._index, index
@@ -142,7 +142,7 @@ class SharedVoiceLibrary(VoiceLibrary):
         for entry in list(index.voices.values()):
             path = self.path(entry)
             if not path.is_file():
-                data = await self._client.get(CLIP + entry.filename)
+                data = cast(bytes | None, await self._client.get(CLIP + entry.filename))
                 if data is None:
                     index = index.changed(entry, None)
                     continue
