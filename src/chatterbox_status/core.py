@@ -219,7 +219,9 @@ class Core:
 
     def _cancel_elsewhere(self, request_id: str) -> bool:
         record = self.tracker.find(request_id)
-        if self.bus.node is None or record is None or record.status in TERMINAL_STATUSES or record.status == PAUSED:
+        if record is None or record.fields.get("node") in (None, self.bus.node):
+            return False  # unknown, or this node's (in process, every request is)
+        if record.status in TERMINAL_STATUSES or record.status == PAUSED:
             return False
         self.bus.publish("cancel", {"request_id": request_id})
         return True
