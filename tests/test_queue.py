@@ -209,15 +209,23 @@ async def shutdown_waits_for(client, scripted, request_id: str) -> None:
     assert (await record.json())["status"] == "completed"
 
 
+async def one_running_one_queued(client, scripted, running: tuple[str, str], queued: tuple[str, str]):
+    """The first (text, request id) held in its chunk, the second queued behind it: their posts."""
+    scripted.hold()
+    first = post(client, running[0], running[1])
+    assert await asyncio.wait_for(asyncio.to_thread(scripted.wait_started), BOUND) == running[0]
+    in_queue = first_status(client, queued[1], "queued")
+    second = post(client, queued[0], queued[1])
+    await asyncio.wait_for(in_queue, BOUND)
+    return first, second
+
+
 async def test_shutdown_waits_for_the_running_request_after_the_queued_one_is_cancelled(make_client, scripted):
     """Cancelling the only queued request while another runs leaves the worker busy."""
     client = await make_client(engine=scripted, shutdown_timeout=BOUND)
-    scripted.hold()
-    running = post(client, "Spoken through the shutdown.", "running-0003")
-    assert await asyncio.wait_for(asyncio.to_thread(scripted.wait_started), BOUND) == "Spoken through the shutdown."
-    in_queue = first_status(client, "queued-00003", "queued")
-    queued = post(client, "Cancelled while queued.", "queued-00003")
-    await asyncio.wait_for(in_queue, BOUND)
+    running, queued = await one_running_one_queued(
+        client, scripted, ("Spoken through the shutdown.", "running-0003"), ("Cancelled while queued.", "queued-00003")
+    )
     assert (await asyncio.wait_for(client.delete("/v1/audio/speech/queued-00003"), BOUND)).status == 200
     assert (await asyncio.wait_for(queued, BOUND)).status == 409
 
@@ -230,12 +238,9 @@ async def test_shutdown_waits_for_the_running_request_after_the_queued_one_is_ca
 async def test_shutdown_waits_for_the_request_that_was_queued_when_the_one_before_it_ended(make_client, scripted):
     """When a request ends with another queued, the worker is still busy: the next one runs."""
     client = await make_client(engine=scripted, shutdown_timeout=BOUND)
-    scripted.hold()
-    first = post(client, "The first request.", "first-00004")
-    assert await asyncio.wait_for(asyncio.to_thread(scripted.wait_started), BOUND) == "The first request."
-    in_queue = first_status(client, "second-0004", "queued")
-    second = post(client, "The second request.", "second-0004")
-    await asyncio.wait_for(in_queue, BOUND)
+    first, second = await one_running_one_queued(
+        client, scripted, ("The first request.", "first-00004"), ("The second request.", "second-0004")
+    )
     scripted.release()
     assert (await asyncio.wait_for(first, BOUND)).status == 200
     assert await asyncio.wait_for(asyncio.to_thread(scripted.wait_started), BOUND) == "The second request."
@@ -250,12 +255,9 @@ async def test_shutdown_past_its_timeout_cancels_the_running_and_the_queued_requ
     """SHUTDOWN_TIMEOUT ends with one request held in its chunk and another queued: both end
     409 ``cancelled``, are counted so, and the shutdown completes."""
     client = await make_client(engine=scripted, shutdown_timeout=0.2)
-    scripted.hold()
-    running = post(client, "Held past the shutdown timeout.", "running-0005")
-    assert await asyncio.wait_for(asyncio.to_thread(scripted.wait_started), BOUND) == "Held past the shutdown timeout."
-    in_queue = first_status(client, "queued-00005", "queued")
-    queued = post(client, "Still queued at the end.", "queued-00005")
-    await asyncio.wait_for(in_queue, BOUND)
+    running, queued = await one_running_one_queued(
+        client, scripted, ("Held past the shutdown timeout.", "running-0005"), ("Still queued at the end.", "queued-00005")
+    )
 
     await asyncio.wait_for(core_of(client).shutdown(), BOUND)
     for call in (running, queued):
