@@ -157,8 +157,8 @@ class ThreadHost:
         loop = asyncio.get_running_loop()
         return lambda *args: loop.call_soon_threadsafe(fn, *args)
 
-    def synthesize(self, text, voice, params, progress, cancel, on_audio=None, job="", on_batch=None):
-        """One chunk at a time, on its thread: it never batches (``job``, ``on_batch`` unused)."""
+    def synthesize(self, text, voice, params, progress, cancel, on_audio=None, job="", on_batch=None, priority="interactive"):
+        """One chunk at a time, on its thread: it never batches (``job``, ``on_batch``, ``priority`` unused)."""
         flag = threading.Event()
         if cancel.is_set():
             flag.set()

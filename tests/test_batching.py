@@ -184,7 +184,7 @@ class BatchReportingHost(ThreadHost):
         super().__init__(engine)
         self.taken = 0
 
-    def synthesize(self, text, voice, params, progress, cancel, on_audio=None, job="", on_batch=None):
+    def synthesize(self, text, voice, params, progress, cancel, on_audio=None, job="", on_batch=None, priority="interactive"):
         if on_batch is not None:  # not the warm-up's call
             self.taken += 1
             on_batch([job, f"partner-request-{self.taken}"])

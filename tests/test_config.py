@@ -108,6 +108,8 @@ ENVIRONMENT_CASES = [
     ("MODEL_KEEP_ALIVE", "-1", "model_keep_alive", "-1"),
     ("MAX_LOADED_MODELS", "1", "max_loaded_models", 1),
     ("REDIS_URL", "redis://:secret@10.0.0.5:6380/2", "redis_url", "redis://:secret@10.0.0.5:6380/2"),
+    ("WORKERS", "cuda:0,cuda:1", "workers", "cuda:0,cuda:1"),
+    ("WORKERS", "none", "workers", "none"),
 ]
 
 
@@ -121,14 +123,15 @@ def test_each_setting_is_read_from_its_environment_variable(tmp_path, env_name, 
         sample = tmp_path / "reference.wav"
         sample.write_bytes(b"RIFF")
         raw = expected = str(sample)
-    settings = settings_from(["serve"], {env_name: raw})
+    needed = {"REDIS_URL": "redis://10.0.0.5:6379/0"} if env_name == "WORKERS" else {}  # workers take chunks from Redis
+    settings = settings_from(["serve"], {**needed, env_name: raw})
     value = getattr(settings, field)
     assert value == expected
     assert type(value) is type(expected)
     # The variable changed only its own setting.
     defaults = Settings()
     for other in dataclasses.fields(Settings):
-        if other.name != field:
+        if other.name != field and other.metadata["env"] not in needed:
             assert getattr(settings, other.name) == getattr(defaults, other.name), other.name
 
 
@@ -236,6 +239,7 @@ def test_say_accepts_the_same_setting_flags():
         ("MODEL_KEEP_ALIVE", "5d"),
         ("MAX_LOADED_MODELS", "0"),
         ("REDIS_URL", "http://10.0.0.5:6379"),
+        ("WORKERS", "cuda:0,gpu1"),
     ],
 )
 def test_invalid_environment_value_is_refused_naming_the_variable(env_name, raw):
@@ -285,3 +289,15 @@ def test_an_alias_to_an_engine_that_is_not_configured_is_refused_at_start():
     assert offered.engine_for(None) == offered.engine_for("tts-1") == "hibari"
     assert offered.engine_for("tts-1-hd") == offered.engine_for("chatterbox-turbo") == "chatterbox-turbo"
     assert offered.engine_for("chatterbox") is None
+
+
+def test_workers_without_redis_are_refused_saying_what_they_need():
+    with pytest.raises(SettingsError, match=r"WORKERS \(--workers\) needs REDIS_URL"):
+        settings_from(["serve", "--workers", "cpu"], {})
+
+
+def test_a_worker_started_by_the_server_gets_exactly_its_settings_back():
+    """``environ()`` is what the server hands the workers it starts (WORKERS)."""
+    settings = settings_from(["serve", "--redis-url", "redis://10.0.0.5:6379/0", "--workers", "cpu", "--temperature", "0.3"], {})
+    again = settings_from(["worker"], settings.environ())
+    assert again == settings and again.temperature == 0.3 and again.enable_memory_monitoring is True

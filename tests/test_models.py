@@ -21,7 +21,7 @@ from test_faults import assert_statistics_add_up
 
 from chatterbox_status.api.long_text import LONG_TEXT
 from chatterbox_status.config import Settings
-from chatterbox_status.core import engine_process
+from chatterbox_status.supervisor import engine_process
 
 HIBARI_RATE, GATED_RATE = 24_000, 16_000
 

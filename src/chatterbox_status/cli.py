@@ -1,4 +1,5 @@
-"""`chatterbox-status serve|say`: run the server, or speak one text into a file."""
+"""`chatterbox-status serve|worker|say`: run the server, or one engine worker of a cluster,
+or speak one text into a file."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP server")
     add_arguments(serve)
+    worker = commands.add_parser(
+        "worker", help="run one engine worker of a cluster (REDIS_URL; DEVICE picks its GPU): it takes chunks from the shared queue"
+    )
+    add_arguments(worker)
     say = commands.add_parser("say", help="speak TEXT into a file, with a progress bar")
     say.add_argument("text", help="what to say ('-' reads standard input)")
     say.add_argument("-o", "--output", required=True, help="file to write; its extension picks the format (wav, pcm)")
@@ -53,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(settings)
+        if args.command == "worker":
+            return worker(settings)
         return asyncio.run(say(settings, args))
     except SettingsError as exc:
         print(f"chatterbox-status: invalid setting: {exc}", file=sys.stderr)
@@ -79,6 +86,16 @@ def serve(settings: Settings) -> int:
     log.info("chatterbox-status %s listening on http://%s:%d", __version__, settings.host, settings.port)
     # aiohttp's run_app, with the runner whose own protocol errors are JSON (protocol.py)
     run_app(app, sock, access_log=None, handler_cancellation=True)
+    return 0
+
+
+def worker(settings: Settings) -> int:
+    from .engine_worker import serve as serve_worker
+
+    if not settings.redis_url:
+        print("chatterbox-status: invalid setting: a worker takes its chunks from REDIS_URL (--redis-url), which is not set", file=sys.stderr)
+        return 2
+    asyncio.run(serve_worker(settings))
     return 0
 
 

@@ -100,6 +100,13 @@ def _redis_url(value: str) -> str | None:
     return "must be a redis://, rediss:// or unix:// URL"
 
 
+def _workers(value: str) -> str | None:
+    if value.strip().lower() == "none":
+        return None
+    wrong = [device for device in names(value) if _device(device) is not None]
+    return f"names devices that are not auto, cpu, cuda, cuda:N or mps: {', '.join(wrong)}" if wrong else None
+
+
 def names(value: str) -> list[str]:
     """The items of a comma-separated setting, stripped, empty ones left out."""
     return [item.strip() for item in value.split(",") if item.strip()]
@@ -232,11 +239,37 @@ class Settings:
         "exact statistics over all of them (empty: everything stays in this process)",
         _redis_url,
     )
+    workers: str = _setting(
+        "",
+        "WORKERS",
+        "comma-separated devices (cuda:0,cuda:1; cpu) to start one engine worker each for, beside this server: "
+        "chunks then go through REDIS_URL's shared queue to the workers of every process; 'none' serves HTTP "
+        "only, with the workers others started (empty: engine processes of its own, as without Redis)",
+        _workers,
+    )
     chunk_timeout: float = _setting(600.0, "CHUNK_TIMEOUT", "seconds one chunk may take before its request fails", _between(0.01, 86400))
     shutdown_timeout: float = _setting(
         30.0, "SHUTDOWN_TIMEOUT", "seconds in-flight requests may finish at shutdown before they are cancelled", _between(0, 3600)
     )
     log_level: str = _setting("info", "LOG_LEVEL", "logging level", _one_of(LOG_LEVELS, ignore_case=True))
+
+    @property
+    def worker_devices(self) -> list[str] | None:
+        """The devices of the engine workers this process starts (an empty list: none, it
+        uses the cluster's), or None when its engines are processes of its own."""
+        if not self.workers.strip():
+            return None
+        return [] if self.workers.strip().lower() == "none" else names(self.workers)
+
+    def environ(self) -> dict[str, str]:
+        """These settings as the environment variables that give them back, so a child
+        process (an engine worker) runs with exactly these."""
+        values = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                values[f.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
+        return values
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -244,6 +277,8 @@ class Settings:
             problem = check(getattr(self, f.name)) if check else None
             if problem:
                 raise SettingsError(f"{f.metadata['env']} (--{_flag(f.name)}) {problem}, got {getattr(self, f.name)!r}")
+        if self.workers.strip() and not self.redis_url:
+            raise SettingsError("WORKERS (--workers) needs REDIS_URL: engine workers take their chunks from its shared queue")
 
     @classmethod
     def load(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

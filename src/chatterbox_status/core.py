@@ -12,29 +12,25 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import engines, memory, pipeline
 from .config import Settings, names, parse_duration
 from .engine_pool import CancelFlag, EngineHost, EnginePool, EngineSlot
 from .events import Event, EventBus
-from .exceptions import Cancelled, EngineUnavailable, EventLogUnavailable, QueueFull
+from .exceptions import Cancelled, EngineUnavailable, EventLogUnavailable, QueueFull, SharedStateUnavailable
 from .pipeline import Job, ProgressBook
 from .planning import Planner, SpeechJob
-from .supervisor import EngineFacts, EngineProcess, EngineSpec
+from .supervisor import engine_facts, engine_processes
 from .tracker import PAUSED, TERMINAL_STATUSES, StatusTracker
 from .voices import VoiceLibrary
 from .worker import Worker
 
+if TYPE_CHECKING:
+    from .engine_worker import WorkerProcesses
+    from .redis_engines import ChunkQueue
+
 log = logging.getLogger(__name__)
-
-
-def engine_process(name: str, settings: Settings) -> EngineProcess:
-    """Engine ``name`` in a process of its own; its facts, until the model has loaded,
-    are those of the engine class (building one here loads nothing)."""
-    kwargs = engines.build_kwargs(name, settings)
-    facts = EngineFacts.of(engines.build(**kwargs))  # type: ignore[arg-type]
-    spec = EngineSpec("chatterbox_status.engines:build", kwargs)
-    return EngineProcess(spec, facts, settings.engine_threads, settings.log_level)
 
 
 class Core:
@@ -43,10 +39,13 @@ class Core:
 
     def __init__(self, settings: Settings, host: EngineHost | Sequence[EngineHost] | None = None) -> None:
         self.settings = settings
-        if host is None:
-            self.choice = engines.choose(settings)
-            self.catalog = engines.catalog(self.choice.name, names(settings.engines), settings.model_aliases)
-            hosts: list[EngineHost] = [engine_process(name, settings) for name in self.catalog.engines]
+        self.chunks: ChunkQueue | None = None
+        self.worker_processes: WorkerProcesses | None = None
+        if host is None and settings.worker_devices is not None:
+            hosts: list[EngineHost] = self._remote_engines(settings)
+        elif host is None:
+            self.choice, self.catalog, processes = engine_processes(settings)
+            hosts = list(processes)
         else:
             hosts = list(host) if isinstance(host, Sequence) else [host]
             self.choice = engines.EngineChoice(hosts[0].engine.name, settings.engine, "engine supplied by the caller")
@@ -65,6 +64,19 @@ class Core:
         self.started_at = time.time()
         self._processed = 0
 
+    def _remote_engines(self, settings: Settings) -> list[EngineHost]:
+        """The engines as the cluster's workers run them (WORKERS); those named start here."""
+        from . import redis_events
+        from .engine_worker import WorkerProcesses
+        from .redis_engines import ChunkQueue  # the redis package is needed only here
+
+        self.choice = engines.choose(settings)
+        self.catalog = engines.catalog(self.choice.name, names(settings.engines), settings.model_aliases)
+        self.chunks = ChunkQueue(settings.redis_url, redis_events.node_name())
+        if settings.worker_devices:
+            self.worker_processes = WorkerProcesses(settings, settings.worker_devices)
+        return [self.chunks.engine(engine_facts(name, settings)) for name in self.catalog.engines]
+
     def _event_log(self, settings: Settings) -> tuple[EventBus, StatusTracker]:
         """The bus and the tracker that folds it: in process, or over the Redis that
         REDIS_URL names, shared with the cluster's other nodes."""
@@ -73,7 +85,7 @@ class Core:
             return EventBus(*sizes), StatusTracker(settings.history_size, self.catalog.default)
         from . import redis_events  # the redis package is needed only here
 
-        node = redis_events.node_name()
+        node = self.chunks.node if self.chunks is not None else redis_events.node_name()
         tracker = StatusTracker(settings.history_size, self.catalog.default, node)
         return redis_events.RedisEventBus(settings.redis_url, node, tracker, *sizes), tracker
 
@@ -88,6 +100,10 @@ class Core:
     async def start(self) -> None:
         await self.bus.start()
         await self.voices.start()
+        if self.chunks is not None:
+            await self.chunks.start()
+        if self.worker_processes is not None:
+            await self.worker_processes.start()
         log.info("engine: %s (%s)", self.choice.name, self.choice.reason)
         if self.settings.voice_sample_path and not self.engine.supports_cloning:
             log.warning("VOICE_SAMPLE_PATH is ignored: engine %s cannot clone voices", self.engine.name)
@@ -112,6 +128,10 @@ class Core:
 
     async def stop(self) -> None:
         await self.worker.stop()
+        if self.worker_processes is not None:
+            await self.worker_processes.stop()
+        if self.chunks is not None:
+            await self.chunks.stop()
         await self.voices.stop()
         await self.bus.stop()
 
@@ -153,6 +173,8 @@ class Core:
             raise EngineUnavailable(state.get("error") or "the engine failed to load")
         if self.bus.problem:
             raise EventLogUnavailable(f"The request cannot be tracked: {self.bus.problem}")
+        if self.chunks is not None and self.chunks.problem:
+            raise SharedStateUnavailable(f"The engine workers cannot be reached: the chunk queue (Redis at {self.chunks.url}): {self.chunks.problem}")
 
     def submit(self, request_id: str, speech: SpeechJob, temporary_files: list[Path] | None = None) -> Job:
         """Queue a job (raises QueueFull, ShuttingDown or EngineUnavailable) and announce it.

@@ -90,10 +90,13 @@ class EngineHost(Protocol):
         on_audio: AudioFn | None = None,
         job: str = "",
         on_batch: BatchFn | None = None,
+        priority: str = "interactive",
     ) -> asyncio.Future[np.ndarray]:
         """Hand one chunk of request ``job`` to the engine now; progress (and, with
         ``on_audio``, the chunk's audio a window at a time, where the engine streams within a
-        chunk; with ``on_batch``, the requests it is batched with) comes on the loop."""
+        chunk; with ``on_batch``, the requests it is batched with) comes on the loop. Where
+        chunks wait in a queue the host shares (engine workers), ``background`` ones wait
+        behind ``interactive`` ones; a host of its own has the worker's turn for that."""
 
     async def release(self, reset_peak: bool = False) -> None: ...
 

@@ -565,7 +565,9 @@ async def _generate(
         report = functools.partial(progress.within_chunk, index)
         streaming = {"on_audio": functools.partial(windows.window, index)} if windows is not None else {}
         on_batch = functools.partial(progress.batched, index)
-        return slot.host.synthesize(chunks[index], job.voice, params, report, job.cancel, job=job.request_id, on_batch=on_batch, **streaming)
+        return slot.host.synthesize(
+            chunks[index], job.voice, params, report, job.cancel, job=job.request_id, on_batch=on_batch, priority=job.priority, **streaming
+        )
 
     upcoming = submit(todo[0]) if ahead else None
     try:

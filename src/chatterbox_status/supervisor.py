@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from . import ipc
+from . import engines, ipc
+from .config import Settings, names
 from .engines.base import AudioFn, BatchFn, EngineDescription, ProgressFn, SynthesisParams, Voice
 from .exceptions import Cancelled, EngineDied, EngineError, EngineOutOfMemory
 
@@ -89,6 +90,94 @@ class _Call:
     on_batch: BatchFn | None = None
 
 
+class OpenCalls:
+    """The calls a host handed to its engine and has not heard the end of, resolved by the
+    engine's frames (``progress``, ``audio_window``, ``batch``, then ``audio``, ``released``
+    or ``failed``): the engine process's over its pipe, an engine worker's over Redis."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, _Call] = {}
+        self._ids = itertools.count(1)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._calls
+
+    def open(
+        self, progress: ProgressFn | None, on_audio: AudioFn | None = None, on_batch: BatchFn | None = None
+    ) -> tuple[int, asyncio.Future]:
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = _Call(future, progress, on_audio=on_audio, on_batch=on_batch)
+        return call_id, future
+
+    def cancel_with(self, call_id: int, cancel: Any, send: Callable[[], None]) -> None:
+        """``send`` the engine a cancellation of the call once ``cancel`` is set (now, if it is)."""
+        if cancel.is_set():
+            send()
+        else:
+            self._calls[call_id].forget_cancel = cancel.on_set(send)
+
+    def fail(self, call_id: int, error: BaseException) -> None:
+        call = self._calls.pop(call_id, None)
+        if call is not None:
+            self._settle(call, error)
+
+    def fail_all(self, error: BaseException) -> None:
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            self._settle(call, error)
+
+    def answer(self, header: dict[str, Any], payload: bytes) -> None:
+        """One frame about a call (``batch``: about several)."""
+        kind = header["type"]
+        if kind == "batch":
+            for call_id in header["calls"]:
+                batched = self._calls.get(call_id)
+                if batched is not None and batched.on_batch is not None:
+                    batched.on_batch(header["jobs"])
+            return
+        call = self._calls.get(header["call"])
+        if call is None:
+            return
+        if kind == "progress":
+            if call.progress is not None:
+                call.progress(header["fraction"])
+            return
+        if kind == "audio_window":
+            if call.on_audio is not None:
+                call.on_audio(np.frombuffer(payload, dtype=np.float32))
+            return
+        del self._calls[header["call"]]
+        if kind == "audio":
+            self._settle(call, np.frombuffer(payload, dtype=np.float32))
+        elif kind == "released":
+            self._settle(call, None)
+        else:
+            self._settle(call, failure(header["kind"], header["message"]))
+
+    @staticmethod
+    def _settle(call: _Call, result: Any) -> None:
+        if call.forget_cancel is not None:
+            call.forget_cancel()
+        if call.future.done():
+            return
+        if isinstance(result, BaseException):
+            call.future.set_exception(result)
+        else:
+            call.future.set_result(result)
+
+
+def failure(kind: str, message: str) -> EngineError | Cancelled:
+    """The exception a ``failed`` frame stands for."""
+    if kind == "cancelled":
+        return Cancelled()
+    if kind == "out_of_memory":
+        return EngineOutOfMemory(message)
+    if kind == "died":
+        return EngineDied(message)
+    return EngineError(message)
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -108,8 +197,7 @@ class EngineProcess:
         self.log_level = log_level
         self.gpu: dict[str, Any] | None = None
         self._process: asyncio.subprocess.Process | None = None
-        self._calls: dict[int, _Call] = {}
-        self._ids = itertools.count(1)
+        self._calls = OpenCalls()
         self._reader: asyncio.Task | None = None
         self._loaded: asyncio.Future | None = None
         self._load_progress: ProgressFn | None = None
@@ -148,24 +236,21 @@ class EngineProcess:
         on_audio: AudioFn | None = None,
         job: str = "",
         on_batch: BatchFn | None = None,
+        priority: str = "interactive",
     ) -> asyncio.Future[np.ndarray]:
         """Hand the chunk to the engine now; the future gets its samples. ``cancel`` (a
         :class:`~chatterbox_status.engine_pool.CancelFlag`) reaches the engine while it works.
         With ``on_audio`` (an engine that streams within a chunk), the chunk's audio comes
         there a window at a time, on the loop, and the future gets the last window. ``job``
         names the request (an engine that batches takes one chunk per request into a
-        batch); ``on_batch`` hears the requests whose chunks are stepped with this one."""
-        call_id, future = self._open(progress)
-        self._calls[call_id].on_audio = on_audio
-        self._calls[call_id].on_batch = on_batch
+        batch); ``on_batch`` hears the requests whose chunks are stepped with this one.
+        ``priority`` is the worker's turn's business here: this engine serves one server."""
+        call_id, future = self._open(progress, on_audio, on_batch)
         self._send({
             "type": "synthesize", "call": call_id, "text": text, "voice": vars(voice), "params": vars(params),
             "stream": on_audio is not None, "job": job,
         })
-        if cancel.is_set():
-            self._send({"type": "cancel", "call": call_id})
-        else:
-            self._calls[call_id].forget_cancel = cancel.on_set(lambda: self._send({"type": "cancel", "call": call_id}))
+        self._calls.cancel_with(call_id, cancel, lambda: self._send({"type": "cancel", "call": call_id}))
         return future
 
     async def release(self, reset_peak: bool = False) -> None:
@@ -212,13 +297,10 @@ class EngineProcess:
 
     # -- frames --------------------------------------------------------------------
 
-    def _open(self, progress: ProgressFn | None) -> tuple[int, asyncio.Future]:
+    def _open(self, progress: ProgressFn | None, on_audio: AudioFn | None = None, on_batch: BatchFn | None = None) -> tuple[int, asyncio.Future]:
         if self._process is None or self._process.returncode is not None or self._ended is None or self._ended.done():
             raise EngineDied("the engine process is not running")
-        call_id = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = _Call(future, progress)
-        return call_id, future
+        return self._calls.open(progress, on_audio, on_batch)
 
     def _send(self, header: dict[str, Any]) -> None:
         process = self._process
@@ -239,13 +321,7 @@ class EngineProcess:
             self._end(reason)
 
     def _end(self, reason: str) -> None:
-        error = EngineDied(reason)
-        for call in self._calls.values():
-            if call.forget_cancel is not None:
-                call.forget_cancel()
-            if not call.future.done():
-                call.future.set_exception(error)
-        self._calls.clear()
+        self._calls.fail_all(EngineDied(reason))
         if self._loaded is not None and not self._loaded.done():
             self._loaded.set_exception(EngineDied(f"{reason} while loading the model"))
         if self._ended is not None and not self._ended.done():
@@ -267,35 +343,23 @@ class EngineProcess:
             else:
                 self._loaded.set_exception(EngineError(header["message"]))
             return
-        if kind == "batch":
-            for call_id in header["calls"]:
-                batched = self._calls.get(call_id)
-                if batched is not None and batched.on_batch is not None:
-                    batched.on_batch(header["jobs"])
-            return
-        call = self._calls.get(header["call"])
-        if call is None:
-            return
-        if kind == "progress":
-            if call.progress is not None:
-                call.progress(header["fraction"])
-            return
-        if kind == "audio_window":
-            if call.on_audio is not None:
-                call.on_audio(np.frombuffer(payload, dtype=np.float32))
-            return
-        del self._calls[header["call"]]
-        if call.forget_cancel is not None:
-            call.forget_cancel()
-        if call.future.done():
-            return
-        if kind == "audio":
-            call.future.set_result(np.frombuffer(payload, dtype=np.float32))
-        elif kind == "released":
-            call.future.set_result(None)
-        elif header["kind"] == "cancelled":
-            call.future.set_exception(Cancelled())
-        elif header["kind"] == "out_of_memory":
-            call.future.set_exception(EngineOutOfMemory(header["message"]))
-        else:
-            call.future.set_exception(EngineError(header["message"]))
+        self._calls.answer(header, payload)
+
+
+def engine_facts(name: str, settings: Settings) -> EngineFacts:
+    """What is known of engine ``name`` until its model has loaded: the facts of its class
+    (building one here loads nothing)."""
+    return EngineFacts.of(engines.build(**engines.build_kwargs(name, settings)))  # type: ignore[arg-type]
+
+
+def engine_process(name: str, settings: Settings) -> EngineProcess:
+    """Engine ``name`` in a process of its own."""
+    spec = EngineSpec("chatterbox_status.engines:build", engines.build_kwargs(name, settings))
+    return EngineProcess(spec, engine_facts(name, settings), settings.engine_threads, settings.log_level)
+
+
+def engine_processes(settings: Settings) -> tuple[engines.EngineChoice, engines.Catalog, list[EngineProcess]]:
+    """The engines the settings offer (the default first), each in a process of its own."""
+    choice = engines.choose(settings)
+    catalog = engines.catalog(choice.name, names(settings.engines), settings.model_aliases)
+    return choice, catalog, [engine_process(name, settings) for name in catalog.engines]

@@ -19,7 +19,7 @@ from playwright.async_api import Page, expect
 
 from chatterbox_status.app import create_app
 from chatterbox_status.config import Settings
-from chatterbox_status.core import engine_process
+from chatterbox_status.supervisor import engine_process
 
 from .dashboard_harness import PageLog, dashboard_app, with_dashboard
 

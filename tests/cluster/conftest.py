@@ -12,12 +12,13 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port, http, start_serve, stop, tail, wait_healthy
+from helpers import clean_environ, free_port, http, start_serve, stop, tail, wait_healthy
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -115,3 +116,38 @@ def start_node(tmp_path: Path, redis_server: RedisServer) -> Iterator:
     finally:
         for node in nodes:
             node.stop()
+
+
+class Worker:
+    """One engine worker of the cluster: ``tests/cluster/gated_worker.py`` (the product's
+    worker on the GatedEngine double, whose HOLD chunks wait for ``gate``)."""
+
+    def __init__(self, directory: Path, redis_url: str, gate: Path) -> None:
+        directory.mkdir()
+        self.log_path = directory / "worker.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("gated_worker.py")), str(gate), "--redis-url", redis_url],
+                cwd=directory, env=clean_environ(), stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, redis_server: RedisServer) -> Iterator:
+    """Start a gated engine worker on the test's Redis (``start_worker("w1", gate)``); every
+    one is stopped."""
+    workers: list[Worker] = []
+
+    def start(name: str, gate: Path) -> Worker:
+        worker = Worker(tmp_path / name, redis_server.url, gate)
+        workers.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.stop()

@@ -11,10 +11,12 @@ from ..config import parse_duration
 from ..core import Core
 from ..exceptions import EngineUnavailable, InvalidInput, ModelBusy, NotFound
 from ..schemas.meta import (
+    ChunkQueue,
     Config,
     DefaultsConfig,
     Endpoint,
     Endpoints,
+    EngineWorker,
     EventLog,
     Health,
     HealthConfig,
@@ -57,7 +59,8 @@ async def health(request: web.Request) -> web.Response:
     else:
         initialization_state = "initializing"
     # Without its event log the server cannot take requests, however ready its engine.
-    status = "error" if core.bus.problem else {"ready": "healthy"}.get(initialization_state, initialization_state)
+    problem = core.bus.problem or (core.chunks.problem if core.chunks is not None else None)
+    status = "error" if problem else {"ready": "healthy"}.get(initialization_state, initialization_state)
     settings = core.settings
     body = Health(
         status=status,  # type: ignore[arg-type]
@@ -80,8 +83,22 @@ async def health(request: web.Request) -> web.Response:
         ),
         memory_info=memory_info(core),
         event_log=event_log_view(core),
+        chunk_queue=chunk_queue_view(core),
     )
     return json_model(body)
+
+
+def chunk_queue_view(core: Core) -> ChunkQueue | None:
+    if core.chunks is None:
+        return None
+    workers = [
+        EngineWorker(
+            name=name, device=worker["device"], engines=list(worker["engines"]),
+            loaded=[engine for engine, facts in worker["engines"].items() if facts], capacity=worker["capacity"], running=worker["running"],
+        )
+        for name, worker in core.chunks.workers.items()
+    ]
+    return ChunkQueue(url=core.chunks.url, connected=core.chunks.problem is None, error=core.chunks.problem, workers=workers)
 
 
 def event_log_view(core: Core) -> EventLog:

@@ -29,9 +29,29 @@ class EventLog(Body):
     error: str | None = Field(description="Why events cannot be published now (speech requests get 503 until Redis is back)")
 
 
+class EngineWorker(Body):
+    """One engine worker of the cluster, as its last heartbeat told."""
+
+    name: str
+    device: str
+    engines: list[str] = Field(description="The engines it offers (each loads on its first chunk there)")
+    loaded: list[str] = Field(description="The engines it holds loaded")
+    capacity: Annotated[int, Field(ge=1)] = Field(description="Chunks it takes at once")
+    running: Count
+
+
+class ChunkQueue(Body):
+    """Where this server's chunks go when its engines are the cluster's workers (WORKERS)."""
+
+    url: str = Field(description="The Redis URL, without its password")
+    connected: bool
+    error: str | None = Field(description="Why chunks cannot be handed out now (speech requests get 503 until Redis is back)")
+    workers: list[EngineWorker] = Field(description="The live engine workers; a request waits (initializing) while none offers its engine")
+
+
 class Health(Body):
     """Healthy, still initializing, or failed (the engine failed to load, or the shared event
-    log is unreachable: status error); always a 200."""
+    log or chunk queue is unreachable: status error); always a 200."""
 
     status: Literal["healthy", "initializing", "error"]
     model_loaded: bool
@@ -46,6 +66,7 @@ class Health(Body):
     config: HealthConfig
     memory_info: MemoryInfo
     event_log: EventLog
+    chunk_queue: ChunkQueue | None = Field(description="Only where the engines are the cluster's workers (WORKERS)")
 
 
 class Ping(Body):

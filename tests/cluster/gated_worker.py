@@ -1,0 +1,30 @@
+"""One engine worker of the cluster, the product's own (``engine_worker.serve``, as
+``chatterbox-status worker`` runs it), whose engine is the test double
+``doubles.GatedEngine`` named ``hibari`` (the nodes' engine) in an engine process of its own:
+a chunk whose text holds HOLD reports a first progress, then waits until the gate file exists.
+
+    python tests/cluster/gated_worker.py GATE --redis-url URL [setting flags]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the engine process imports doubles too
+
+from doubles import GatedEngine, in_process_of_its_own  # noqa: E402
+
+from chatterbox_status.config import Settings  # noqa: E402
+from chatterbox_status.engine_worker import serve  # noqa: E402
+
+
+async def main(gate: str, settings: Settings) -> None:
+    await serve(settings, [in_process_of_its_own(GatedEngine, gate=gate, name="hibari")])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(main(sys.argv[1], Settings.load(sys.argv[2:])))

@@ -1,0 +1,107 @@
+"""Engine workers take the cluster's chunks from one queue in Redis (WORKERS).
+
+Nodes here are real ``chatterbox-status serve`` processes; workers are the product's own
+(``chatterbox-status worker`` started by a node with ``--workers cpu``, on the embedded
+voice, or ``gated_worker.py`` on the GatedEngine double, whose HOLD chunks wait for a
+gate file). Each test asserts what a user sees: the audio, the answer, the statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import time
+import wave
+
+import aiohttp
+import numpy as np
+from eventsource import EventSource
+
+from .test_cluster_status import TEXT, speak, wait_for
+
+
+def workers_running(node) -> int:
+    return sum(worker["running"] for worker in node.json("GET", "/health")["chunk_queue"]["workers"])
+
+
+def seconds_of_speech(data: bytes) -> float:
+    with wave.open(io.BytesIO(data)) as wav:
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+        assert np.abs(samples).max() > 1000, "the audio is silent"
+        return wav.getnframes() / wav.getframerate()
+
+
+async def test_a_node_without_engines_speaks_through_the_worker_another_node_started(start_node):
+    a = start_node("a", "--workers", "cpu")  # serves HTTP and starts one worker (the embedded voice)
+    b = start_node("b", "--workers", "none")  # serves HTTP only
+    queue = b.json("GET", "/health")["chunk_queue"]
+    assert queue["connected"] is True
+    assert [(w["device"], w["engines"], w["loaded"]) for w in queue["workers"]] == [("cpu", ["hibari"], ["hibari"])]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async with session.post(f"{b.base}/v1/audio/speech", json={"input": TEXT}, headers={"X-Request-ID": "through-a-worker-01"}) as response:
+            assert response.status == 200, await response.text()
+            spoken = seconds_of_speech(await response.read())
+        async with session.post(f"{a.base}/v1/audio/speech", json={"input": TEXT}) as response:
+            same = seconds_of_speech(await response.read())
+    assert 2.0 < spoken == same  # one sentence of the embedded voice, whichever node took it
+    record = a.json("GET", "/status/requests/through-a-worker-01")
+    assert record["status"] == "completed" and record["node"] == b.name
+
+
+async def test_two_workers_run_two_requests_of_one_node_at_once(tmp_path, start_node, start_worker):
+    gate = tmp_path / "gate"
+    start_worker("w1", gate), start_worker("w2", gate)
+    a = start_node("a", "--workers", "none")
+    wait_for(lambda: len(a.json("GET", "/health")["chunk_queue"]["workers"]) == 2, "both workers registered")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        posts = [asyncio.ensure_future(speak(session, a, f"HOLD request {n}.", f"two-at-once-{n:04d}")) for n in range(2)]
+        await asyncio.to_thread(wait_for, lambda: workers_running(a) == 2, "each worker runs one of the requests")
+        assert [a.json("GET", f"/status/requests/two-at-once-{n:04d}")["status"] for n in range(2)] == ["generating_audio"] * 2
+        gate.touch()
+        assert [(await post).status for post in posts] == [200, 200]
+
+
+async def test_a_chunk_running_on_a_worker_is_cancelled_through_another_node(tmp_path, start_node, start_worker):
+    gate = tmp_path / "gate"
+    start_worker("w1", gate)
+    a, b = start_node("a", "--workers", "none"), start_node("b", "--workers", "none")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        posted = asyncio.ensure_future(speak(session, a, "HOLD this one.", "cancel-on-worker-01"))
+        await asyncio.to_thread(wait_for, lambda: workers_running(a) == 1, "the worker runs the chunk")
+        cancelled_at = time.monotonic()
+        async with session.delete(f"{b.base}/v1/audio/speech/cancel-on-worker-01") as cancel:
+            assert cancel.status == 200, await cancel.text()
+        assert (await posted).status == 409
+        assert time.monotonic() - cancelled_at < 5  # the engine stopped mid-chunk: the gate never opened
+        # The worker is free again: the next request is spoken by it.
+        assert (await speak(session, b, TEXT, "after-cancel-0001")).status == 200
+    stats = wait_for(lambda: (s := b.statistics())["total_requests"] == 2 and s, "both requests folded")
+    assert (stats["completed_requests"], stats["cancelled_requests"]) == (1, 1)
+
+
+async def test_a_worker_killed_mid_chunk_ends_its_request_error_once_and_the_next_request_runs(tmp_path, start_node, start_worker):
+    gate = tmp_path / "gate"
+    first = start_worker("w1", gate)
+    a = start_node("a", "--workers", "none")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async with session.get(f"{a.base}/status/stream", params={"request_id": "killed-worker-01"}) as stream:
+            events = EventSource(stream, timeout=60)
+            await events.next_event()
+            body, headers = {"input": "HOLD it."}, {"X-Request-ID": "killed-worker-01"}
+            posted = asyncio.ensure_future(session.post(f"{a.base}/v1/audio/speech", json=body, headers=headers))
+            await asyncio.to_thread(wait_for, lambda: workers_running(a) == 1, "the worker runs the chunk")
+            os.kill(first.process.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            response = await posted
+            assert response.status == 500
+            error = (await response.json())["error"]
+            assert "engine worker" in error["message"] and "stopped" in error["message"]
+            assert time.monotonic() - killed_at < 15  # within the heartbeat's TTL and a round of checks
+            statuses = [e.json()["status"] for e in await events.until(lambda e: e.json().get("status") == "error") if e.type == "status"]
+        assert statuses.count("error") == 1
+        start_worker("w2", gate)
+        assert (await speak(session, a, TEXT, "after-the-kill-01")).status == 200
+    stats = wait_for(lambda: (s := a.statistics())["total_requests"] == 2 and not s["is_processing"] and s, "both requests folded")
+    assert (stats["completed_requests"], stats["error_requests"], stats["cancelled_requests"]) == (1, 1, 0)
