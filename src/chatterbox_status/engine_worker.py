@@ -39,8 +39,8 @@ from .engine_pool import RESTART_BACKOFF_FIRST, RESTART_BACKOFF_MAX, STABLE_SECO
 from .engine_process import die_with_the_server
 from .engines.base import SynthesisParams, Voice
 from .events import Event, EventBus
-from .exceptions import Cancelled, EngineDied, EngineError
-from .redis_events import HEARTBEAT_SECONDS, redacted
+from .exceptions import Cancelled, EngineDied, EngineError, EngineUnavailable
+from .redis_events import ALIVE, HEARTBEAT_SECONDS, redacted
 from .redis_queue import (
     CANCELLED,
     CHUNKS,
@@ -167,6 +167,8 @@ class EngineWorker:
         """Claim calls while there is room, interactive ones first."""
         await ensure_group(self._client)
         await self._register()  # registered before it claims anything
+        with contextlib.suppress(EngineUnavailable):  # it failed: the error is in the log, other engines may load
+            await self.engines.default.wait_loaded()  # no chunk waits here for a model another worker holds ready
         while self._accepting:
             room = self.capacity - len(self._running)
             if room <= 0:
@@ -199,8 +201,14 @@ class EngineWorker:
 
         try:
             send({"type": "claimed", "worker": self.name})
-            if await self._client.exists(f"{CANCELLED}{node}:{call}"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.exists(f"{CANCELLED}{node}:{call}")
+                pipe.exists(ALIVE + node)
+                cancelled, alive = await pipe.execute()
+            if cancelled:
                 raise Cancelled()
+            if not alive:  # the node stopped: nobody waits for this chunk
+                raise EngineError(f"the server that queued it ({node}) stopped")
             voice = Voice(**header["voice"])
             if header.get("clip"):
                 voice = dataclasses.replace(voice, path=await self._clips.fetch(header["clip"], header["suffix"]))

@@ -38,7 +38,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from .events import Event, EventBus
 
@@ -225,17 +225,28 @@ class RedisEventBus(EventBus):
             batch = [self._outbox[i] for i in range(min(SEND_BATCH, len(self._outbox)))]
             events = [item for item in batch if not isinstance(item, asyncio.Future)]
             if events:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for number, type, payload in events:
-                        await self._append(
-                            keys=[STREAM, SEQUENCE, APPENDED], args=[self.node, number, STREAM_LENGTH, type, payload], client=pipe
-                        )
-                    numbers = await pipe.execute()
-                self._sent_seq = max([self._sent_seq, *numbers])
+                self._sent_seq = max([self._sent_seq, *await self._append_all(cast(list[tuple[int, str, str]], events))])
             for item in batch:
                 self._outbox.popleft()
                 if isinstance(item, asyncio.Future) and not item.done():
                     item.set_result(self._sent_seq)
+
+    async def _append_all(self, events: list[tuple[int, str, str]]) -> list[int]:
+        """Append ``events`` in one round trip (EVALSHA each: redis-py's pipelined scripts
+        would ask SCRIPT EXISTS first, a round trip more); a Redis that lacks the script
+        (new, restarted, flushed) is given it and the batch sent again, which the script
+        makes harmless: what was appended already is refused, numbered 0."""
+        try:
+            return await self._evalsha_all(events)
+        except NoScriptError:
+            await self._client.script_load(APPEND)
+            return await self._evalsha_all(events)
+
+    async def _evalsha_all(self, events: list[tuple[int, str, str]]) -> list[int]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for number, type, payload in events:
+                pipe.evalsha(self._append.sha, 3, STREAM, SEQUENCE, APPENDED, self.node, number, STREAM_LENGTH, type, payload)
+            return [int(number) for number in await pipe.execute()]
 
     async def _read(self) -> None:
         """Deliver the stream's events in order, from the newest checkpoint on a first
