@@ -59,7 +59,7 @@ from .redis_queue import (
     ensure_group,
     keep,
 )
-from .supervisor import describe_exit, engine_processes
+from .supervisor import EngineFacts, describe_exit, engine_processes
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class EngineWorker:
             "name": self.name,
             "device": self.settings.device,
             "pid": os.getpid(),
-            "engines": {slot.name: dataclasses.asdict(slot.engine) if slot.ready else None for slot in slots},  # type: ignore[call-overload]
+            "engines": {slot.name: dataclasses.asdict(EngineFacts.of(slot.engine)) if slot.ready else None for slot in slots},
             "capacity": self.capacity,
             "running": len(self._running),
             "gpu": next((slot.host.gpu for slot in slots if slot.ready and slot.host.gpu), None),

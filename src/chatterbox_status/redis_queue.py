@@ -70,15 +70,18 @@ async def ensure_group(client: Redis) -> None:
 
 
 async def keep(run: Callable[[], Awaitable[Any]], on_error: Callable[[BaseException], None]) -> None:
-    """Run a loop for ever, through Redis going away and coming back (backing off)."""
+    """Run a loop for ever, through Redis going away and coming back (backing off); a bug
+    is logged and the loop starts again, rather than leave the process deaf."""
     failures = 0
     while True:
         try:
             await run()
         except (RedisError, OSError) as exc:
             on_error(exc)
-            await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])  # a backoff
-            failures += 1
+        except Exception:
+            log.exception("%s failed", getattr(run, "__qualname__", run))
+        await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])  # a backoff
+        failures += 1
 
 
 class OrderedSender:
