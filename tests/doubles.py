@@ -203,8 +203,10 @@ class GatedEngine(ScriptedEngine):
     cancelled unless ``ignore_cancel`` (an engine that hangs). ``die_on_load`` kills its
     own process while loading, as a crashing native library would."""
 
-    def __init__(self, gate: str = "", ignore_cancel: bool = False, die_on_load: bool = False, name: str = "scripted") -> None:
-        super().__init__()
+    def __init__(
+        self, gate: str = "", ignore_cancel: bool = False, die_on_load: bool = False, name: str = "scripted", streams: bool = False
+    ) -> None:
+        super().__init__(streams=streams)
         self.name = name
         self.gate = gate
         self.ignore_cancel = ignore_cancel
@@ -217,14 +219,14 @@ class GatedEngine(ScriptedEngine):
             os.kill(os.getpid(), signal.SIGKILL)
         super().load(progress)
 
-    def synthesize(self, text, voice, params, progress, cancel):
+    def synthesize(self, text, voice, params, progress, cancel, on_audio=None):
         if "HOLD" in text:
             progress(0.1)
             while not os.path.exists(self.gate):  # the test's signal, polled
                 if cancel.is_set() and not self.ignore_cancel:
                     raise Cancelled()
                 time.sleep(0.005)
-        return super().synthesize(text, voice, params, progress, cancel)
+        return super().synthesize(text, voice, params, progress, cancel, on_audio=on_audio)
 
 
 class BatchingEngine(GatedEngine):

@@ -49,6 +49,7 @@ from .redis_queue import (
     REPLIES,
     REPLY_LENGTH,
     REPLY_SECONDS,
+    STOP_SECONDS,
     WORKER,
     WORKER_TTL_MS,
     WORKERS,
@@ -108,7 +109,7 @@ class EngineWorker:
         await stop.wait()
         self._accepting = False
         consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
+        await asyncio.wait([consumer], timeout=STOP_SECONDS)
         log.info("engine worker %s stopping: %d calls to finish", self.name, len(self._running))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained(), self.settings.shutdown_timeout)
@@ -119,7 +120,7 @@ class EngineWorker:
         await self._sender.stop()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=STOP_SECONDS)  # bounded: a stop never hangs on Redis
         await self.engines.stop()
         with contextlib.suppress(RedisError, OSError):
             await self._client.delete(WORKER + self.name)
@@ -137,14 +138,16 @@ class EngineWorker:
     # -- what it offers --------------------------------------------------------------
 
     def registration(self) -> dict[str, Any]:
-        """What nodes know of it: each engine it offers (with its facts once loaded here),
-        how many calls it takes and runs, its device and its GPU figures."""
+        """What nodes know of it: each engine it offers, with its facts (the loaded model's,
+        or its class's until then), which it holds loaded, how many calls it takes and runs,
+        its device and its GPU figures."""
         slots = self.engines.slots.values()
         return {
             "name": self.name,
             "device": self.settings.device,
             "pid": os.getpid(),
-            "engines": {slot.name: dataclasses.asdict(EngineFacts.of(slot.engine)) if slot.ready else None for slot in slots},
+            "engines": {slot.name: dataclasses.asdict(EngineFacts.of(slot.engine)) for slot in slots},
+            "loaded": [slot.name for slot in slots if slot.ready],
             "capacity": self.capacity,
             "running": len(self._running),
             "gpu": next((slot.host.gpu for slot in slots if slot.ready and slot.host.gpu), None),

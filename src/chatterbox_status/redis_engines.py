@@ -38,6 +38,7 @@ from .redis_queue import (
     REPLIES,
     REPLY_LENGTH,
     REPLY_SECONDS,
+    STOP_SECONDS,
     WORKER,
     WORKERS,
     ClipCache,
@@ -92,7 +93,7 @@ class ChunkQueue:
         await self._sender.stop()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.wait(self._tasks, timeout=STOP_SECONDS)  # bounded: a stop never hangs on Redis
         with contextlib.suppress(RedisError, OSError):
             await self._client.delete(REPLIES + self.node)
         await self._client.aclose()
@@ -234,11 +235,14 @@ class RemoteEngine:
         self._queue = queue
 
     def refresh(self, workers: dict[str, dict[str, Any]]) -> None:
-        """Take the facts of a worker that loaded it, and the capacity of all that offer it."""
-        offering = [worker for worker in workers.values() if self.engine.name in worker["engines"]]
-        loaded = [worker["engines"][self.engine.name] for worker in offering if worker["engines"][self.engine.name]]
-        if loaded:
-            self.engine.update(dict(loaded[0]))
+        """Take the facts of a worker that offers it (one that loaded it first), and the
+        capacity of all of them."""
+        offering = sorted(
+            (worker for worker in workers.values() if self.engine.name in worker["engines"]),
+            key=lambda worker: self.engine.name not in worker["loaded"],
+        )
+        if offering:
+            self.engine.update(dict(offering[0]["engines"][self.engine.name]))
         self.engine.max_batch_size = max(1, sum(worker["capacity"] for worker in offering))
         self.gpu = next((worker["gpu"] for worker in offering if worker.get("gpu")), None)
 

@@ -46,6 +46,7 @@ CANCEL_SECONDS = 3600
 REPLY_LENGTH = 10_000
 REPLY_SECONDS = 3600  # a reply stream outlives its node by this much
 WORKER_TTL_MS = int(NODE_TTL_SECONDS * 1000)
+STOP_SECONDS = 5.0  # how long a stopping loop may take to end
 
 
 def encode(header: dict[str, Any], payload: bytes = b"") -> dict[Any, Any]:
@@ -70,13 +71,17 @@ async def ensure_group(client: Redis) -> None:
 
 
 async def keep(run: Callable[[], Awaitable[Any]], on_error: Callable[[BaseException], None]) -> None:
-    """Run a loop for ever, through Redis going away and coming back (backing off); a bug
-    is logged and the loop starts again, rather than leave the process deaf."""
+    """Run a loop until it ends, through Redis going away and coming back (backing off); a
+    bug is logged and the loop starts again, rather than leave the process deaf. Cancelled,
+    it ends, even where the client turned the cancellation into a connection error."""
     failures = 0
     while True:
         try:
             await run()
+            return
         except (RedisError, OSError) as exc:
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise asyncio.CancelledError() from exc
             on_error(exc)
         except Exception:
             log.exception("%s failed", getattr(run, "__qualname__", run))
@@ -109,7 +114,7 @@ class OrderedSender:
         except TimeoutError:
             log.warning("%s: stopping with %d commands unsent", self._name, self._queue.qsize())
         self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.wait([self._task], timeout=STOP_SECONDS)  # bounded: a stop never hangs on Redis
 
     async def _send(self) -> None:
         while True:
@@ -124,6 +129,8 @@ class OrderedSender:
                         await pipe.execute()
                     break
                 except RedisError as exc:
+                    if (task := asyncio.current_task()) is not None and task.cancelling():
+                        raise asyncio.CancelledError() from exc
                     delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
                     log.warning("%s: Redis unreachable (%s); trying again in %.2f s", self._name, exc, delay)
                     await asyncio.sleep(delay)  # a backoff, not a wait for anything

@@ -122,12 +122,12 @@ class Worker:
     """One engine worker of the cluster: ``tests/cluster/gated_worker.py`` (the product's
     worker on the GatedEngine double, whose HOLD chunks wait for ``gate``)."""
 
-    def __init__(self, directory: Path, redis_url: str, gate: Path) -> None:
+    def __init__(self, directory: Path, redis_url: str, gate: Path, *flags: str) -> None:
         directory.mkdir()
         self.log_path = directory / "worker.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("gated_worker.py")), str(gate), "--redis-url", redis_url],
+                [sys.executable, str(Path(__file__).with_name("gated_worker.py")), str(gate), *flags, "--redis-url", redis_url],
                 cwd=directory, env=clean_environ(), stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -137,12 +137,12 @@ class Worker:
 
 @pytest.fixture
 def start_worker(tmp_path: Path, redis_server: RedisServer) -> Iterator:
-    """Start a gated engine worker on the test's Redis (``start_worker("w1", gate)``); every
-    one is stopped."""
+    """Start a gated engine worker on the test's Redis (``start_worker("w1", gate, *flags)``);
+    every one is stopped."""
     workers: list[Worker] = []
 
-    def start(name: str, gate: Path) -> Worker:
-        worker = Worker(tmp_path / name, redis_server.url, gate)
+    def start(name: str, gate: Path, *flags: str) -> Worker:
+        worker = Worker(tmp_path / name, redis_server.url, gate, *flags)
         workers.append(worker)
         return worker
 

@@ -3,11 +3,15 @@
 ``doubles.GatedEngine`` named ``hibari`` (the nodes' engine) in an engine process of its own:
 a chunk whose text holds HOLD reports a first progress, then waits until the gate file exists.
 
-    python tests/cluster/gated_worker.py GATE --redis-url URL [setting flags]
+    python tests/cluster/gated_worker.py GATE [--ignore-cancel] [--streams] --redis-url URL [setting flags]
+
+``--ignore-cancel``: a HOLD chunk hangs through its cancellation; ``--streams``: each chunk's
+audio comes out in windows (ScriptedEngine's thirds).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
@@ -21,10 +25,16 @@ from chatterbox_status.config import Settings  # noqa: E402
 from chatterbox_status.engine_worker import serve  # noqa: E402
 
 
-async def main(gate: str, settings: Settings) -> None:
-    await serve(settings, [in_process_of_its_own(GatedEngine, gate=gate, name="hibari")])
+async def main(gate: str, ignore_cancel: bool, streams: bool, settings: Settings) -> None:
+    host = in_process_of_its_own(GatedEngine, gate=gate, name="hibari", ignore_cancel=ignore_cancel, streams=streams)
+    await serve(settings, [host])
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(main(sys.argv[1], Settings.load(sys.argv[2:])))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("gate")
+    parser.add_argument("--ignore-cancel", action="store_true")
+    parser.add_argument("--streams", action="store_true")
+    args, settings = parser.parse_known_args()
+    asyncio.run(main(args.gate, args.ignore_cancel, args.streams, Settings.load(settings)))

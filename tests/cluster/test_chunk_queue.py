@@ -11,6 +11,7 @@ import json
 import pytest
 import redis.asyncio as aioredis
 from doubles import ScriptedEngine, ThreadHost
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chatterbox_status.config import Settings
 from chatterbox_status.engine_pool import EngineSlot
@@ -18,7 +19,7 @@ from chatterbox_status.engine_worker import EngineWorker
 from chatterbox_status.engines.base import SynthesisParams
 from chatterbox_status.events import EventBus
 from chatterbox_status.redis_events import ALIVE
-from chatterbox_status.redis_queue import CANCELLED, CHUNKS, REPLIES, decode, encode, ensure_group
+from chatterbox_status.redis_queue import CANCELLED, CHUNKS, REPLIES, decode, encode, ensure_group, keep
 
 NODE = "test-node"
 PARAMS = vars(SynthesisParams(exaggeration=0.5, cfg_weight=0.5, temperature=0.8))
@@ -108,9 +109,30 @@ async def test_a_worker_registers_what_it_offers_while_it_runs_and_is_gone_once_
     async with running_worker(redis_server.url, engine) as worker:
         key = f"chatterbox-status:worker:{worker.name}"
         async with asyncio.timeout(10):
-            while not (registration := json.loads(await client.get(key) or "{}")).get("engines", {}).get("scripted"):
+            while "scripted" not in (registration := json.loads(await client.get(key) or "{}")).get("loaded", []):
                 await asyncio.sleep(0.05)  # poll interval: the heartbeat renews it every second
         assert await client.sismember("chatterbox-status:workers", worker.name)
     assert registration["engines"]["scripted"]["sample_rate"] == ScriptedEngine.sample_rate
     assert (registration["capacity"], registration["running"], registration["device"]) == (1, 0, "auto")
     assert await client.exists(key) == 0
+
+
+async def test_a_loop_cancelled_inside_a_client_call_that_turns_the_cancel_into_an_error_still_ends():
+    """redis-py may answer a cancelled blocking read with a connection error: the loop must
+    end all the same, or stopping a worker (or a node) would wait on it for ever."""
+    errors: list[BaseException] = []
+    entered = asyncio.Event()
+
+    async def blocking_read() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a blocking XREADGROUP
+        except asyncio.CancelledError:
+            raise RedisConnectionError("Connection closed by server.") from None
+
+    task = asyncio.create_task(keep(blocking_read, errors.append))
+    await entered.wait()
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=5)
+    assert done and task.cancelled()
+    assert errors == []  # not taken for Redis going away

@@ -17,7 +17,12 @@ import wave
 
 import aiohttp
 import numpy as np
+import redis.asyncio as aioredis
+from doubles import ScriptedEngine
 from eventsource import EventSource
+from helpers import pcm16_reference
+
+from chatterbox_status.redis_queue import decode
 
 from .test_cluster_status import TEXT, speak, wait_for
 
@@ -105,3 +110,50 @@ async def test_a_worker_killed_mid_chunk_ends_its_request_error_once_and_the_nex
         assert (await speak(session, a, TEXT, "after-the-kill-01")).status == 200
     stats = wait_for(lambda: (s := a.statistics())["total_requests"] == 2 and not s["is_processing"] and s, "both requests folded")
     assert (stats["completed_requests"], stats["error_requests"], stats["cancelled_requests"]) == (1, 1, 0)
+
+
+async def test_a_chunk_hung_on_a_worker_past_chunk_timeout_has_its_engine_process_replaced(tmp_path, start_node, start_worker):
+    start_worker("w1", tmp_path / "never", "--ignore-cancel")  # a HOLD chunk hangs, cancelled or not
+    a = start_node("a", "--workers", "none", "--chunk-timeout", "3")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        started = time.monotonic()
+        async with session.post(f"{a.base}/v1/audio/speech", json={"input": "HOLD for ever."}) as response:
+            assert response.status == 500
+            assert "CHUNK_TIMEOUT (3 s)" in (await response.json())["error"]["message"]
+        assert time.monotonic() - started < 15  # the timeout, the grace to honour the cancel, the kill
+        # Had the hung engine process not been killed, this chunk would wait behind it and time out too.
+        assert (await speak(session, a, TEXT, "after-the-hang-01")).status == 200
+
+
+async def test_streamed_audio_from_a_worker_comes_in_windows_and_is_the_whole_audio(tmp_path, start_node, start_worker, redis_server):
+    start_worker("w1", tmp_path / "gate", "--streams")  # each chunk's audio in three windows
+    a = start_node("a", "--workers", "none")
+    body = {"input": TEXT, "response_format": "pcm"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async with session.post(f"{a.base}/v1/audio/speech", json=body) as response:
+            whole = await response.read()
+        async with session.post(f"{a.base}/v1/audio/speech/stream", json=body) as response:
+            assert response.status == 200
+            streamed = await response.read()
+    tone = ScriptedEngine().tone(TEXT)
+    assert streamed == whole == pcm16_reference(tone)
+    client = aioredis.from_url(redis_server.url)
+    frames = [decode(fields)[0]["type"] for _, fields in await client.xrange(f"chatterbox-status:replies:{a.name}")]
+    await client.aclose()
+    assert frames.count("audio_window") == 2  # the streamed request's first two thirds, ahead of its chunk's end
+
+
+async def test_with_workers_redis_going_away_is_a_503_until_it_is_back(start_node, redis_server):
+    a = start_node("a", "--workers", "cpu")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        assert (await speak(session, a, TEXT, "before-redis-goes")).status == 200
+        redis_server.stop()
+        health = await asyncio.to_thread(wait_for, lambda: (h := a.json("GET", "/health"))["status"] == "error" and h, "A notices")
+        assert health["chunk_queue"]["connected"] is False or health["event_log"]["connected"] is False
+        async with session.post(f"{a.base}/v1/audio/speech", json={"input": TEXT}) as refused:
+            assert refused.status == 503
+        redis_server.start()
+        await asyncio.to_thread(
+            wait_for, lambda: (h := a.json("GET", "/health"))["status"] == "healthy" and h["chunk_queue"]["workers"], "A and its worker are back"
+        )
+        assert (await speak(session, a, TEXT, "after-redis-is-back")).status == 200

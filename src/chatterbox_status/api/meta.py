@@ -94,7 +94,7 @@ def chunk_queue_view(core: Core) -> ChunkQueue | None:
     workers = [
         EngineWorker(
             name=name, device=worker["device"], engines=list(worker["engines"]),
-            loaded=[engine for engine, facts in worker["engines"].items() if facts], capacity=worker["capacity"], running=worker["running"],
+            loaded=worker["loaded"], capacity=worker["capacity"], running=worker["running"],
         )
         for name, worker in core.chunks.workers.items()
     ]
