@@ -72,10 +72,16 @@ class Core:
 
         self.choice = engines.choose(settings)
         self.catalog = engines.catalog(self.choice.name, names(settings.engines), settings.model_aliases)
-        self.chunks = ChunkQueue(settings.redis_url, redis_events.node_name())
+        self.chunks = ChunkQueue(settings.redis_url, redis_events.node_name(), self._taken)
         if settings.worker_devices:
             self.worker_processes = WorkerProcesses(settings, settings.worker_devices)
         return [self.chunks.engine(engine_facts(name, settings)) for name in self.catalog.engines]
+
+    def _taken(self, request_id: str, worker: str) -> None:
+        """An engine worker took a chunk of the request: its record says which."""
+        progress = self.progress.find(request_id)
+        if progress is not None:
+            progress.taken_by(worker)
 
     def _event_log(self, settings: Settings) -> tuple[EventBus, StatusTracker]:
         """The bus and the tracker that folds it: in process, or over the Redis that

@@ -88,6 +88,7 @@ class Progress:
         self.engine: str | None = None
         # Per chunk index: the other requests whose chunks the engine stepped with it.
         self.batches: dict[int, list[str]] = {}
+        self.worker: str | None = None  # the engine worker (WORKERS) that took its latest chunk
 
     @property
     def total_chars(self) -> int:
@@ -167,6 +168,12 @@ class Progress:
         if self.status == "generating_audio" and index == self.current_chunk - 1:
             self.book.bus.publish("progress", {**self._fields(), "batched_with": self.batches[index]})
 
+    def taken_by(self, worker: str) -> None:
+        """An engine worker of the cluster took a chunk of this request (said once per worker)."""
+        if worker != self.worker:
+            self.worker = worker
+            self.book.bus.publish("progress", {**self._fields(), "worker": worker})
+
     def within_chunk(self, index: int, fraction: float) -> None:
         """Engine-reported progress inside chunk ``index`` (0..1); reports of a chunk the
         engine began before this request's events caught up are left out."""
@@ -221,6 +228,9 @@ class ProgressBook:
 
     def forget(self, request_id: str) -> None:
         self._open.pop(request_id, None)
+
+    def find(self, request_id: str) -> Progress | None:
+        return self._open.get(request_id)
 
 
 class AudioStream:

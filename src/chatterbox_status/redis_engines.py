@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -60,9 +61,11 @@ class ChunkQueue:
     """This node's end of the shared chunk queue: it sends the calls, reads their answers
     and ends the calls of workers that stopped."""
 
-    def __init__(self, url: str, node: str) -> None:
+    def __init__(self, url: str, node: str, on_taken: Callable[[str, str], None]) -> None:
         self.url = redacted(url)
         self.node = node
+        self._on_taken = on_taken  # (request id, worker): a worker took a chunk of the request
+        self._jobs: dict[int, str] = {}  # call id -> request id, until a worker takes the call
         self.workers: dict[str, dict[str, Any]] = {}  # the live workers' registrations
         self.problem: str | None = "not connected to Redis yet"
         self._client = aioredis.from_url(url)
@@ -119,6 +122,8 @@ class ChunkQueue:
             "stream": on_audio is not None, "job": job, "priority": priority,
         }
         self._submissions.put_nowait((call_id, header, voice.path))
+        self._jobs[call_id] = job
+        future.add_done_callback(lambda _: self._jobs.pop(call_id, None))
         self._calls.cancel_with(call_id, cancel, lambda: self._cancel(call_id))
         return future
 
@@ -174,6 +179,8 @@ class ChunkQueue:
                 header, payload = decode(fields)
                 if header["type"] != "claimed":
                     self._calls.answer(header, payload)
+                elif (job := self._jobs.pop(header["call"], None)) is not None:
+                    self._on_taken(job, header["worker"])
 
     async def _watch(self) -> None:
         """Every heartbeat: the live workers (and what they offer), and the chunks of the

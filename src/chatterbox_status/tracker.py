@@ -45,6 +45,7 @@ RECORD_FIELDS = (
     "error_message",
     "audio_duration_seconds",
     "batched_with",
+    "worker",  # the engine worker that took its latest chunk (WORKERS)
     "durable",  # a long-text job: its node resumes it after a restart
 )
 # What is known of an engine before its events say more.
@@ -104,7 +105,7 @@ class RequestRecord:
             "parameters": self.fields.get("parameters", {}),
             "progress": self.progress_view(now),
         }
-        for name in ("engine", "error_message", "audio_duration_seconds", "node"):
+        for name in ("engine", "error_message", "audio_duration_seconds", "node", "worker"):
             if name in self.fields:
                 body[name] = self.fields[name]
         if self.fields.get("batched_with"):

@@ -53,6 +53,7 @@ async def test_a_node_without_engines_speaks_through_the_worker_another_node_sta
     assert 2.0 < spoken == same  # one sentence of the embedded voice, whichever node took it
     record = a.json("GET", "/status/requests/through-a-worker-01")
     assert record["status"] == "completed" and record["node"] == b.name
+    assert record["worker"] == queue["workers"][0]["name"]  # the worker A started spoke it
 
 
 async def test_two_workers_run_two_requests_of_one_node_at_once(tmp_path, start_node, start_worker):
@@ -63,7 +64,14 @@ async def test_two_workers_run_two_requests_of_one_node_at_once(tmp_path, start_
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         posts = [asyncio.ensure_future(speak(session, a, f"HOLD request {n}.", f"two-at-once-{n:04d}")) for n in range(2)]
         await asyncio.to_thread(wait_for, lambda: workers_running(a) == 2, "each worker runs one of the requests")
-        assert [a.json("GET", f"/status/requests/two-at-once-{n:04d}")["status"] for n in range(2)] == ["generating_audio"] * 2
+        def named() -> list[dict] | None:
+            records = [a.json("GET", f"/status/requests/two-at-once-{n:04d}") for n in range(2)]
+            return records if all("worker" in r for r in records) else None
+
+        records = await asyncio.to_thread(wait_for, named, "both records name their worker")
+        assert [r["status"] for r in records] == ["generating_audio"] * 2
+        workers = {w["name"] for w in a.json("GET", "/health")["chunk_queue"]["workers"]}
+        assert {r["worker"] for r in records} == workers  # one request on each worker
         gate.touch()
         assert [(await post).status for post in posts] == [200, 200]
 

@@ -53,6 +53,7 @@ class RequestRecord(Body):
         "(an engine that batches, MAX_BATCH_SIZE); absent while it runs alone"
     )
     node: str = sometimes(description="On a shared event log (REDIS_URL): the server process that runs the request")
+    worker: str = sometimes(description="With engine workers (WORKERS): the worker that took the request's latest chunk")
 
 
 class RequestDetail(RequestRecord):
@@ -267,4 +268,5 @@ class StatusEventData(Body):
     unload_reason: str = sometimes()
     batched_with: list[str] = sometimes(description="The other requests whose chunks are stepped together with this one's")
     node: str = sometimes(description="On a shared event log (REDIS_URL): the server process that published the event")
+    worker: str = sometimes(description="In a progress event: the engine worker (WORKERS) that took the request's chunk")
     durable: bool = sometimes(description="In a queued event: a long-text job, which outlives its server process")
