@@ -72,7 +72,7 @@ class Core:
 
         self.choice = engines.choose(settings)
         self.catalog = engines.catalog(self.choice.name, names(settings.engines), settings.model_aliases)
-        self.chunks = ChunkQueue(settings.redis_url, redis_events.node_name(), self._taken)
+        self.chunks = ChunkQueue(settings.redis_url, redis_events.node_name(), self._taken, lambda: self.worker.reconsider())
         if settings.worker_devices:
             self.worker_processes = WorkerProcesses(settings, settings.worker_devices)
         return [self.chunks.engine(engine_facts(name, settings)) for name in self.catalog.engines]

@@ -61,10 +61,11 @@ class ChunkQueue:
     """This node's end of the shared chunk queue: it sends the calls, reads their answers
     and ends the calls of workers that stopped."""
 
-    def __init__(self, url: str, node: str, on_taken: Callable[[str, str], None]) -> None:
+    def __init__(self, url: str, node: str, on_taken: Callable[[str, str], None], on_capacity: Callable[[], None]) -> None:
         self.url = redacted(url)
         self.node = node
         self._on_taken = on_taken  # (request id, worker): a worker took a chunk of the request
+        self._on_capacity = on_capacity  # the workers can take more (or fewer) requests at once now
         self._jobs: dict[int, str] = {}  # call id -> request id, until a worker takes the call
         self.workers: dict[str, dict[str, Any]] = {}  # the live workers' registrations
         self.problem: str | None = "not connected to Redis yet"
@@ -195,8 +196,11 @@ class ChunkQueue:
                 await self._reap(stream)
             for name in set(names) - set(self.workers):
                 await self._client.srem(WORKERS, name)
+            capacity = [engine.engine.max_batch_size for engine in self._engines]
             for engine in self._engines:
                 engine.refresh(self.workers)
+            if capacity != [engine.engine.max_batch_size for engine in self._engines]:
+                self._on_capacity()
             async with self._offered:
                 self._offered.notify_all()
             await asyncio.sleep(HEARTBEAT_SECONDS)  # a heartbeat's period, not a wait for anything

@@ -164,6 +164,11 @@ class Worker(Generic[Q]):
         self._idle.clear()
         self._changed.set()
 
+    def reconsider(self) -> None:
+        """What an engine can take at once changed (engine workers came or went): the first
+        queued job may start now."""
+        self._changed.set()
+
     async def idle(self) -> None:
         """Wait until no job is queued or running."""
         await self._idle.wait()

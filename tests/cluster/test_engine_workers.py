@@ -165,3 +165,20 @@ async def test_with_workers_redis_going_away_is_a_503_until_it_is_back(start_nod
             wait_for, lambda: (h := a.json("GET", "/health"))["status"] == "healthy" and h["chunk_queue"]["workers"], "A and its worker are back"
         )
         assert (await speak(session, a, TEXT, "after-redis-is-back")).status == 200
+
+
+async def test_a_worker_that_joins_takes_a_waiting_request_at_once(tmp_path, start_node, start_worker):
+    gate = tmp_path / "gate"
+    start_worker("w1", gate)
+    a = start_node("a", "--workers", "none")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        held = asyncio.ensure_future(speak(session, a, "HOLD the only worker.", "joins-held-0001"))
+        await asyncio.to_thread(wait_for, lambda: workers_running(a) == 1, "the only worker runs the held request")
+        waiting = asyncio.ensure_future(speak(session, a, TEXT, "joins-waiting-01"))
+        await asyncio.to_thread(wait_for, lambda: b'"status": "queued"' in a.call("GET", "/status/requests/joins-waiting-01")[1], "queued")
+        start_worker("w2", gate)
+        # Spoken by the new worker while the first still holds its request: not after it.
+        assert (await asyncio.wait_for(waiting, 60)).status == 200
+        assert not held.done()
+        gate.touch()
+        assert (await held).status == 200
