@@ -76,6 +76,10 @@ class Running:
 
 
 class EngineWorker:
+    """One worker: its engines (``slots``, the default first), the calls it runs, and its
+    registration in Redis. Every worker of a cluster offers the same engines: the queue
+    does not route by engine."""
+
     def __init__(self, settings: Settings, slots: list[EngineSlot], bus: EventBus) -> None:
         assert settings.redis_url
         self.settings = settings
@@ -88,6 +92,7 @@ class EngineWorker:
         self._folder = Path(tempfile.mkdtemp(prefix="chatterbox-status-clips-"))
         self._clips = ClipCache(self._client, self._folder)
         self._running: dict[tuple[str, int], Running] = {}
+        self._answering: set[asyncio.Task] = set()
         self._room = asyncio.Event()
         self._accepting = True
 
@@ -187,7 +192,9 @@ class EngineWorker:
                     header, _ = decode(fields)
                     key = (header["node"], header["call"])
                     self._running[key] = Running(CancelFlag())
-                    asyncio.create_task(self._answer(stream.decode(), entry_id, header), name=f"call-{header['job']}")
+                    task = asyncio.create_task(self._answer(stream.decode(), entry_id, header), name=f"call-{header['job']}")
+                    self._answering.add(task)
+                    task.add_done_callback(self._answering.discard)
 
     async def _answer(self, stream: str, entry_id: bytes, header: dict[str, Any]) -> None:
         node, call = header["node"], header["call"]
@@ -212,6 +219,8 @@ class EngineWorker:
                 raise Cancelled()
             if not alive:  # the node stopped: nobody waits for this chunk
                 raise EngineError(f"the server that queued it ({node}) stopped")
+            if header["engine"] not in self.engines.slots:
+                raise EngineError(f"engine worker {self.name} does not offer engine {header['engine']!r} (ENGINE, ENGINES)")
             voice = Voice(**header["voice"])
             if header.get("clip"):
                 voice = dataclasses.replace(voice, path=await self._clips.fetch(header["clip"], header["suffix"]))

@@ -124,9 +124,13 @@ class ChunkQueue:
         }
         self._submissions.put_nowait((call_id, header, voice.path))
         self._jobs[call_id] = job
-        future.add_done_callback(lambda _: self._jobs.pop(call_id, None))
+        future.add_done_callback(lambda _: self._ended(call_id))
         self._calls.cancel_with(call_id, cancel, lambda: self._cancel(call_id))
         return future
+
+    def _ended(self, call_id: int) -> None:
+        self._jobs.pop(call_id, None)
+        self._asked_to_cancel.discard(call_id)
 
     def control(self, message: dict[str, Any]) -> None:
         """A message to every worker (cancel, kill, release)."""
@@ -136,10 +140,8 @@ class ChunkQueue:
         """The calls asked to cancel that have not ended (they overran CHUNK_TIMEOUT and
         ignore it): their workers kill their engine processes, and the calls end now."""
         for call_id in sorted(self._asked_to_cancel):
-            if call_id in self._calls:
-                self.control({"type": "kill", "call": call_id, "reason": reason})
-                self._calls.fail(call_id, EngineDied(reason))
-        self._asked_to_cancel.clear()
+            self.control({"type": "kill", "call": call_id, "reason": reason})
+            self._calls.fail(call_id, EngineDied(reason))  # its future's end forgets it
 
     def _cancel(self, call_id: int) -> None:
         # The key: a worker that claims the call only now still sees it cancelled.
