@@ -8,11 +8,14 @@ import io
 import itertools
 import time
 import wave
+from datetime import datetime
 
+import aiohttp
 import numpy as np
 import pytest
 from conftest import build_app, core_of
 from doubles import ScriptedEngine
+from helpers import wav_tone
 
 from chatterbox_status.api.long_text import LONG_TEXT
 from chatterbox_status.config import Settings, SettingsError
@@ -341,6 +344,7 @@ async def test_pause_then_resume_finishes_the_job(make_long):
     resp = await client.put(f"/v1/audio/speech/long/{job_id}/resume")
     assert resp.status == 200
     assert (await resp.json())["status"] == "pending"
+    assert (await status_of(client, job_id))["metadata"]["processing_paused_at"] is None  # not paused any more
     engine.release(10)
     view = await finished(client, job_id)
     assert view["status"] == "completed"
@@ -771,3 +775,160 @@ async def test_one_subscriber_limit_covers_job_streams_too(make_long):
     assert job_stream.status == 200
     job_stream.close()
     second.close()
+
+
+# --- what a job keeps, and what a refusal says ------------------------------------------
+
+
+def when(iso: str | None) -> float | None:
+    return None if iso is None else datetime.fromisoformat(iso).timestamp()
+
+
+async def test_a_job_keeps_its_session_and_says_when_it_was_last_read(make_long):
+    """The session_id it was created with is its user_session_id; reading its details or
+    downloading its audio sets last_accessed to that moment (polling its status does not)."""
+    client = await make_long(ScriptedEngine())
+    job_id = (await submit(client, session_id="session-7"))["job_id"]
+    view = await finished(client, job_id)
+    assert view["metadata"]["user_session_id"] == "session-7"
+    assert view["metadata"]["last_accessed"] is None
+
+    before = time.time()
+    assert (await client.get(f"/audio/speech/long/{job_id}/details")).status == 200
+    read = when((await status_of(client, job_id))["metadata"]["last_accessed"])
+    assert read is not None and before - 0.001 <= read <= time.time() + 0.001
+
+    before = time.time()
+    assert (await client.get(f"/audio/speech/long/{job_id}/download")).status == 200
+    downloaded = when((await status_of(client, job_id))["metadata"]["last_accessed"])
+    assert downloaded is not None and max(read, before - 0.001) <= downloaded <= time.time() + 0.001
+    listed = (await (await client.get("/audio/speech/long")).json())["jobs"]
+    assert when(listed[0]["last_accessed"]) == downloaded
+
+
+async def test_a_full_long_text_queue_says_how_full_and_to_come_back_when_the_running_job_is_due(make_long):
+    """MAX_QUEUE_SIZE=1 with a job running past its estimate (the scripted engine's pace is
+    far faster than the held chunk): the 429 names the count and says to come back in a second."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, max_pending_jobs=1)
+    try:
+        job_id = (await submit(client))["job_id"]
+        await in_thread(engine.wait_started)
+        record = await (await client.get(f"/status/requests/{job_id}")).json()
+        assert record["progress"]["estimated_completion"] is not None
+        resp = await client.post("/audio/speech/long", json={"input": TEXT, "chunk_size": CHUNK})
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "1"
+        assert error_of(await resp.json())["message"] == "1 long-text jobs are waiting or running (MAX_QUEUE_SIZE); try again later"
+    finally:
+        engine.release(10)
+    await finished(client, job_id)
+
+
+async def test_a_full_long_text_queue_says_to_come_back_when_the_running_job_should_end(make_long):
+    """An engine with a realistic pace (its warm-up measures it): the 429's Retry-After is
+    the time left to the running job's estimated completion, seconds away, not a fixed 1."""
+    engine = ScriptedEngine(work_seconds_per_char=0.02)
+    client = await make_long(engine, hold=True, max_pending_jobs=1)
+    try:
+        job_id = (await submit(client))["job_id"]
+        await in_thread(engine.wait_started)
+        record = await (await client.get(f"/status/requests/{job_id}")).json()
+        resp = await client.post("/audio/speech/long", json={"input": TEXT, "chunk_size": CHUNK})
+        left = record["progress"]["estimated_completion"] - time.time()
+        assert resp.status == 429
+        assert left > 2
+        assert left - 1 <= int(resp.headers["Retry-After"]) <= left + 2
+        assert (await client.delete(f"/audio/speech/long/{job_id}")).status == 200
+    finally:
+        engine.release(10)
+
+
+async def test_a_job_sent_while_the_model_loads_waits_queued_and_a_full_queue_says_come_back_in_a_second(aiohttp_client, tmp_path):
+    """Background work waits for a loading model as queued (interactive requests wait as
+    initializing). No job has an estimate before the model's warm-up measured its pace:
+    a full queue's 429 still answers, with Retry-After 1."""
+    engine = ScriptedEngine()
+    engine.load_gate.clear()
+    client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices", max_pending_jobs=1))
+    try:
+        job_id = (await submit(client))["job_id"]
+        record = await (await client.get(f"/status/requests/{job_id}")).json()
+        assert (record["status"], record["progress"]["current_step"]) == ("queued", "Waiting for a long-text slot")
+        assert record["progress"]["estimated_completion"] is None
+        resp = await client.post("/audio/speech/long", json={"input": TEXT, "chunk_size": CHUNK})
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "1"
+    finally:
+        engine.load_gate.set()
+    assert (await finished(client, job_id))["status"] == "completed"
+    assert spoken(engine) == SENTENCES
+
+
+async def test_a_job_sent_while_the_model_loads_fails_with_the_load_error(aiohttp_client, tmp_path):
+    engine = ScriptedEngine(load_error="the model file is missing")
+    engine.load_gate.clear()
+    client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices"))
+    try:
+        job_id = (await submit(client))["job_id"]
+    finally:
+        engine.load_gate.set()
+    view = await finished(client, job_id)
+    assert view["status"] == "failed"
+    assert "the model file is missing" in view["progress"]["error"]
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "error" and "the model file is missing" in record["error_message"]
+
+
+# --- jobs on another engine, and jobs whose engine or voice is gone --------------------
+
+
+async def upload_narrator(client) -> None:
+    upload = aiohttp.FormData()
+    upload.add_field("voice_name", "Narrator")
+    upload.add_field("voice_file", wav_tone(), filename="narrator.wav", content_type="audio/wav")
+    assert (await client.post("/v1/voices", data=upload)).status == 201
+
+
+async def test_a_job_for_another_engine_is_spoken_there_in_its_library_voice(make_long):
+    """The default engine cannot clone, "other" can: a job for "other" in a library voice is
+    spoken by "other", in that voice (not by the default engine, nor refused as if it were)."""
+    default, other = ScriptedEngine(), ScriptedEngine(cloning=True)
+    other.name = "other"
+    client = await make_long([default, other])
+    await upload_narrator(client)
+    job_id = (await submit(client, model="other", voice="narrator"))["job_id"]
+    view = await finished(client, job_id)
+    assert view["status"] == "completed", view["progress"]["error"]
+    assert spoken(default) == [] and spoken(other) == SENTENCES
+    assert [(source, existed) for source, _, existed in other.voices[-4:]] == [("library:Narrator", True)] * 4
+
+
+async def test_a_stored_job_whose_engine_or_voice_is_gone_after_a_restart_fails_saying_which(aiohttp_client, tmp_path):
+    """Restarted without the "other" engine (ENGINES changed) and with an empty voice library:
+    the job for "other" and the job in the library voice each fail at once, saying what is
+    gone, in the job's view and in the status API; nothing is spoken."""
+    default, other = ScriptedEngine(cloning=True), ScriptedEngine()
+    other.name = "other"
+    client = await aiohttp_client(build_app([default, other], tmp_path / "data", tmp_path / "voices", max_concurrent_jobs=1))
+    await core_of(client).worker.wait_loaded()
+    await upload_narrator(client)
+    default.hold()
+    in_narrator = (await submit(client, voice="narrator"))["job_id"]
+    await in_thread(default.wait_started)
+    on_other = (await submit(client, model="other"))["job_id"]  # pending behind the first
+    await client.close()
+    default.release(10)
+
+    fresh = ScriptedEngine(cloning=True)
+    client = await aiohttp_client(build_app(fresh, tmp_path / "data", tmp_path / "voices-now"))
+    await core_of(client).worker.wait_loaded()
+    for job_id, message in [
+        (on_other, "Generation failed: engine 'other' is not configured any more (see ENGINES)"),
+        (in_narrator, "Generation failed: voice 'narrator' is not available any more"),
+    ]:
+        view = await finished(client, job_id)
+        assert (view["status"], view["progress"]["error"]) == ("failed", message)
+        record = await (await client.get(f"/status/requests/{job_id}")).json()
+        assert (record["status"], record["progress"]["current_step"], record["error_message"]) == ("error", "Failed", message)
+    assert spoken(fresh) == []
