@@ -4,8 +4,10 @@ cancel/retry, priority of interactive requests, limits, retention, durability.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import itertools
+import logging
 import time
 import wave
 from datetime import datetime
@@ -16,6 +18,7 @@ import pytest
 from conftest import build_app, core_of
 from doubles import ScriptedEngine
 from helpers import wav_tone
+from test_faults import RecordingHost
 
 from chatterbox_status.api.long_text import LONG_TEXT
 from chatterbox_status.config import Settings, SettingsError
@@ -394,6 +397,35 @@ async def test_failed_job_reports_its_error_and_retries(make_long):
     view = await finished(client, job_id)
     assert view["status"] == "completed" and view["metadata"]["error"] is None
     assert spoken(engine) == SENTENCES[:3] + SENTENCES[2:]
+
+
+async def test_a_failed_job_is_logged_once_by_its_id_and_nothing_else_is_an_error(make_long, caplog):
+    """The operator's log names the job whose engine raised, once, and holds no other error:
+    no asyncio "exception was never retrieved" for a failed or cancelled job's result, as it
+    ends or once it is gone."""
+    engine = ScriptedEngine(fail_on="third")
+    client = await make_long(engine)
+    job_id = (await submit(client))["job_id"]
+    assert (await finished(client, job_id))["status"] == "failed"
+    engine.hold()
+    cancelled = (await submit(client, text="A job cancelled while it speaks."))["job_id"]
+    await in_thread(engine.wait_started)
+    assert (await client.delete(f"/audio/speech/long/{cancelled}")).status == 200
+    engine.release(10)
+    await client.close()
+    gc.collect()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [(r.name, r.getMessage()) for r in errors] == [("chatterbox_status.pipeline", f"request {job_id} failed")]
+
+
+async def test_long_text_jobs_count_toward_the_periodic_memory_cleanup(make_long):
+    """MEMORY_CLEANUP_INTERVAL=1: the engine frees its memory after each long-text job too."""
+    host = RecordingHost(ScriptedEngine())
+    client = await make_long(host, settings={"memory_cleanup_interval": 1})
+    for text in ("A first job of one sentence.", "And a second job."):
+        job_id = (await submit(client, text=text))["job_id"]
+        assert (await finished(client, job_id))["status"] == "completed"
+    assert host.releases == [False, False]
 
 
 # --- scheduling ------------------------------------------------------------------------
