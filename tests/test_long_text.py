@@ -509,6 +509,26 @@ async def test_a_job_waiting_for_its_turn_behind_a_request_is_cancelled_at_once(
         engine.release(10_000)
 
 
+async def test_deleting_a_job_mid_chunk_answers_once_it_has_stopped(make_long):
+    """DELETE ?action=delete of a job whose chunk is being spoken answers once the job has
+    stopped: the status API already shows it cancelled and nothing processing, and nothing
+    of it is left on disk."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    try:
+        job_id = (await submit(client))["job_id"]
+        await in_thread(engine.wait_started)
+        resp = await client.delete(f"/audio/speech/long/{job_id}?action=delete")
+        assert resp.status == 200
+        record = await (await client.get(f"/status/requests/{job_id}")).json()
+        assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
+        assert (await (await client.get("/status")).json())["is_processing"] is False
+        assert not files.job_dir(manager_of(client).root, job_id).exists()
+        assert (await client.get(f"/audio/speech/long/{job_id}")).status == 404
+    finally:
+        engine.release(10)
+
+
 async def one_running_one_pending(make_long):
     """A held engine speaking a first job, and a second job waiting behind the limit of one."""
     engine = ScriptedEngine()
