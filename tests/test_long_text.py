@@ -149,6 +149,9 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     assert all((files.job_dir(manager_of(client).root, job_id) / c["audio_file"]).is_file() for c in details["chunks"])
     assert [c["duration_ms"] for c in details["chunks"]] == [round(1000 * len(engine.tone(s)) / engine.sample_rate) for s in SENTENCES]
     assert details["input_text"] == TEXT
+    for chunk in details["chunks"]:
+        started, ended = when(chunk["processing_started_at"]), when(chunk["processing_completed_at"])
+        assert started is not None and ended is not None and started <= ended <= when(completed_at)
 
     resp = await client.patch(f"/audio/speech/long/{job_id}", json={"display_name": "renamed", "tags": [" a ", "b"]})
     assert resp.status == 200, await resp.text()
@@ -181,6 +184,44 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     bulk = await resp.json()
     assert (bulk["success_count"], bulk["failed_count"], bulk["failed_jobs"]) == (1, 1, ["nope-nope"])
     assert (await client.get(f"/audio/speech/long/{second}")).status == 404
+
+
+async def test_history_statistics_add_up_what_the_job_views_show(make_long):
+    """An empty history's statistics are zeros and no voice. Over two completed jobs in one
+    voice and a failed one in another: the counts, the success rate to a tenth, the completed
+    jobs' audio seconds, bytes and mean processing time as their views give them, the voice used
+    most, and the jobs per month of their creation."""
+    engine = ScriptedEngine(fail_on="Failing", work_seconds_per_char=0.004)  # chunks take some 0.2 s
+    engine.seconds_per_char = 0.0207  # audio durations with more than 3 decimals
+    client = await make_long(engine)
+    stats = await (await client.get("/audio/speech/long-history/stats")).json()
+    assert stats == {
+        "total_jobs": 0, "completed_jobs": 0, "failed_jobs": 0, "total_audio_duration_seconds": 0.0, "total_storage_bytes": 0,
+        "average_processing_time_seconds": 0.0, "success_rate_percentage": 0.0, "most_used_voice": None, "jobs_by_month": {},
+    }
+    views = []
+    for text, voice in [(TEXT, "nova"), (" ".join(SENTENCES[:2]), "nova"), ("Failing at once.", "alloy")]:
+        views.append(await finished(client, (await submit(client, text=text, voice=voice))["job_id"]))
+    assert [v["status"] for v in views] == ["completed", "completed", "failed"]
+    done = [v["metadata"] for v in views[:2]]
+    months: dict[str, int] = {}
+    for view in views:
+        month = view["metadata"]["created_at"][:7]  # YYYY-MM, in UTC
+        months[month] = months.get(month, 0) + 1
+    stats = await (await client.get("/v1/audio/speech/long-history/stats")).json()
+    assert stats == {
+        "total_jobs": 3,
+        "completed_jobs": 2,
+        "failed_jobs": 1,
+        "total_audio_duration_seconds": round(sum(m["output_duration_seconds"] for m in done), 3),
+        "total_storage_bytes": sum(m["output_size_bytes"] for m in done),
+        "average_processing_time_seconds": round(sum(m["total_processing_time_ms"] for m in done) / 2 / 1000, 3),
+        "success_rate_percentage": 66.7,
+        "most_used_voice": "nova",
+        "jobs_by_month": months,
+    }
+    assert stats["average_processing_time_seconds"] >= 0.5  # far enough from 0 that every digit counts
+    assert stats["total_audio_duration_seconds"] != round(stats["total_audio_duration_seconds"])
 
 
 async def test_clear_history_removes_finished_jobs_only_when_confirmed(make_long):
@@ -670,6 +711,31 @@ async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_cli
     assert spoken(fresh) == SENTENCES[2:]
     _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
     assert len(pcm) == expected_frames(fresh, SENTENCES, 200)
+
+
+async def test_a_chunk_file_of_the_wrong_length_found_after_a_restart_is_generated_again(aiohttp_client, tmp_path):
+    """The store keeps each finished chunk's length: after a restart, a chunk file that is
+    valid audio of another length (replaced, or cut by a copy) is generated again, not joined."""
+    engine = ScriptedEngine()
+    client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices", silence_padding_ms=0))
+    await core_of(client).worker.wait_loaded()
+    engine.hold()
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    engine.release(2)
+    await in_thread(engine.wait_started)
+    await in_thread(engine.wait_started)  # chunks 1 and 2 done, chunk 3 running
+    root = manager_of(client).root
+    await client.close()
+    np.save(files.chunk_path(root, job_id, 0), np.zeros(100, dtype=np.float32))
+
+    fresh = ScriptedEngine()
+    client = await aiohttp_client(build_app(fresh, tmp_path / "data", tmp_path / "voices", silence_padding_ms=0))
+    await core_of(client).worker.wait_loaded()
+    assert (await finished(client, job_id))["status"] == "completed"
+    assert spoken(fresh) == [*SENTENCES[2:], SENTENCES[0]]
+    _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
+    assert len(pcm) == expected_frames(fresh, SENTENCES, 0)
 
 
 def test_long_text_settings_come_from_the_environment_like_every_setting():
