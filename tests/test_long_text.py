@@ -8,6 +8,7 @@ import gc
 import io
 import itertools
 import logging
+import re
 import time
 import wave
 from datetime import datetime
@@ -25,7 +26,8 @@ from chatterbox_status.config import Settings, SettingsError
 from chatterbox_status.engine_pool import WARM_UP_TEXT
 from chatterbox_status.longtext import files
 from chatterbox_status.longtext.config import LongTextConfig
-from chatterbox_status.longtext.manager import LongTextManager
+from chatterbox_status.longtext.manager import MB, LongTextManager
+from chatterbox_status.planning import SPEECH_SECONDS_PER_CHAR
 
 SENTENCES = [
     "The first sentence of the long text is here.",
@@ -316,7 +318,8 @@ async def test_bad_input_is_a_clear_error_and_writes_nothing(make_long):
     ]:
         resp = await client.request(method, path)
         assert resp.status == 404, (method, path)
-        assert error_of(await resp.json())["type"] == "not_found_error"
+        error = error_of(await resp.json())
+        assert (error["type"], error["message"], error["param"]) == ("not_found_error", "Job unknown1 not found", "job_id"), (method, path)
     resp = await client.patch("/audio/speech/long/unknown1", json={"display_name": "x"})
     assert resp.status == 404
 
@@ -416,7 +419,7 @@ async def test_cancelled_job_retries_from_its_last_finished_chunk(make_long):
     calls_before = len(spoken(engine))
     resp = await client.post(f"/audio/speech/long/{job_id}/retry", json={})
     assert resp.status == 200, await resp.text()
-    assert (await resp.json())["job_id"] == job_id
+    assert ((await resp.json())["job_id"], (await resp.json())["status"]) == (job_id, "pending")
     engine.release(10)
     view = await finished(client, job_id)
     assert view["status"] == "completed" and view["metadata"]["retry_count"] == 1
@@ -615,6 +618,39 @@ async def test_a_pending_job_that_never_started_can_be_deleted(make_long):
     assert spoken(engine) == SENTENCES
 
 
+async def test_a_pending_job_that_never_started_can_be_cancelled_and_retried(make_long):
+    """A cancel (DELETE without action) of a job waiting behind the concurrency limit ends it
+    cancelled, in its view and in the status API, and frees the queue; retried, it runs."""
+    engine, client, first, second = await one_running_one_pending(make_long)
+    resp = await client.delete(f"/audio/speech/long/{second}")
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["status"] == "cancelled"
+    assert (await status_of(client, second))["status"] == "cancelled"
+    record = await (await client.get(f"/status/requests/{second}")).json()
+    assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
+    assert (await (await client.get("/status")).json())["queue"]["requests"] == []
+    assert (await client.post(f"/audio/speech/long/{second}/retry")).status == 200
+    engine.release(20)
+    assert (await finished(client, first))["status"] == "completed"
+    assert (await finished(client, second))["status"] == "completed"
+
+
+async def test_deleting_a_finished_job_leaves_its_record_in_the_status_api_as_it_ended(make_long):
+    """Deleting a completed job (its files) does not rewrite how it ended: no event says it was
+    cancelled, the status API still shows it completed, and the statistics count no cancellation."""
+    client = await make_long(ScriptedEngine())
+    job_id = (await submit(client))["job_id"]
+    assert (await finished(client, job_id))["status"] == "completed"
+    after: list[dict] = []
+    core_of(client).bus.add_listener(lambda e: after.append(e.data) if e.data.get("request_id") == job_id else None)
+    assert (await client.delete(f"/audio/speech/long/{job_id}?action=delete")).status == 200
+    assert after == []
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "completed"
+    stats = await (await client.get("/status/statistics")).json()
+    assert (stats["completed_requests"], stats["cancelled_requests"]) == (1, 0)
+
+
 # --- limits, retention, durability ---------------------------------------------------
 
 
@@ -629,10 +665,14 @@ async def test_disk_quota_stops_a_job_and_refuses_new_ones_with_507(make_long):
     assert view["status"] == "failed"
     assert "LONG_TEXT_MAX_DISK_MB" in view["progress"]["error"]
     assert view["progress"]["completed_chunks"] == 2
+    used = await in_thread(files.disk_usage, manager_of(client).root)
     resp = await client.post("/audio/speech/long", json={"input": TEXT})
     assert resp.status == 507
     error = error_of(await resp.json())
-    assert error["code"] == "disk_quota_exceeded" and "LONG_TEXT_MAX_DISK_MB" in error["message"]
+    assert error["code"] == "disk_quota_exceeded"
+    assert error["message"] == (
+        f"Long-text storage is full: {used / MB:.1f} MB used, LONG_TEXT_MAX_DISK_MB is 1.5; delete finished jobs to make room"
+    )
     assert (await (await client.get("/audio/speech/long")).json())["total_jobs"] == 1
     # Deleting the job frees the space.
     assert (await client.delete(f"/audio/speech/long/{job_id}?action=delete")).status == 200
@@ -830,11 +870,25 @@ async def test_a_job_of_mostly_silence_is_refused_before_it_is_accepted(make_lon
 
 
 async def test_a_job_that_would_not_fit_the_disk_quota_is_refused_with_507(make_long):
+    """The 507 says what the job would need (its chunk files, float32, and its output file in
+    its format, for the speech its text makes) and what is left of the quota."""
     client = await make_long(ScriptedEngine(), max_disk_mb=1)
-    resp = await client.post("/audio/speech/long", json={"input": TEXT * 20, "response_format": "wav"})
+    await finished(client, (await submit(client, text=SENTENCES[0]))["job_id"])  # takes some of the quota
+    used = await in_thread(files.disk_usage, manager_of(client).root)
+    text = " ".join([TEXT] * 20)
+    resp = await client.post("/audio/speech/long", json={"input": text, "response_format": "mp3", "silence_padding_ms": 0})
     assert resp.status == 507
-    assert "would need" in error_of(await resp.json())["message"]
-    assert (await client.post("/audio/speech/long", json={"input": SENTENCES[0], "response_format": "wav"})).status == 200
+    message = error_of(await resp.json())["message"]
+    match = re.fullmatch(
+        r"This job would need about (\d+\.\d) MB and (\d+\.\d) MB is left of LONG_TEXT_MAX_DISK_MB \(1\); "
+        r"delete finished jobs or send less text",
+        message,
+    )
+    assert match, message
+    rate, seconds = ScriptedEngine.sample_rate, len(text) * SPEECH_SECONDS_PER_CHAR
+    assert float(match[1]) == pytest.approx((seconds * rate * 4 + seconds * 128_000 / 8) / MB, rel=0.05)  # mp3 at 128 kbit/s
+    assert match[2] == f"{(MB - used) / MB:.1f}" != f"{(MB + used) / MB:.1f}"
+    assert (await client.post("/audio/speech/long", json={"input": SENTENCES[1], "response_format": "wav"})).status == 200
 
 
 async def test_archiving_a_job_is_kept_and_listed(make_long):
@@ -1020,6 +1074,20 @@ async def test_a_job_for_another_engine_is_spoken_there_in_its_library_voice(mak
     assert view["status"] == "completed", view["progress"]["error"]
     assert spoken(default) == [] and spoken(other) == SENTENCES
     assert [(source, existed) for source, _, existed in other.voices[-4:]] == [("library:Narrator", True)] * 4
+
+
+async def test_a_job_for_an_engine_that_failed_to_load_is_refused_like_a_request(make_long):
+    """The "other" engine failed to load (a request for it found out): a long-text job for it
+    is a 503 with the load error, as a request is, and nothing is stored."""
+    default, other = ScriptedEngine(), ScriptedEngine(load_error="the other model is missing")
+    other.name = "other"
+    client = await make_long([default, other])
+    speech = await client.post("/v1/audio/speech", json={"input": "Hello there.", "model": "other"})
+    assert speech.status == 503, await speech.text()
+    resp = await client.post("/audio/speech/long", json={"input": TEXT, "chunk_size": CHUNK, "model": "other"})
+    assert resp.status == 503
+    assert "the other model is missing" in error_of(await resp.json())["message"]
+    assert (await (await client.get("/audio/speech/long")).json())["total_jobs"] == 0
 
 
 async def test_a_stored_job_whose_engine_or_voice_is_gone_after_a_restart_fails_saying_which(aiohttp_client, tmp_path):
