@@ -635,6 +635,23 @@ async def test_a_pending_job_that_never_started_can_be_cancelled_and_retried(mak
     assert (await finished(client, second))["status"] == "completed"
 
 
+async def test_a_pending_job_that_never_started_can_be_paused_and_resumed(make_long):
+    """Paused while it waits behind the concurrency limit, a job is paused (not cancelled) in
+    its view and in the status API; resumed, it runs once the slot is free."""
+    engine, client, first, second = await one_running_one_pending(make_long)
+    resp = await client.put(f"/audio/speech/long/{second}/pause")
+    assert resp.status == 200, await resp.text()
+    view = await status_of(client, second)
+    assert view["status"] == "paused" and view["can_resume"]
+    record = await (await client.get(f"/status/requests/{second}")).json()
+    assert (record["status"], record["progress"]["current_step"]) == ("paused", "Paused")
+    assert (await client.put(f"/audio/speech/long/{second}/resume")).status == 200
+    engine.release(20)
+    assert (await finished(client, first))["status"] == "completed"
+    assert (await finished(client, second))["status"] == "completed"
+    assert spoken(engine) == [*SENTENCES, "Second job speaks this. And this too."]
+
+
 async def test_deleting_a_finished_job_leaves_its_record_in_the_status_api_as_it_ended(make_long):
     """Deleting a completed job (its files) does not rewrite how it ended: no event says it was
     cancelled, the status API still shows it completed, and the statistics count no cancellation."""
