@@ -697,7 +697,7 @@ async def test_disk_quota_stops_a_job_and_refuses_new_ones_with_507(make_long):
     assert (await finished(client, job_id))["status"] == "completed"
 
 
-async def test_retention_removes_old_finished_jobs_and_their_files(make_long):
+async def test_retention_removes_old_finished_jobs_and_their_files(make_long, caplog):
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True, retention_days=7)
     manager = manager_of(client)
@@ -707,13 +707,37 @@ async def test_retention_removes_old_finished_jobs_and_their_files(make_long):
     running = (await submit(client))["job_id"]
     await in_thread(engine.wait_started)
     assert await manager.cleanup(now=time.time() + 6 * 86400) == []
-    removed = await manager.cleanup(now=time.time() + 8 * 86400)
+    caplog.set_level(logging.INFO, logger="chatterbox_status.longtext.manager")
+    removed = await manager.cleanup(now=time.time() + 7 * 86400 + 5)  # 7 days and 5 seconds after it ended
     assert removed == [done]
+    assert [r.getMessage() for r in caplog.records if r.name == "chatterbox_status.longtext.manager"] == ["long-text retention: removed 1 jobs"]
     assert not files.job_dir(manager.root, done).exists()
     assert (await client.get(f"/audio/speech/long/{done}")).status == 404
     assert (await status_of(client, running))["status"] == "processing"  # running jobs are kept
     engine.release(10)
     await finished(client, running)
+
+
+async def test_the_periodic_sweep_removes_finished_jobs_past_their_retention(make_long):
+    """Retention runs by itself: with a retention of a second (in days) and a sweep every
+    50 ms, a finished job's record and files are gone within seconds, with no call to cleanup."""
+    client = await make_long(ScriptedEngine(), retention_days=1 / 86400, cleanup_interval=0.05)
+    job_id = (await submit(client, text="Gone soon."))["job_id"]
+    await asyncio.wait_for(manager_of(client).wait(job_id), 30)
+    job_dir = files.job_dir(manager_of(client).root, job_id)
+    deadline = time.monotonic() + 20
+    while (await client.get(f"/audio/speech/long/{job_id}")).status != 404:  # polled: the sweep says nothing
+        assert time.monotonic() < deadline, "the sweep never removed the finished job"
+        await asyncio.sleep(0.05)
+    assert not job_dir.exists()
+
+
+async def test_a_server_that_keeps_jobs_for_ever_shuts_down_cleanly(make_long):
+    """LONG_TEXT_JOB_RETENTION_DAYS=0 (no sweep): the app's shutdown ends without an error."""
+    client = await make_long(ScriptedEngine(), retention_days=0)
+    job_id = (await submit(client, text="Kept for ever."))["job_id"]
+    assert (await finished(client, job_id))["status"] == "completed"
+    await client.close()
 
 
 async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
@@ -747,7 +771,7 @@ async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
     assert len(pcm) == expected_frames(engine, SENTENCES, 0)
 
 
-async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_client, tmp_path):
+async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_client, tmp_path, caplog):
     engine = ScriptedEngine()
     app = build_app(engine, tmp_path / "data", tmp_path / "voices")
     client = await aiohttp_client(app)
@@ -761,11 +785,14 @@ async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_cli
     await client.close()
 
     fresh = ScriptedEngine()
+    caplog.set_level(logging.INFO, logger="chatterbox_status.longtext.manager")
     client = await aiohttp_client(build_app(fresh, tmp_path / "data", tmp_path / "voices"))
     await core_of(client).worker.wait_loaded()
     view = await finished(client, job_id)
     assert view["status"] == "completed"
     assert spoken(fresh) == SENTENCES[2:]
+    resumed = [r.getMessage() for r in caplog.records if r.name == "chatterbox_status.longtext.manager"]
+    assert resumed == [f"long-text job {job_id} resumes at chunk 3 of 4"]
     _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
     assert len(pcm) == expected_frames(fresh, SENTENCES, 200)
 
