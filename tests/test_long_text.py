@@ -4,22 +4,30 @@ cancel/retry, priority of interactive requests, limits, retention, durability.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import itertools
+import logging
+import re
 import time
 import wave
+from datetime import datetime
 
+import aiohttp
 import numpy as np
 import pytest
 from conftest import build_app, core_of
 from doubles import ScriptedEngine
+from helpers import wav_tone
+from test_faults import RecordingHost
 
 from chatterbox_status.api.long_text import LONG_TEXT
 from chatterbox_status.config import Settings, SettingsError
 from chatterbox_status.engine_pool import WARM_UP_TEXT
 from chatterbox_status.longtext import files
 from chatterbox_status.longtext.config import LongTextConfig
-from chatterbox_status.longtext.manager import LongTextManager
+from chatterbox_status.longtext.manager import MB, LongTextManager
+from chatterbox_status.planning import SPEECH_SECONDS_PER_CHAR
 
 SENTENCES = [
     "The first sentence of the long text is here.",
@@ -143,6 +151,9 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     assert all((files.job_dir(manager_of(client).root, job_id) / c["audio_file"]).is_file() for c in details["chunks"])
     assert [c["duration_ms"] for c in details["chunks"]] == [round(1000 * len(engine.tone(s)) / engine.sample_rate) for s in SENTENCES]
     assert details["input_text"] == TEXT
+    for chunk in details["chunks"]:
+        started, ended = when(chunk["processing_started_at"]), when(chunk["processing_completed_at"])
+        assert started is not None and ended is not None and started <= ended <= when(completed_at)
 
     resp = await client.patch(f"/audio/speech/long/{job_id}", json={"display_name": "renamed", "tags": [" a ", "b"]})
     assert resp.status == 200, await resp.text()
@@ -175,6 +186,44 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     bulk = await resp.json()
     assert (bulk["success_count"], bulk["failed_count"], bulk["failed_jobs"]) == (1, 1, ["nope-nope"])
     assert (await client.get(f"/audio/speech/long/{second}")).status == 404
+
+
+async def test_history_statistics_add_up_what_the_job_views_show(make_long):
+    """An empty history's statistics are zeros and no voice. Over two completed jobs in one
+    voice and a failed one in another: the counts, the success rate to a tenth, the completed
+    jobs' audio seconds, bytes and mean processing time as their views give them, the voice used
+    most, and the jobs per month of their creation."""
+    engine = ScriptedEngine(fail_on="Failing", work_seconds_per_char=0.004)  # chunks take some 0.2 s
+    engine.seconds_per_char = 0.0207  # audio durations with more than 3 decimals
+    client = await make_long(engine)
+    stats = await (await client.get("/audio/speech/long-history/stats")).json()
+    assert stats == {
+        "total_jobs": 0, "completed_jobs": 0, "failed_jobs": 0, "total_audio_duration_seconds": 0.0, "total_storage_bytes": 0,
+        "average_processing_time_seconds": 0.0, "success_rate_percentage": 0.0, "most_used_voice": None, "jobs_by_month": {},
+    }
+    views = []
+    for text, voice in [(TEXT, "nova"), (" ".join(SENTENCES[:2]), "nova"), ("Failing at once.", "alloy")]:
+        views.append(await finished(client, (await submit(client, text=text, voice=voice))["job_id"]))
+    assert [v["status"] for v in views] == ["completed", "completed", "failed"]
+    done = [v["metadata"] for v in views[:2]]
+    months: dict[str, int] = {}
+    for view in views:
+        month = view["metadata"]["created_at"][:7]  # YYYY-MM, in UTC
+        months[month] = months.get(month, 0) + 1
+    stats = await (await client.get("/v1/audio/speech/long-history/stats")).json()
+    assert stats == {
+        "total_jobs": 3,
+        "completed_jobs": 2,
+        "failed_jobs": 1,
+        "total_audio_duration_seconds": round(sum(m["output_duration_seconds"] for m in done), 3),
+        "total_storage_bytes": sum(m["output_size_bytes"] for m in done),
+        "average_processing_time_seconds": round(sum(m["total_processing_time_ms"] for m in done) / 2 / 1000, 3),
+        "success_rate_percentage": 66.7,
+        "most_used_voice": "nova",
+        "jobs_by_month": months,
+    }
+    assert stats["average_processing_time_seconds"] >= 0.5  # far enough from 0 that every digit counts
+    assert stats["total_audio_duration_seconds"] != round(stats["total_audio_duration_seconds"])
 
 
 async def test_clear_history_removes_finished_jobs_only_when_confirmed(make_long):
@@ -269,7 +318,8 @@ async def test_bad_input_is_a_clear_error_and_writes_nothing(make_long):
     ]:
         resp = await client.request(method, path)
         assert resp.status == 404, (method, path)
-        assert error_of(await resp.json())["type"] == "not_found_error"
+        error = error_of(await resp.json())
+        assert (error["type"], error["message"], error["param"]) == ("not_found_error", "Job unknown1 not found", "job_id"), (method, path)
     resp = await client.patch("/audio/speech/long/unknown1", json={"display_name": "x"})
     assert resp.status == 404
 
@@ -341,6 +391,7 @@ async def test_pause_then_resume_finishes_the_job(make_long):
     resp = await client.put(f"/v1/audio/speech/long/{job_id}/resume")
     assert resp.status == 200
     assert (await resp.json())["status"] == "pending"
+    assert (await status_of(client, job_id))["metadata"]["processing_paused_at"] is None  # not paused any more
     engine.release(10)
     view = await finished(client, job_id)
     assert view["status"] == "completed"
@@ -368,7 +419,7 @@ async def test_cancelled_job_retries_from_its_last_finished_chunk(make_long):
     calls_before = len(spoken(engine))
     resp = await client.post(f"/audio/speech/long/{job_id}/retry", json={})
     assert resp.status == 200, await resp.text()
-    assert (await resp.json())["job_id"] == job_id
+    assert ((await resp.json())["job_id"], (await resp.json())["status"]) == (job_id, "pending")
     engine.release(10)
     view = await finished(client, job_id)
     assert view["status"] == "completed" and view["metadata"]["retry_count"] == 1
@@ -390,6 +441,35 @@ async def test_failed_job_reports_its_error_and_retries(make_long):
     view = await finished(client, job_id)
     assert view["status"] == "completed" and view["metadata"]["error"] is None
     assert spoken(engine) == SENTENCES[:3] + SENTENCES[2:]
+
+
+async def test_a_failed_job_is_logged_once_by_its_id_and_nothing_else_is_an_error(make_long, caplog):
+    """The operator's log names the job whose engine raised, once, and holds no other error:
+    no asyncio "exception was never retrieved" for a failed or cancelled job's result, as it
+    ends or once it is gone."""
+    engine = ScriptedEngine(fail_on="third")
+    client = await make_long(engine)
+    job_id = (await submit(client))["job_id"]
+    assert (await finished(client, job_id))["status"] == "failed"
+    engine.hold()
+    cancelled = (await submit(client, text="A job cancelled while it speaks."))["job_id"]
+    await in_thread(engine.wait_started)
+    assert (await client.delete(f"/audio/speech/long/{cancelled}")).status == 200
+    engine.release(10)
+    await client.close()
+    gc.collect()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [(r.name, r.getMessage()) for r in errors] == [("chatterbox_status.pipeline", f"request {job_id} failed")]
+
+
+async def test_long_text_jobs_count_toward_the_periodic_memory_cleanup(make_long):
+    """MEMORY_CLEANUP_INTERVAL=1: the engine frees its memory after each long-text job too."""
+    host = RecordingHost(ScriptedEngine())
+    client = await make_long(host, settings={"memory_cleanup_interval": 1})
+    for text in ("A first job of one sentence.", "And a second job."):
+        job_id = (await submit(client, text=text))["job_id"]
+        assert (await finished(client, job_id))["status"] == "completed"
+    assert host.releases == [False, False]
 
 
 # --- scheduling ------------------------------------------------------------------------
@@ -473,6 +553,26 @@ async def test_a_job_waiting_for_its_turn_behind_a_request_is_cancelled_at_once(
         engine.release(10_000)
 
 
+async def test_deleting_a_job_mid_chunk_answers_once_it_has_stopped(make_long):
+    """DELETE ?action=delete of a job whose chunk is being spoken answers once the job has
+    stopped: the status API already shows it cancelled and nothing processing, and nothing
+    of it is left on disk."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    try:
+        job_id = (await submit(client))["job_id"]
+        await in_thread(engine.wait_started)
+        resp = await client.delete(f"/audio/speech/long/{job_id}?action=delete")
+        assert resp.status == 200
+        record = await (await client.get(f"/status/requests/{job_id}")).json()
+        assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
+        assert (await (await client.get("/status")).json())["is_processing"] is False
+        assert not files.job_dir(manager_of(client).root, job_id).exists()
+        assert (await client.get(f"/audio/speech/long/{job_id}")).status == 404
+    finally:
+        engine.release(10)
+
+
 async def one_running_one_pending(make_long):
     """A held engine speaking a first job, and a second job waiting behind the limit of one."""
     engine = ScriptedEngine()
@@ -518,6 +618,56 @@ async def test_a_pending_job_that_never_started_can_be_deleted(make_long):
     assert spoken(engine) == SENTENCES
 
 
+async def test_a_pending_job_that_never_started_can_be_cancelled_and_retried(make_long):
+    """A cancel (DELETE without action) of a job waiting behind the concurrency limit ends it
+    cancelled, in its view and in the status API, and frees the queue; retried, it runs."""
+    engine, client, first, second = await one_running_one_pending(make_long)
+    resp = await client.delete(f"/audio/speech/long/{second}")
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["status"] == "cancelled"
+    assert (await status_of(client, second))["status"] == "cancelled"
+    record = await (await client.get(f"/status/requests/{second}")).json()
+    assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
+    assert (await (await client.get("/status")).json())["queue"]["requests"] == []
+    assert (await client.post(f"/audio/speech/long/{second}/retry")).status == 200
+    engine.release(20)
+    assert (await finished(client, first))["status"] == "completed"
+    assert (await finished(client, second))["status"] == "completed"
+
+
+async def test_a_pending_job_that_never_started_can_be_paused_and_resumed(make_long):
+    """Paused while it waits behind the concurrency limit, a job is paused (not cancelled) in
+    its view and in the status API; resumed, it runs once the slot is free."""
+    engine, client, first, second = await one_running_one_pending(make_long)
+    resp = await client.put(f"/audio/speech/long/{second}/pause")
+    assert resp.status == 200, await resp.text()
+    view = await status_of(client, second)
+    assert view["status"] == "paused" and view["can_resume"]
+    record = await (await client.get(f"/status/requests/{second}")).json()
+    assert (record["status"], record["progress"]["current_step"]) == ("paused", "Paused")
+    assert (await client.put(f"/audio/speech/long/{second}/resume")).status == 200
+    engine.release(20)
+    assert (await finished(client, first))["status"] == "completed"
+    assert (await finished(client, second))["status"] == "completed"
+    assert spoken(engine) == [*SENTENCES, "Second job speaks this. And this too."]
+
+
+async def test_deleting_a_finished_job_leaves_its_record_in_the_status_api_as_it_ended(make_long):
+    """Deleting a completed job (its files) does not rewrite how it ended: no event says it was
+    cancelled, the status API still shows it completed, and the statistics count no cancellation."""
+    client = await make_long(ScriptedEngine())
+    job_id = (await submit(client))["job_id"]
+    assert (await finished(client, job_id))["status"] == "completed"
+    after: list[dict] = []
+    core_of(client).bus.add_listener(lambda e: after.append(e.data) if e.data.get("request_id") == job_id else None)
+    assert (await client.delete(f"/audio/speech/long/{job_id}?action=delete")).status == 200
+    assert after == []
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "completed"
+    stats = await (await client.get("/status/statistics")).json()
+    assert (stats["completed_requests"], stats["cancelled_requests"]) == (1, 0)
+
+
 # --- limits, retention, durability ---------------------------------------------------
 
 
@@ -532,10 +682,14 @@ async def test_disk_quota_stops_a_job_and_refuses_new_ones_with_507(make_long):
     assert view["status"] == "failed"
     assert "LONG_TEXT_MAX_DISK_MB" in view["progress"]["error"]
     assert view["progress"]["completed_chunks"] == 2
+    used = await in_thread(files.disk_usage, manager_of(client).root)
     resp = await client.post("/audio/speech/long", json={"input": TEXT})
     assert resp.status == 507
     error = error_of(await resp.json())
-    assert error["code"] == "disk_quota_exceeded" and "LONG_TEXT_MAX_DISK_MB" in error["message"]
+    assert error["code"] == "disk_quota_exceeded"
+    assert error["message"] == (
+        f"Long-text storage is full: {used / MB:.1f} MB used, LONG_TEXT_MAX_DISK_MB is 1.5; delete finished jobs to make room"
+    )
     assert (await (await client.get("/audio/speech/long")).json())["total_jobs"] == 1
     # Deleting the job frees the space.
     assert (await client.delete(f"/audio/speech/long/{job_id}?action=delete")).status == 200
@@ -543,7 +697,7 @@ async def test_disk_quota_stops_a_job_and_refuses_new_ones_with_507(make_long):
     assert (await finished(client, job_id))["status"] == "completed"
 
 
-async def test_retention_removes_old_finished_jobs_and_their_files(make_long):
+async def test_retention_removes_old_finished_jobs_and_their_files(make_long, caplog):
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True, retention_days=7)
     manager = manager_of(client)
@@ -553,13 +707,37 @@ async def test_retention_removes_old_finished_jobs_and_their_files(make_long):
     running = (await submit(client))["job_id"]
     await in_thread(engine.wait_started)
     assert await manager.cleanup(now=time.time() + 6 * 86400) == []
-    removed = await manager.cleanup(now=time.time() + 8 * 86400)
+    caplog.set_level(logging.INFO, logger="chatterbox_status.longtext.manager")
+    removed = await manager.cleanup(now=time.time() + 7 * 86400 + 5)  # 7 days and 5 seconds after it ended
     assert removed == [done]
+    assert [r.getMessage() for r in caplog.records if r.name == "chatterbox_status.longtext.manager"] == ["long-text retention: removed 1 jobs"]
     assert not files.job_dir(manager.root, done).exists()
     assert (await client.get(f"/audio/speech/long/{done}")).status == 404
     assert (await status_of(client, running))["status"] == "processing"  # running jobs are kept
     engine.release(10)
     await finished(client, running)
+
+
+async def test_the_periodic_sweep_removes_finished_jobs_past_their_retention(make_long):
+    """Retention runs by itself: with a retention of a second (in days) and a sweep every
+    50 ms, a finished job's record and files are gone within seconds, with no call to cleanup."""
+    client = await make_long(ScriptedEngine(), retention_days=1 / 86400, cleanup_interval=0.05)
+    job_id = (await submit(client, text="Gone soon."))["job_id"]
+    await asyncio.wait_for(manager_of(client).wait(job_id), 30)
+    job_dir = files.job_dir(manager_of(client).root, job_id)
+    deadline = time.monotonic() + 20
+    # Polled: the sweep says nothing. Its record goes first, then its files.
+    while (await client.get(f"/audio/speech/long/{job_id}")).status != 404 or job_dir.exists():
+        assert time.monotonic() < deadline, "the sweep never removed the finished job and its files"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_server_that_keeps_jobs_for_ever_shuts_down_cleanly(make_long):
+    """LONG_TEXT_JOB_RETENTION_DAYS=0 (no sweep): the app's shutdown ends without an error."""
+    client = await make_long(ScriptedEngine(), retention_days=0)
+    job_id = (await submit(client, text="Kept for ever."))["job_id"]
+    assert (await finished(client, job_id))["status"] == "completed"
+    await client.close()
 
 
 async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
@@ -593,7 +771,7 @@ async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
     assert len(pcm) == expected_frames(engine, SENTENCES, 0)
 
 
-async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_client, tmp_path):
+async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_client, tmp_path, caplog):
     engine = ScriptedEngine()
     app = build_app(engine, tmp_path / "data", tmp_path / "voices")
     client = await aiohttp_client(app)
@@ -607,13 +785,41 @@ async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_cli
     await client.close()
 
     fresh = ScriptedEngine()
+    caplog.set_level(logging.INFO, logger="chatterbox_status.longtext.manager")
     client = await aiohttp_client(build_app(fresh, tmp_path / "data", tmp_path / "voices"))
     await core_of(client).worker.wait_loaded()
     view = await finished(client, job_id)
     assert view["status"] == "completed"
     assert spoken(fresh) == SENTENCES[2:]
+    resumed = [r.getMessage() for r in caplog.records if r.name == "chatterbox_status.longtext.manager"]
+    assert resumed == [f"long-text job {job_id} resumes at chunk 3 of 4"]
     _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
     assert len(pcm) == expected_frames(fresh, SENTENCES, 200)
+
+
+async def test_a_chunk_file_of_the_wrong_length_found_after_a_restart_is_generated_again(aiohttp_client, tmp_path):
+    """The store keeps each finished chunk's length: after a restart, a chunk file that is
+    valid audio of another length (replaced, or cut by a copy) is generated again, not joined."""
+    engine = ScriptedEngine()
+    client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices", silence_padding_ms=0))
+    await core_of(client).worker.wait_loaded()
+    engine.hold()
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    engine.release(2)
+    await in_thread(engine.wait_started)
+    await in_thread(engine.wait_started)  # chunks 1 and 2 done, chunk 3 running
+    root = manager_of(client).root
+    await client.close()
+    np.save(files.chunk_path(root, job_id, 0), np.zeros(100, dtype=np.float32))
+
+    fresh = ScriptedEngine()
+    client = await aiohttp_client(build_app(fresh, tmp_path / "data", tmp_path / "voices", silence_padding_ms=0))
+    await core_of(client).worker.wait_loaded()
+    assert (await finished(client, job_id))["status"] == "completed"
+    assert spoken(fresh) == [*SENTENCES[2:], SENTENCES[0]]
+    _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
+    assert len(pcm) == expected_frames(fresh, SENTENCES, 0)
 
 
 def test_long_text_settings_come_from_the_environment_like_every_setting():
@@ -708,11 +914,25 @@ async def test_a_job_of_mostly_silence_is_refused_before_it_is_accepted(make_lon
 
 
 async def test_a_job_that_would_not_fit_the_disk_quota_is_refused_with_507(make_long):
+    """The 507 says what the job would need (its chunk files, float32, and its output file in
+    its format, for the speech its text makes) and what is left of the quota."""
     client = await make_long(ScriptedEngine(), max_disk_mb=1)
-    resp = await client.post("/audio/speech/long", json={"input": TEXT * 20, "response_format": "wav"})
+    await finished(client, (await submit(client, text=SENTENCES[0]))["job_id"])  # takes some of the quota
+    used = await in_thread(files.disk_usage, manager_of(client).root)
+    text = " ".join([TEXT] * 20)
+    resp = await client.post("/audio/speech/long", json={"input": text, "response_format": "mp3", "silence_padding_ms": 0})
     assert resp.status == 507
-    assert "would need" in error_of(await resp.json())["message"]
-    assert (await client.post("/audio/speech/long", json={"input": SENTENCES[0], "response_format": "wav"})).status == 200
+    message = error_of(await resp.json())["message"]
+    match = re.fullmatch(
+        r"This job would need about (\d+\.\d) MB and (\d+\.\d) MB is left of LONG_TEXT_MAX_DISK_MB \(1\); "
+        r"delete finished jobs or send less text",
+        message,
+    )
+    assert match, message
+    rate, seconds = ScriptedEngine.sample_rate, len(text) * SPEECH_SECONDS_PER_CHAR
+    assert float(match[1]) == pytest.approx((seconds * rate * 4 + seconds * 128_000 / 8) / MB, rel=0.05)  # mp3 at 128 kbit/s
+    assert match[2] == f"{(MB - used) / MB:.1f}" != f"{(MB + used) / MB:.1f}"
+    assert (await client.post("/audio/speech/long", json={"input": SENTENCES[1], "response_format": "wav"})).status == 200
 
 
 async def test_archiving_a_job_is_kept_and_listed(make_long):
@@ -771,3 +991,174 @@ async def test_one_subscriber_limit_covers_job_streams_too(make_long):
     assert job_stream.status == 200
     job_stream.close()
     second.close()
+
+
+# --- what a job keeps, and what a refusal says ------------------------------------------
+
+
+def when(iso: str | None) -> float | None:
+    return None if iso is None else datetime.fromisoformat(iso).timestamp()
+
+
+async def test_a_job_keeps_its_session_and_says_when_it_was_last_read(make_long):
+    """The session_id it was created with is its user_session_id; reading its details or
+    downloading its audio sets last_accessed to that moment (polling its status does not)."""
+    client = await make_long(ScriptedEngine())
+    job_id = (await submit(client, session_id="session-7"))["job_id"]
+    view = await finished(client, job_id)
+    assert view["metadata"]["user_session_id"] == "session-7"
+    assert view["metadata"]["last_accessed"] is None
+
+    before = time.time()
+    assert (await client.get(f"/audio/speech/long/{job_id}/details")).status == 200
+    read = when((await status_of(client, job_id))["metadata"]["last_accessed"])
+    assert read is not None and before - 0.001 <= read <= time.time() + 0.001
+
+    before = time.time()
+    assert (await client.get(f"/audio/speech/long/{job_id}/download")).status == 200
+    downloaded = when((await status_of(client, job_id))["metadata"]["last_accessed"])
+    assert downloaded is not None and max(read, before - 0.001) <= downloaded <= time.time() + 0.001
+    listed = (await (await client.get("/audio/speech/long")).json())["jobs"]
+    assert when(listed[0]["last_accessed"]) == downloaded
+
+
+async def test_a_full_long_text_queue_says_how_full_and_to_come_back_when_the_running_job_is_due(make_long):
+    """MAX_QUEUE_SIZE=1 with a job running past its estimate (the scripted engine's pace is
+    far faster than the held chunk): the 429 names the count and says to come back in a second."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True, max_pending_jobs=1)
+    try:
+        job_id = (await submit(client))["job_id"]
+        await in_thread(engine.wait_started)
+        record = await (await client.get(f"/status/requests/{job_id}")).json()
+        assert record["progress"]["estimated_completion"] is not None
+        resp = await client.post("/audio/speech/long", json={"input": TEXT, "chunk_size": CHUNK})
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "1"
+        assert error_of(await resp.json())["message"] == "1 long-text jobs are waiting or running (MAX_QUEUE_SIZE); try again later"
+    finally:
+        engine.release(10)
+    await finished(client, job_id)
+
+
+async def test_a_full_long_text_queue_says_to_come_back_when_the_running_job_should_end(make_long):
+    """An engine with a realistic pace (its warm-up measures it): the 429's Retry-After is
+    the time left to the running job's estimated completion, seconds away, not a fixed 1."""
+    engine = ScriptedEngine(work_seconds_per_char=0.02)
+    client = await make_long(engine, hold=True, max_pending_jobs=1)
+    try:
+        job_id = (await submit(client))["job_id"]
+        await in_thread(engine.wait_started)
+        record = await (await client.get(f"/status/requests/{job_id}")).json()
+        resp = await client.post("/audio/speech/long", json={"input": TEXT, "chunk_size": CHUNK})
+        left = record["progress"]["estimated_completion"] - time.time()
+        assert resp.status == 429
+        assert left > 2
+        assert left - 1 <= int(resp.headers["Retry-After"]) <= left + 2
+        assert (await client.delete(f"/audio/speech/long/{job_id}")).status == 200
+    finally:
+        engine.release(10)
+
+
+async def test_a_job_sent_while_the_model_loads_waits_queued_and_a_full_queue_says_come_back_in_a_second(aiohttp_client, tmp_path):
+    """Background work waits for a loading model as queued (interactive requests wait as
+    initializing). No job has an estimate before the model's warm-up measured its pace:
+    a full queue's 429 still answers, with Retry-After 1."""
+    engine = ScriptedEngine()
+    engine.load_gate.clear()
+    client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices", max_pending_jobs=1))
+    try:
+        job_id = (await submit(client))["job_id"]
+        record = await (await client.get(f"/status/requests/{job_id}")).json()
+        assert (record["status"], record["progress"]["current_step"]) == ("queued", "Waiting for a long-text slot")
+        assert record["progress"]["estimated_completion"] is None
+        resp = await client.post("/audio/speech/long", json={"input": TEXT, "chunk_size": CHUNK})
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "1"
+    finally:
+        engine.load_gate.set()
+    assert (await finished(client, job_id))["status"] == "completed"
+    assert spoken(engine) == SENTENCES
+
+
+async def test_a_job_sent_while_the_model_loads_fails_with_the_load_error(aiohttp_client, tmp_path):
+    engine = ScriptedEngine(load_error="the model file is missing")
+    engine.load_gate.clear()
+    client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices"))
+    try:
+        job_id = (await submit(client))["job_id"]
+    finally:
+        engine.load_gate.set()
+    view = await finished(client, job_id)
+    assert view["status"] == "failed"
+    assert "the model file is missing" in view["progress"]["error"]
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "error" and "the model file is missing" in record["error_message"]
+
+
+# --- jobs on another engine, and jobs whose engine or voice is gone --------------------
+
+
+async def upload_narrator(client) -> None:
+    upload = aiohttp.FormData()
+    upload.add_field("voice_name", "Narrator")
+    upload.add_field("voice_file", wav_tone(), filename="narrator.wav", content_type="audio/wav")
+    assert (await client.post("/v1/voices", data=upload)).status == 201
+
+
+async def test_a_job_for_another_engine_is_spoken_there_in_its_library_voice(make_long):
+    """The default engine cannot clone, "other" can: a job for "other" in a library voice is
+    spoken by "other", in that voice (not by the default engine, nor refused as if it were)."""
+    default, other = ScriptedEngine(), ScriptedEngine(cloning=True)
+    other.name = "other"
+    client = await make_long([default, other])
+    await upload_narrator(client)
+    job_id = (await submit(client, model="other", voice="narrator"))["job_id"]
+    view = await finished(client, job_id)
+    assert view["status"] == "completed", view["progress"]["error"]
+    assert spoken(default) == [] and spoken(other) == SENTENCES
+    assert [(source, existed) for source, _, existed in other.voices[-4:]] == [("library:Narrator", True)] * 4
+
+
+async def test_a_job_for_an_engine_that_failed_to_load_is_refused_like_a_request(make_long):
+    """The "other" engine failed to load (a request for it found out): a long-text job for it
+    is a 503 with the load error, as a request is, and nothing is stored."""
+    default, other = ScriptedEngine(), ScriptedEngine(load_error="the other model is missing")
+    other.name = "other"
+    client = await make_long([default, other])
+    speech = await client.post("/v1/audio/speech", json={"input": "Hello there.", "model": "other"})
+    assert speech.status == 503, await speech.text()
+    resp = await client.post("/audio/speech/long", json={"input": TEXT, "chunk_size": CHUNK, "model": "other"})
+    assert resp.status == 503
+    assert "the other model is missing" in error_of(await resp.json())["message"]
+    assert (await (await client.get("/audio/speech/long")).json())["total_jobs"] == 0
+
+
+async def test_a_stored_job_whose_engine_or_voice_is_gone_after_a_restart_fails_saying_which(aiohttp_client, tmp_path):
+    """Restarted without the "other" engine (ENGINES changed) and with an empty voice library:
+    the job for "other" and the job in the library voice each fail at once, saying what is
+    gone, in the job's view and in the status API; nothing is spoken."""
+    default, other = ScriptedEngine(cloning=True), ScriptedEngine()
+    other.name = "other"
+    client = await aiohttp_client(build_app([default, other], tmp_path / "data", tmp_path / "voices", max_concurrent_jobs=1))
+    await core_of(client).worker.wait_loaded()
+    await upload_narrator(client)
+    default.hold()
+    in_narrator = (await submit(client, voice="narrator"))["job_id"]
+    await in_thread(default.wait_started)
+    on_other = (await submit(client, model="other"))["job_id"]  # pending behind the first
+    await client.close()
+    default.release(10)
+
+    fresh = ScriptedEngine(cloning=True)
+    client = await aiohttp_client(build_app(fresh, tmp_path / "data", tmp_path / "voices-now"))
+    await core_of(client).worker.wait_loaded()
+    for job_id, message in [
+        (on_other, "Generation failed: engine 'other' is not configured any more (see ENGINES)"),
+        (in_narrator, "Generation failed: voice 'narrator' is not available any more"),
+    ]:
+        view = await finished(client, job_id)
+        assert (view["status"], view["progress"]["error"]) == ("failed", message)
+        record = await (await client.get(f"/status/requests/{job_id}")).json()
+        assert (record["status"], record["progress"]["current_step"], record["error_message"]) == ("error", "Failed", message)
+    assert spoken(fresh) == []

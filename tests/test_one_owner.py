@@ -105,3 +105,27 @@ async def test_the_active_gauge_follows_pause_resume_and_completion(make_long):
         line for line in text.splitlines() if line.startswith("chatterbox_requests_total") and 'status="completed"' in line
     )
     assert float(completed.rsplit(" ", 1)[1]) == stats["completed_requests"] == 1
+
+
+async def test_a_retried_job_is_announced_at_the_share_of_its_finished_chunks(make_long):
+    """A job cancelled after two chunks ends its figures; retried, it is announced again,
+    queued at the share of the two chunks it keeps, not at 0."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    job_id = (await submit(client))["job_id"]
+    events = request_events(client, job_id)
+    for sentence in SENTENCES[:2]:
+        assert await in_thread(engine.wait_started) == sentence
+        engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[2]
+    assert (await client.delete(f"/audio/speech/long/{job_id}")).status == 200
+    assert events[-1]["status"] == "cancelled"
+    seen_before_retry = len(events)
+    assert (await client.post(f"/audio/speech/long/{job_id}/retry")).status == 200
+    retried = events[seen_before_retry]
+    total = sum(map(len, SENTENCES))
+    assert (retried["status"], retried["total_chunks"]) == ("queued", 4)
+    assert retried["progress_percentage"] == round(95.0 * sum(map(len, SENTENCES[:2])) / total, 1)
+    engine.release(10)
+    await asyncio.wait_for(manager_of(client).wait(job_id), 30)
+    assert events[-1]["status"] == "completed"

@@ -7,9 +7,11 @@ of it through /proc/PID/root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -97,14 +99,21 @@ async def test_a_corrupt_jobs_database_is_set_aside_and_speech_goes_on(aiohttp_c
 
     db = tmp_path / "data" / "long_text" / "jobs.sqlite3"
     db.parent.mkdir(parents=True)
-    db.write_bytes(os.urandom(8192))
+    garbage = os.urandom(8192)
+    db.write_bytes(garbage)
     client = await aiohttp_client(build_app(ScriptedEngine(), tmp_path / "data", tmp_path / "voices"))
     resp = await client.post("/audio/speech/long", json={"input": "A job on a fresh database.", "response_format": "wav"})
     assert resp.status == 200, await resp.text()
     job_id = (await resp.json())["job_id"]
     assert (await client.get(f"/audio/speech/long/{job_id}")).status == 200
-    aside = [p.name for p in db.parent.iterdir() if ".corrupt-" in p.name]
-    assert aside and aside[0].startswith("jobs.sqlite3.corrupt-")
-    assert any("corrupt" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    # The corrupt file is kept aside as it was, and the log says where.
+    aside = [p for p in db.parent.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and aside[0].name.startswith("jobs.sqlite3.corrupt-")
+    assert aside[0].read_bytes() == garbage
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "corrupt" in r.getMessage()]
+    assert errors == [f"long-text database {db} is corrupt (file is not a database): set aside as {aside[0]}, starting a new one"]
+    # The new database is where the old one was, and holds the new job.
+    with contextlib.closing(sqlite3.connect(db)) as fresh:
+        assert fresh.execute("SELECT job_id FROM jobs").fetchall() == [(job_id,)]
     resp = await client.post("/v1/audio/speech", json={"input": "Interactive speech works too."})
     assert resp.status == 200
