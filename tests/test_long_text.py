@@ -771,17 +771,24 @@ async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
     assert len(pcm) == expected_frames(engine, SENTENCES, 0)
 
 
-async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_client, tmp_path, caplog):
-    engine = ScriptedEngine()
-    app = build_app(engine, tmp_path / "data", tmp_path / "voices")
-    client = await aiohttp_client(app)
-    await core_of(client).worker.wait_loaded()
+async def third_chunk_running(client, engine) -> str:
+    """Hold the engine and submit a four-chunk job; once chunks 1 and 2 are done and chunk 3
+    runs, its id."""
     engine.hold()
     job_id = (await submit(client))["job_id"]
     await in_thread(engine.wait_started)
     engine.release(2)
     await in_thread(engine.wait_started)
-    await in_thread(engine.wait_started)  # chunks 1 and 2 done, chunk 3 running
+    await in_thread(engine.wait_started)
+    return job_id
+
+
+async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_client, tmp_path, caplog):
+    engine = ScriptedEngine()
+    app = build_app(engine, tmp_path / "data", tmp_path / "voices")
+    client = await aiohttp_client(app)
+    await core_of(client).worker.wait_loaded()
+    job_id = await third_chunk_running(client, engine)
     await client.close()
 
     fresh = ScriptedEngine()
@@ -803,12 +810,7 @@ async def test_a_chunk_file_of_the_wrong_length_found_after_a_restart_is_generat
     engine = ScriptedEngine()
     client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices", silence_padding_ms=0))
     await core_of(client).worker.wait_loaded()
-    engine.hold()
-    job_id = (await submit(client))["job_id"]
-    await in_thread(engine.wait_started)
-    engine.release(2)
-    await in_thread(engine.wait_started)
-    await in_thread(engine.wait_started)  # chunks 1 and 2 done, chunk 3 running
+    job_id = await third_chunk_running(client, engine)
     root = manager_of(client).root
     await client.close()
     np.save(files.chunk_path(root, job_id, 0), np.zeros(100, dtype=np.float32))

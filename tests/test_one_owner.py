@@ -21,14 +21,21 @@ def request_events(client, request_id):
     return events
 
 
-async def paused_after_two_chunks(client, engine):
-    """A four-chunk job paused while its third chunk runs; its id and its paused record."""
+async def third_chunk_running(client, engine):
+    """A four-chunk job on a held engine, its first two chunks spoken and its third running:
+    its id and the events recorded of it from the start."""
     job_id = (await submit(client))["job_id"]
     events = request_events(client, job_id)
     for sentence in SENTENCES[:2]:
         assert await in_thread(engine.wait_started) == sentence
         engine.release(1)
     assert await in_thread(engine.wait_started) == SENTENCES[2]
+    return job_id, events
+
+
+async def paused_after_two_chunks(client, engine):
+    """A four-chunk job paused while its third chunk runs; its id and its paused record."""
+    job_id, events = await third_chunk_running(client, engine)
     resp = await client.put(f"/audio/speech/long/{job_id}/pause")
     assert resp.status == 200, await resp.text()
     record = await (await client.get(f"/status/requests/{job_id}")).json()
@@ -112,12 +119,7 @@ async def test_a_retried_job_is_announced_at_the_share_of_its_finished_chunks(ma
     queued at the share of the two chunks it keeps, not at 0."""
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True)
-    job_id = (await submit(client))["job_id"]
-    events = request_events(client, job_id)
-    for sentence in SENTENCES[:2]:
-        assert await in_thread(engine.wait_started) == sentence
-        engine.release(1)
-    assert await in_thread(engine.wait_started) == SENTENCES[2]
+    job_id, events = await third_chunk_running(client, engine)
     assert (await client.delete(f"/audio/speech/long/{job_id}")).status == 200
     assert events[-1]["status"] == "cancelled"
     seen_before_retry = len(events)
