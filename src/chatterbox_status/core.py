@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import engines, memory, pipeline
-from .config import Settings, names, parse_duration
+from .config import Settings, parse_duration
 from .engine_pool import CancelFlag, EngineHost, EnginePool, EngineSlot
 from .events import Event, EventBus
 from .exceptions import Cancelled, EngineUnavailable, EventLogUnavailable, QueueFull, SharedStateUnavailable
 from .pipeline import Job, ProgressBook
 from .planning import Planner, SpeechJob
-from .supervisor import engine_facts, engine_processes
+from .supervisor import engine_facts, engine_processes, offered
 from .tracker import PAUSED, TERMINAL_STATUSES, StatusTracker
 from .voices import VoiceLibrary
 from .worker import Worker
@@ -65,13 +65,13 @@ class Core:
         self._processed = 0
 
     def _remote_engines(self, settings: Settings) -> list[EngineHost]:
-        """The engines as the cluster's workers run them (WORKERS); those named start here."""
+        """The engines as the cluster's workers run them (WORKERS); the workers WORKERS names
+        start beside this server."""
         from . import redis_events
         from .engine_worker import WorkerProcesses
         from .redis_engines import ChunkQueue  # the redis package is needed only here
 
-        self.choice = engines.choose(settings)
-        self.catalog = engines.catalog(self.choice.name, names(settings.engines), settings.model_aliases)
+        self.choice, self.catalog = offered(settings)
         self.chunks = ChunkQueue(settings.redis_url, redis_events.node_name(), self._taken, lambda: self.worker.reconsider())
         if settings.worker_devices:
             self.worker_processes = WorkerProcesses(settings, settings.worker_devices)

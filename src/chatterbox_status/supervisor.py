@@ -358,8 +358,13 @@ def engine_process(name: str, settings: Settings) -> EngineProcess:
     return EngineProcess(spec, engine_facts(name, settings), settings.engine_threads, settings.log_level)
 
 
+def offered(settings: Settings) -> tuple[engines.EngineChoice, engines.Catalog]:
+    """The default engine the settings choose, and every engine they offer (it first)."""
+    choice = engines.choose(settings)
+    return choice, engines.catalog(choice.name, names(settings.engines), settings.model_aliases)
+
+
 def engine_processes(settings: Settings) -> tuple[engines.EngineChoice, engines.Catalog, list[EngineProcess]]:
     """The engines the settings offer (the default first), each in a process of its own."""
-    choice = engines.choose(settings)
-    catalog = engines.catalog(choice.name, names(settings.engines), settings.model_aliases)
+    choice, catalog = offered(settings)
     return choice, catalog, [engine_process(name, settings) for name in catalog.engines]
