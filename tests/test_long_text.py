@@ -9,6 +9,7 @@ import io
 import itertools
 import logging
 import re
+import sqlite3
 import time
 import wave
 from datetime import datetime
@@ -27,6 +28,7 @@ from chatterbox_status.engine_pool import WARM_UP_TEXT
 from chatterbox_status.longtext import files
 from chatterbox_status.longtext.config import LongTextConfig
 from chatterbox_status.longtext.manager import MB, LongTextManager
+from chatterbox_status.longtext.store import CANCELLED, PAUSED, JobStore
 from chatterbox_status.planning import SPEECH_SECONDS_PER_CHAR
 
 SENTENCES = [
@@ -822,6 +824,43 @@ async def test_a_chunk_file_of_the_wrong_length_found_after_a_restart_is_generat
     assert spoken(fresh) == [*SENTENCES[2:], SENTENCES[0]]
     _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
     assert len(pcm) == expected_frames(fresh, SENTENCES, 0)
+
+
+@pytest.mark.parametrize("verb", ["cancel", "pause"])
+async def test_a_stop_the_full_store_cannot_record_still_stops_the_job_and_says_so(aiohttp_client, tmp_path, monkeypatch, verb):
+    """The store refuses the stop (a full disk): the job stops all the same and the status
+    API says so, the client gets a 507 that says the stop was not stored, and asking again
+    once there is room stores it (before, the job showed as generating for ever and came
+    back at the next start)."""
+    engine = ScriptedEngine()
+    client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices"))
+    await core_of(client).worker.wait_loaded()
+    job_id = await third_chunk_running(client, engine)
+    disk = {"full": True}
+    update = JobStore.update
+
+    def full_update(self, job_id, **fields):
+        if disk["full"] and fields.get("status") in (CANCELLED, PAUSED):
+            raise sqlite3.OperationalError("database or disk is full")
+        return update(self, job_id, **fields)
+
+    monkeypatch.setattr(JobStore, "update", full_update)
+    ask = (lambda: client.delete(f"/audio/speech/long/{job_id}")) if verb == "cancel" else (
+        lambda: client.put(f"/audio/speech/long/{job_id}/pause"))
+    resp = await ask()
+    assert resp.status == 507, await resp.text()
+    assert f"stopped, but its new state ({'cancelled' if verb == 'cancel' else 'paused'}) could not be stored" in (
+        await resp.json())["error"]["message"]
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == ("cancelled" if verb == "cancel" else "paused")
+    statistics = await (await client.get("/status/statistics")).json()
+    assert statistics["is_processing"] is False
+    assert statistics["cancelled_requests"] == (1 if verb == "cancel" else 0)
+    disk["full"] = False
+    resp = await ask()
+    assert resp.status == 200, await resp.text()
+    assert (await status_of(client, job_id))["status"] == ("cancelled" if verb == "cancel" else "paused")
+    assert (await (await client.get("/status/statistics")).json())["cancelled_requests"] == (1 if verb == "cancel" else 0)
 
 
 def test_long_text_settings_come_from_the_environment_like_every_setting():

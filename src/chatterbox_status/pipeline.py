@@ -494,11 +494,11 @@ async def process(job: Job, worker: Worker, chunk_timeout: float) -> None:
         if job.stop_reason == "shutdown":
             outcome = Cancelled("The server shut down")
         elif job.stop_reason == "pause":
-            await output.stopped("pause")
+            await record_stop(output, job.request_id, "pause")
             progress.pause()
             outcome = Cancelled(f"Request {job.request_id} was paused")
         else:
-            await output.stopped("cancel")
+            await record_stop(output, job.request_id, "cancel")
             progress.finish("cancelled", "Cancelled")
             outcome = Cancelled(f"Request {job.request_id} was cancelled")
     except EngineUnavailable as exc:
@@ -601,6 +601,15 @@ async def _generate(
         if upcoming is not None:  # the request ended early: its next chunk must not run
             job.cancel.set()
             _discard(upcoming)
+
+
+async def record_stop(output: Output, request_id: str, reason: StopReason) -> None:
+    """The output records the stop; one it cannot record (a full disk) still stops the
+    request, and whoever asked for the stop finds the output's record unchanged."""
+    try:
+        await output.stopped(reason)
+    except Exception:
+        log.exception("request %s: its %s could not be stored", request_id, reason)
 
 
 async def _failed(job: Job, message: str, exc: Exception) -> Exception:

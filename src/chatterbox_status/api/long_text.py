@@ -416,7 +416,7 @@ async def _act(request: web.Request, verb: str) -> JobRecord:
 @api_route(
     routes, "PUT", *with_v1("/audio/speech/long/{job_id}/pause"),
     operation_id="pauseLongTextJob", summary="Pause a pending or running job", tag=TAG,
-    responses={200: Reply("The job, paused", JobAction)}, errors=(NotFound, Conflict), path_params=JOB_ID,
+    responses={200: Reply("The job, paused", JobAction)}, errors=(NotFound, Conflict, OutOfSpace), path_params=JOB_ID,
 )
 async def pause(request: web.Request) -> web.Response:
     job = await _act(request, "pause")
@@ -457,7 +457,7 @@ async def retry(request: web.Request) -> web.Response:
     summary="Cancel a job (action=cancel) or remove it and its files (action=delete)",
     tag=TAG,
     responses={200: JobCancelledOrDeleted},
-    errors=(InvalidInput, NotFound, Conflict),
+    errors=(InvalidInput, NotFound, Conflict, OutOfSpace),
     params=(Param("action", {"enum": ["cancel", "delete"], "default": "cancel"}, "cancel or delete"),),
     path_params=JOB_ID,
 )

@@ -26,7 +26,7 @@ from typing import Any
 from .. import audio
 from ..engines.base import SynthesisParams
 from ..exceptions import Conflict, EngineUnavailable, NotFound, OutOfSpace, QueueFull
-from ..pipeline import Job, Progress, StopReason
+from ..pipeline import Job, Progress, StopReason, record_stop
 from ..planning import LongTextPlan
 from . import files
 from .config import LongTextConfig
@@ -332,12 +332,24 @@ class LongTextManager:
     async def _stop(self, job_id: str, reason: StopReason, status: str) -> None:
         run = self._runs.get(job_id)
         if run is None:
-            job = await self._db("update", job_id, status=status, current_chunk=None)
+            job = await self._store_stop(job_id, status)
             if status == CANCELLED:
                 self._end_paused(job)
             return
         self._signal(run, reason)
         await asyncio.gather(*([run.task] if run.task else []), return_exceptions=True)
+        if (await self.get(job_id)).status in RUNNABLE:  # the run could not store its stop
+            try:
+                await self._store_stop(job_id, status)
+            except OutOfSpace as exc:
+                raise OutOfSpace(
+                    f"Job {job_id} stopped, but its new state ({status}) could not be stored: {exc}. "
+                    f"It would resume at the next start: ask again once there is room"
+                ) from exc
+
+    async def _store_stop(self, job_id: str, status: str) -> JobRecord:
+        paused_at = time.time() if status == PAUSED else None
+        return await self._db("update", job_id, status=status, current_chunk=None, processing_paused_at=paused_at)
 
     async def _run(self, run: _Run, record: JobRecord, chunks: list[ChunkRecord], progress: Progress) -> None:
         assert self._slots is not None
@@ -387,7 +399,7 @@ class LongTextManager:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            await output.stopped(run.reason)
+            await record_stop(output, record.job_id, run.reason)
             if run.reason == "pause":
                 progress.pause()
             else:
