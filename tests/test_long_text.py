@@ -388,7 +388,7 @@ async def test_pause_then_resume_finishes_the_job(make_long):
     assert view["progress"]["current_chunk"] is None and view["metadata"]["processing_paused_at"] is not None
     assert core_of(client).tracker.find(job_id).status == "paused"  # not running any more
     assert not core_of(client).tracker.is_processing
-    assert not manager_of(client).is_running(job_id)
+    assert not manager_of(client).is_running(await manager_of(client).get(job_id))
 
     resp = await client.put(f"/v1/audio/speech/long/{job_id}/resume")
     assert resp.status == 200

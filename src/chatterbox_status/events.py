@@ -93,6 +93,9 @@ class EventBus:
         """Register a synchronous fold that sees every event before anyone else."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.remove(listener)
+
     def publish(self, type: str, data: dict[str, Any]) -> None:
         self._deliver(Event(self._last_id + 1, type, {"timestamp": time.time(), **data}))
 

@@ -90,7 +90,7 @@ class EventLogUnavailable(Unavailable):
 
 
 class SharedStateUnavailable(Unavailable):
-    """What the cluster shares in Redis (the voice library) cannot be reached or changed now."""
+    """What the cluster shares in Redis (voices, long-text jobs, the chunk queue) cannot be reached or changed now."""
 
     code = "redis_unavailable"
 

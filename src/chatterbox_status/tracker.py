@@ -205,10 +205,12 @@ class StatusTracker:
             if data["status"] != QUEUED:
                 return
             record = self._active[request_id] = RequestRecord(request_id, data["timestamp"])
-            if "node" in data:  # on a shared event log: the node that queued it runs it
-                record.fields["node"] = data["node"]
             self.stats.total_requests += 1
             self._engine_stats(data.get("engine")).total_requests += 1
+        if "node" in data and data["status"] == QUEUED:
+            # On a shared event log: the node that queued it runs it (a long-text job taken
+            # over from a node that stopped is queued again by the node that took it).
+            record.fields["node"] = data["node"]
         record.status = data["status"]
         record.fields.update((k, data[k]) for k in RECORD_FIELDS if k in data)
         record.progress.update((k, data[k]) for k in PROGRESS_FIELDS if k in data)

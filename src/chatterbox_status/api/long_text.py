@@ -396,8 +396,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     if job.status != COMPLETED:
         raise Conflict(f"Job is not completed (status: {job.status})", code="job_not_completed")
     manager = _manager(request)
-    path = manager.root / "jobs" / job.job_id / (job.output_path or "")
-    if not job.output_path or not path.is_file():
+    path = await manager.output_file(job)
+    if path is None:
         raise ApiError(500, "Job completed but its audio file is missing", code="output_missing")
     await manager.touch(job.job_id)
     return FileDownload(
@@ -539,7 +539,7 @@ async def job_sse(request: web.Request) -> web.StreamResponse:
                 total_chunks=job.total_chunks,
             )
             await sse.send(event_data(first), event="progress")
-            running = _manager(request).is_running(job.job_id)
+            running = _manager(request).is_running(job)
             while running and (event := await subscription.get()) is not None:
                 if event.type not in ("status", "progress") or event.data.get("request_id") != job.job_id:
                     continue

@@ -31,6 +31,8 @@ class LongTextConfig:
     retention_days: float = _default("long_text_job_retention_days")
     silence_padding_ms: int = _default("long_text_silence_padding_ms")
     cleanup_interval: float = CLEANUP_INTERVAL
+    # Set: the jobs are the cluster's, in this Redis (see longtext.redis_store).
+    redis_url: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LongTextConfig:
@@ -42,4 +44,5 @@ class LongTextConfig:
             max_disk_mb=settings.long_text_max_disk_mb,
             retention_days=settings.long_text_job_retention_days,
             silence_padding_ms=settings.long_text_silence_padding_ms,
+            redis_url=settings.redis_url,
         )

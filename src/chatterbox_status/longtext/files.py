@@ -15,8 +15,13 @@ def job_dir(root: Path, job_id: str) -> Path:
     return root / "jobs" / job_id
 
 
+def chunk_name(index: int) -> str:
+    """A chunk's file, relative to its job's folder."""
+    return f"chunks/{index:05d}.npy"
+
+
 def chunk_path(root: Path, job_id: str, index: int) -> Path:
-    return job_dir(root, job_id) / "chunks" / f"{index:05d}.npy"
+    return job_dir(root, job_id) / chunk_name(index)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -27,18 +32,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | None = None, samples: np.ndarray | None = None) -> int:
-    """Write bytes or a float32 array to ``path`` so that a crash leaves the old file or the new one."""
+def npy(samples: np.ndarray) -> bytes:
+    """A chunk's file: its audio as a float32 .npy, in memory, so a full disk fails as the
+    OS says it (ENOSPC), not as numpy's short write."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(samples, dtype=np.float32).reshape(-1), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> int:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        if samples is not None:
-            # Through memory, so a full disk fails as the OS says it (ENOSPC), not as numpy's short write.
-            buffer = io.BytesIO()
-            np.save(buffer, np.asarray(samples, dtype=np.float32).reshape(-1), allow_pickle=False)
-            data = buffer.getvalue()
         with open(tmp, "wb") as out:
-            out.write(data or b"")
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

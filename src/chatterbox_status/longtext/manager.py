@@ -8,6 +8,11 @@ to the store before the pipeline announces them) and how it stops: a job can be 
 and resumed, and one stopped by a shutdown resumes at the next start. The bus events use
 the job id as request id, so jobs show up in /status and /status/stream like any request,
 and their figures carry on across pause, resume and retry (one Progress per id).
+
+With REDIS_URL the jobs live in Redis (``redis_store``), shared by every node: any node
+takes a job, shows it, stops it and serves its audio. A job runs on the node that holds its
+lease; the others ask that node, through the event log, to pause or cancel it, and take it
+over (from its last finished chunk) once its node stops renewing the lease.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from typing import Any
 
 from .. import audio
 from ..engines.base import SynthesisParams
-from ..exceptions import Conflict, EngineUnavailable, NotFound, OutOfSpace, QueueFull
+from ..events import Event
+from ..exceptions import Conflict, EngineUnavailable, NotFound, OutOfSpace, QueueFull, SharedStateUnavailable
 from ..pipeline import Job, Progress, StopReason, record_stop
 from ..planning import LongTextPlan
+from ..tracker import TERMINAL_STATUSES
 from . import files
 from .config import LongTextConfig
 from .output import ChunkFileOutput
@@ -46,6 +53,11 @@ from .store import (
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
+# In a cluster: seconds between two renewals of this node's leases and two looks for jobs
+# that no node holds.
+LEASE_RENEW_SECONDS = 2.5
+# In a cluster: how long a pause or cancel waits for the node running the job to stop it.
+STOP_ELSEWHERE_SECONDS = 60.0
 
 
 class JobNotFound(NotFound):
@@ -79,33 +91,43 @@ class LongTextManager:
         self.root = Path(config.data_dir) / "long_text"
         self._db_path = self.root / "jobs.sqlite3"
         self._opening = asyncio.Lock()
-        self.store: JobStore | None = None
+        self.store: Any = None  # a JobStore, or with REDIS_URL a RedisJobStore
+        self._unreachable: tuple[type[Exception], ...] = ()  # the store's "cannot reach it" errors
         self._runs: dict[str, _Run] = {}
         self._slots: asyncio.Semaphore | None = None
         self._cleaner: asyncio.Task | None = None
+        self._leases: asyncio.Task | None = None
+        self._removals: set[asyncio.Task] = set()
+        self.node = core.bus.node
+        if config.redis_url:
+            core.bus.add_listener(self._asked_elsewhere)
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self.config.max_concurrent_jobs)
-        exists = await asyncio.to_thread(self._db_path.exists)
-        for job_id in await self._db("ids_with_status", RUNNABLE) if exists else []:
-            job = await self._db("get", job_id)
-            if job is not None:
-                log.info("long-text job %s resumes at chunk %d of %d", job_id, job.completed_chunks + 1, job.total_chunks)
-                await self._launch(job)
+        if self.config.redis_url:  # the jobs no node holds are taken by the lease keeper
+            self._leases = asyncio.create_task(self._keep_leases(), name="long-text-leases")
+        elif await asyncio.to_thread(self._db_path.exists):
+            for job_id in await self._db("ids_with_status", RUNNABLE):
+                job = await self._db("get", job_id)
+                if job is not None:
+                    log.info("long-text job %s resumes at chunk %d of %d", job_id, job.completed_chunks + 1, job.total_chunks)
+                    await self._launch(job)
         if self.config.retention_days and self.config.cleanup_interval:
             self._cleaner = asyncio.create_task(self._clean_periodically(), name="long-text-cleanup")
 
     async def stop(self) -> None:
-        """Stop running jobs where they are; their records stay runnable for the next start."""
-        if self._cleaner is not None:
-            self._cleaner.cancel()
-            await asyncio.gather(self._cleaner, return_exceptions=True)
+        """Stop running jobs where they are; their records stay runnable for the next start
+        (in a cluster, for another node to take over)."""
+        for task in (self._cleaner, self._leases):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         runs = list(self._runs.values())
         for run in runs:
             self._signal(run, "shutdown")
-        await asyncio.gather(*(r.task for r in runs if r.task), return_exceptions=True)
+        await asyncio.gather(*(r.task for r in runs if r.task), *self._removals, return_exceptions=True)
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
 
@@ -116,13 +138,26 @@ class LongTextManager:
             if self.store is None:
                 async with self._opening:
                     if self.store is None:
-                        self.store = await asyncio.to_thread(JobStore, self._db_path)
+                        self.store = await asyncio.to_thread(self._open)
             return await asyncio.to_thread(getattr(self.store, method), *args, **kwargs)
+        except self._unreachable as exc:
+            raise SharedStateUnavailable(f"The long-text jobs (Redis) are unreachable: {exc}") from exc
         except (OSError, sqlite3.OperationalError) as exc:
             translated = storage_errors(exc)
             if translated is exc:
                 raise
             raise translated from exc
+
+    def _open(self) -> Any:
+        """The store: this node's database, or with REDIS_URL the cluster's jobs."""
+        if self.config.redis_url:
+            from redis.exceptions import RedisError  # the redis package is needed only here
+
+            from .redis_store import RedisJobStore
+
+            self._unreachable = (RedisError,)
+            return RedisJobStore(self.config.redis_url)
+        return JobStore(self._db_path)
 
     # -- actions -----------------------------------------------------------------
 
@@ -131,7 +166,7 @@ class LongTextManager:
         plus ``needed`` bytes more, passes LONG_TEXT_MAX_DISK_MB."""
         if not self.config.max_disk_mb:
             return
-        used = await asyncio.to_thread(files.disk_usage, self.root)
+        used = await self._db("usage") if self.config.redis_url else await asyncio.to_thread(files.disk_usage, self.root)
         quota = self.config.max_disk_mb * MB
         if used >= quota:
             raise QuotaExceeded(
@@ -170,6 +205,7 @@ class LongTextManager:
             display_name=display_name,
         )
         await self._db("create", job, plan.chunks)
+        await self._take(job.job_id)
         await self._launch(job)
         return job
 
@@ -209,6 +245,7 @@ class LongTextManager:
         if job.status != PAUSED or job_id in self._runs:
             raise JobConflict(f"Cannot resume job in {job.status} state")
         self._check_room()
+        await self._take(job_id)
         job = await self._db("update", job_id, status=PENDING, processing_paused_at=None)
         await self._launch(job)
         return job
@@ -226,6 +263,7 @@ class LongTextManager:
         if job.status not in (FAILED, CANCELLED) or job_id in self._runs:
             raise JobConflict(f"Cannot retry job in {job.status} state; only failed or cancelled jobs can be retried")
         self._check_room()
+        await self._take(job_id)
         job = await self._db("update", job_id, status=PENDING, error=None, retry_count=job.retry_count + 1)
         await self._launch(job)
         return job
@@ -237,8 +275,12 @@ class LongTextManager:
         if run is not None:
             self._signal(run, "cancel")
             await asyncio.gather(*([run.task] if run.task else []), return_exceptions=True)
+        elif self.config.redis_url and job.status in RUNNABLE:
+            await self._stop(job_id, "cancel", CANCELLED)
         await self._db("delete", job_id)
         await asyncio.to_thread(files.remove_job, self.root, job_id)
+        if self.config.redis_url:  # the other nodes' copies of its files
+            self.core.bus.publish("long_text", {"job_id": job_id, "deleted": True})
 
     async def update_metadata(self, job_id: str, **fields: Any) -> JobRecord:
         await self.get(job_id)
@@ -270,7 +312,7 @@ class LongTextManager:
         """Remove finished jobs (and their files) older than LONG_TEXT_JOB_RETENTION_DAYS."""
         if not self.config.retention_days:
             return []
-        if self.store is None and not await asyncio.to_thread(self._db_path.exists):
+        if self.store is None and not self.config.redis_url and not await asyncio.to_thread(self._db_path.exists):
             return []
         now = time.time() if now is None else now
         cutoff = now - self.config.retention_days * 86400
@@ -290,8 +332,21 @@ class LongTextManager:
                 log.exception("long-text cleanup failed")
             await asyncio.sleep(self.config.cleanup_interval)
 
-    def is_running(self, job_id: str) -> bool:
-        return job_id in self._runs
+    def is_running(self, job: JobRecord) -> bool:
+        """Running or waiting to run: here, or in a cluster on any node."""
+        return job.job_id in self._runs or (bool(self.config.redis_url) and job.status in RUNNABLE)
+
+    async def output_file(self, job: JobRecord) -> Path | None:
+        """A completed job's audio file on this node's disk (in a cluster, copied from Redis
+        the first time this node serves it), or None when it is lost."""
+        if not job.output_path:
+            return None
+        path = files.job_dir(self.root, job.job_id) / job.output_path
+        if not await asyncio.to_thread(path.is_file) and self.config.redis_url:
+            data = await self._db("get_file", job.job_id, job.output_path)
+            if data is not None:
+                await asyncio.to_thread(files.write_atomic, path, data)
+        return path if await asyncio.to_thread(path.is_file) else None
 
     async def wait(self, job_id: str) -> None:
         """Until the job's current run (if any) has stopped: finished, paused or cancelled."""
@@ -321,6 +376,18 @@ class LongTextManager:
         if record is not None and record.status == PAUSED:
             self.core.progress.open(job.job_id, job.text).finish("cancelled", "Cancelled")
 
+    def _settle_record(self, job: JobRecord) -> None:
+        """A job stopped while no run had it (paused, or in a cluster one whose node stopped):
+        the status API shows it as its record now is."""
+        record = self.core.tracker.find(job.job_id)
+        if record is None or record.status in TERMINAL_STATUSES or record.status == job.status:
+            return
+        progress = self.core.progress.open(job.job_id, job.text)
+        if job.status == PAUSED:
+            progress.pause()
+        else:
+            progress.finish("cancelled", "Cancelled")
+
     def _signal(self, run: _Run, reason: StopReason) -> None:
         """In the pipeline, the job stops at its next check; before, its wait is cut short."""
         run.reason = run.reason or reason
@@ -331,11 +398,23 @@ class LongTextManager:
 
     async def _stop(self, job_id: str, reason: StopReason, status: str) -> None:
         run = self._runs.get(job_id)
-        if run is None:
-            job = await self._store_stop(job_id, status)
-            if status == CANCELLED:
-                self._end_paused(job)
-            return
+        deadline = time.monotonic() + STOP_ELSEWHERE_SECONDS
+        while run is None:
+            if await self._hold(job_id):  # no run has it: its record is stopped here
+                try:
+                    job = await self._store_stop(job_id, status)
+                finally:
+                    await self._let_go(job_id)
+                self._settle_record(job)
+                return
+            if time.monotonic() > deadline:
+                raise SharedStateUnavailable(
+                    f"The node running job {job_id} did not stop it within {STOP_ELSEWHERE_SECONDS:g} s; try again"
+                )
+            await self._ask_holder(job_id, reason)  # in a cluster, another node runs it
+            if (await self.get(job_id)).status not in RUNNABLE:
+                return
+            run = self._runs.get(job_id)
         self._signal(run, reason)
         await asyncio.gather(*([run.task] if run.task else []), return_exceptions=True)
         if (await self.get(job_id)).status in RUNNABLE:  # the run could not store its stop
@@ -353,7 +432,7 @@ class LongTextManager:
 
     async def _run(self, run: _Run, record: JobRecord, chunks: list[ChunkRecord], progress: Progress) -> None:
         assert self._slots is not None
-        output = ChunkFileOutput(self._db, self.root, record, chunks, self.check_quota)
+        output = ChunkFileOutput(self._db, self.root, record, chunks, self.check_quota, shared=bool(self.config.redis_url))
         try:
             async with self._slots:
                 engine = self._engine(record)
@@ -407,3 +486,86 @@ class LongTextManager:
         finally:
             if self._runs.get(record.job_id) is run:
                 del self._runs[record.job_id]
+                await self._let_go(record.job_id)
+
+    # -- the cluster -------------------------------------------------------------
+
+    async def _hold(self, job_id: str) -> bool:
+        """In a cluster, take the job's lease (False: another node holds it); on one node
+        this node always holds its jobs."""
+        return not self.config.redis_url or await self._db("claim", job_id, self.node)
+
+    async def _take(self, job_id: str) -> None:
+        """Hold the job before running it here."""
+        if not await self._hold(job_id):
+            raise JobConflict(f"Job {job_id} is running on another node")
+
+    async def _let_go(self, job_id: str) -> None:
+        """Give up the job's lease, so another node may take it at once (best effort: it
+        lapses by itself)."""
+        if self.config.redis_url:
+            try:
+                await self._db("release", job_id, self.node)
+            except SharedStateUnavailable as exc:
+                log.warning("long-text job %s: its lease lapses by itself (%s)", job_id, exc)
+
+    async def _ask_holder(self, job_id: str, reason: StopReason) -> None:
+        """Ask the node that runs the job to stop it, through the event log; return once it
+        has (its stop event came), or after a lease renewal's time, to look again."""
+        stopped = asyncio.get_running_loop().create_future()
+
+        def watch(event: Event) -> None:
+            if event.type == "status" and event.data.get("request_id") == job_id and not stopped.done():
+                if event.data.get("status") in TERMINAL_STATUSES or event.data.get("status") == PAUSED:
+                    stopped.set_result(None)
+
+        self.core.bus.add_listener(watch)
+        try:
+            self.core.bus.publish("long_text", {"job_id": job_id, "stop": reason})
+            await asyncio.wait([stopped], timeout=LEASE_RENEW_SECONDS)
+        finally:
+            self.core.bus.remove_listener(watch)
+
+    def _asked_elsewhere(self, event: Event) -> None:
+        """Another node was asked to stop or delete a job: this node stops its run of it,
+        or removes its copies of the job's files."""
+        if event.type != "long_text" or event.data.get("node") == self.node:
+            return
+        job_id = event.data["job_id"]
+        if event.data.get("deleted"):
+            task = asyncio.get_running_loop().create_task(asyncio.to_thread(files.remove_job, self.root, job_id))
+            self._removals.add(task)
+            task.add_done_callback(self._removals.discard)
+        elif (run := self._runs.get(job_id)) is not None:
+            self._signal(run, event.data["stop"])
+
+    async def _keep_leases(self) -> None:
+        """Renew this node's leases (a run whose job another node took stops here), and take
+        the jobs no node holds while this node has a free long-text slot."""
+        while True:
+            try:
+                for job_id in await self._db("renew", list(self._runs), self.node):
+                    if (run := self._runs.get(job_id)) is not None:
+                        log.warning("long-text job %s: another node took it over; its run here stops", job_id)
+                        self._signal(run, "shutdown")
+                await self._take_orphans()
+            except SharedStateUnavailable as exc:
+                log.warning("long-text leases: %s", exc)
+            except Exception:
+                log.exception("long-text leases failed")
+            await asyncio.sleep(LEASE_RENEW_SECONDS)
+
+    async def _take_orphans(self) -> None:
+        room = self.config.max_concurrent_jobs - len(self._runs)
+        for job_id in await self._db("orphans") if room > 0 else []:
+            if room <= 0:
+                return
+            if job_id in self._runs or not await self._hold(job_id):
+                continue
+            job = await self._db("get", job_id)
+            if job is None or job.status not in RUNNABLE:
+                await self._let_go(job_id)
+                continue
+            log.info("long-text job %s taken over at chunk %d of %d", job_id, job.completed_chunks + 1, job.total_chunks)
+            await self._launch(job)
+            room -= 1

@@ -23,9 +23,15 @@ Db = Callable[..., Awaitable[Any]]
 
 
 class ChunkFileOutput:
-    def __init__(self, db: Db, root: Path, job: JobRecord, chunks: list[ChunkRecord], check_quota: Callable[[], Awaitable[None]]) -> None:
+    """``shared``: the job is the cluster's (REDIS_URL), so every file written here goes to
+    the store too, and a chunk another node finished is copied here before it is read."""
+
+    def __init__(
+        self, db: Db, root: Path, job: JobRecord, chunks: list[ChunkRecord], check_quota: Callable[[], Awaitable[None]], shared: bool = False
+    ) -> None:
         self.db = db
         self.root = root
+        self.shared = shared
         self.job = job
         self.chunks = chunks
         self.check_quota = check_quota
@@ -47,10 +53,13 @@ class ChunkFileOutput:
 
     async def add(self, index: int, samples: np.ndarray) -> None:
         job_id = self.job.job_id
+        data = files.npy(samples)
         try:
-            await asyncio.to_thread(files.write_atomic, files.chunk_path(self.root, job_id, index), None, samples)
+            await asyncio.to_thread(files.write_atomic, files.chunk_path(self.root, job_id, index), data)
         except OSError as exc:
             raise storage_errors(exc) from exc
+        if self.shared:
+            await self.db("put_file", job_id, files.chunk_name(index), data)
         duration_ms = int(round(1000 * len(samples) / self.sample_rate))
         elapsed_ms = int(round(1000 * (time.perf_counter() - self._began)))
         await self.db("chunk_done", job_id, index, len(samples), duration_ms, elapsed_ms)
@@ -59,11 +68,22 @@ class ChunkFileOutput:
 
     async def check(self) -> list[int]:
         """Chunks whose file went missing or bad since it was written: marked undone."""
+        if self.shared:
+            await self._copy_missing()
         bad = await asyncio.to_thread(self._unreadable)
         for chunk, reason in bad:
             await self.db("chunk_invalid", self.job.job_id, chunk.index, reason)
             chunk.done, chunk.samples = False, None
         return [chunk.index for chunk, _ in bad]
+
+    async def _copy_missing(self) -> None:
+        """The finished chunks this node has no file of (another node made them), from the store."""
+        for chunk in self.chunks:
+            path = files.chunk_path(self.root, self.job.job_id, chunk.index)
+            if chunk.done and not await asyncio.to_thread(path.is_file):
+                data = await self.db("get_file", self.job.job_id, files.chunk_name(chunk.index))
+                if data is not None:
+                    await asyncio.to_thread(files.write_atomic, path, data)
 
     def _unreadable(self) -> list[tuple[ChunkRecord, str]]:
         bad = []
@@ -79,6 +99,8 @@ class ChunkFileOutput:
         output = files.job_dir(self.root, self.job.job_id) / f"output.{fmt}"
         progress.stage("finalizing", f"Converting to {fmt}", FINALIZING_AT)
         size, self.samples = await asyncio.to_thread(self._encode, output)
+        if self.shared:
+            await self.db("put_file", self.job.job_id, output.name, await asyncio.to_thread(output.read_bytes))
         self.job = await self.db(
             "update",
             self.job.job_id,

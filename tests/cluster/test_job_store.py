@@ -1,0 +1,125 @@
+"""The cluster's long-text store (Redis) answers as one node's (SQLite) does: the same calls
+on both give the same records, pages, counts and history statistics, so the routes and the
+manager cannot tell them apart. A real redis-server, the test's own."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from chatterbox_status.longtext.redis_store import RedisJobStore
+from chatterbox_status.longtext.store import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINISHED,
+    PAUSED,
+    PENDING,
+    PROCESSING,
+    RUNNABLE,
+    JobRecord,
+    JobStore,
+)
+
+DAY = 86400.0
+JAN, FEB = 1767225600.0, 1769904000.0  # 2026-01-01 and 2026-02-01, UTC
+
+
+def record(job_id: str, created_at: float, voice: str, chunks: int) -> JobRecord:
+    return JobRecord(
+        job_id=job_id, status=PENDING, created_at=created_at, updated_at=created_at, text=f"text of {job_id}",
+        text_length=12, voice=voice, parameters={"voice": voice, "speed": 1.0}, synthesis={"temperature": 0.8},
+        output_format="mp3", silence_padding_ms=200, total_chunks=chunks, tags=[],
+    )
+
+
+def history(store) -> None:
+    """Five jobs through the calls the manager makes."""
+    jobs = [
+        ("a", JAN, "heart", 3), ("b", JAN + DAY, "bella", 2), ("c", FEB, "heart", 1), ("d", FEB + DAY, "bella", 2), ("e", FEB + 2 * DAY, "alto", 1)
+    ]
+    for job_id, created, voice, chunks in jobs:
+        store.create(record(job_id, created, voice, chunks), [f"chunk {i} of {job_id}" for i in range(chunks)])
+    for job_id, chunks, ms in (("a", 3, 1500), ("c", 1, 700)):
+        store.update(job_id, status=PROCESSING, processing_started_at=JAN)
+        for index in range(chunks):
+            store.chunk_started(job_id, index)
+            store.chunk_done(job_id, index, 24000, 1000, ms)
+        store.update(job_id, status=COMPLETED, output_path="output.mp3", output_size_bytes=4000 * chunks,
+                     output_duration_seconds=1.5 * chunks, current_chunk=None, updated_at=FEB)
+    store.update("b", status=PROCESSING)
+    store.chunk_started("b", 0)
+    store.chunk_done("b", 0, 100, 4, 90)
+    store.chunk_invalid("b", 0, "audio file is corrupt")
+    store.update("b", status=FAILED, error="Generation failed: boom", updated_at=FEB)
+    store.update("d", status=PAUSED, processing_paused_at=FEB + DAY, display_name="renamed", tags=["x", "y"])
+    store.update("e", status=CANCELLED, updated_at=FEB + 3 * DAY)
+
+
+def answers(store) -> dict:
+    """Everything the routes and the manager read, with the times the stores set left out."""
+    def job(j: JobRecord | None) -> dict | None:
+        return None if j is None else {k: v for k, v in dataclasses.asdict(j).items() if k != "updated_at" or v in (FEB, FEB + 3 * DAY)}
+
+    def chunks(job_id: str) -> list:
+        return [(c.index, c.text, c.done, c.samples, c.duration_ms, c.error, c.started_at is not None) for c in store.chunks(job_id)]
+
+    pages = {status: store.page(status, 2, offset) for status in (None, COMPLETED, PAUSED) for offset in (0, 1)}
+    return {
+        "jobs": {job_id: job(store.get(job_id)) for job_id in "abcdez"},
+        "chunks": {job_id: chunks(job_id) for job_id in "abcde"},
+        "pages": {key: ([job(j) for j in jobs], total) for key, (jobs, total) in pages.items()},
+        "empty page": store.page(None, 5, 10),
+        "counts": store.counts(),
+        "stats": store.stats(),
+        "runnable": store.ids_with_status(RUNNABLE),
+        "finished": store.ids_with_status(FINISHED),
+        "finished before": store.finished_before(FEB + 2 * DAY),
+    }
+
+
+@pytest.fixture
+def stores(tmp_path, redis_server):
+    sqlite, shared = JobStore(tmp_path / "jobs.sqlite3"), RedisJobStore(redis_server.url)
+    yield sqlite, shared
+    sqlite.close()
+    shared.close()
+
+
+def test_the_redis_store_answers_every_call_as_the_sqlite_store_does(stores):
+    sqlite, shared = stores
+    history(sqlite)
+    history(shared)
+    expected = answers(sqlite)
+    assert expected["counts"] == {COMPLETED: 2, FAILED: 1, PAUSED: 1, CANCELLED: 1}
+    assert expected["stats"]["most_used_voice"] == "heart" and expected["finished before"] == ["a", "b", "c"]
+    assert answers(shared) == expected
+    assert shared.update("z", status=CANCELLED) is None and sqlite.update("z", status=CANCELLED) is None
+    assert shared.delete("a") is sqlite.delete("a") is True
+    assert shared.delete("a") is sqlite.delete("a") is False
+    assert answers(shared) == answers(sqlite)
+
+
+def test_a_jobs_audio_and_its_lease_are_the_clusters(stores):
+    _, shared = stores
+    shared.create(record("j", JAN, "heart", 2), ["one", "two"])
+    shared.put_file("j", "chunks/00000.npy", b"x" * 1000)
+    shared.put_file("j", "chunks/00000.npy", b"y" * 600)  # written again: counted once
+    shared.put_file("j", "output.mp3", b"z" * 400)
+    assert shared.get_file("j", "chunks/00000.npy") == b"y" * 600
+    assert shared.usage() == 1000
+    assert shared.claim("j", "node-1") and not shared.claim("j", "node-2")
+    assert shared.holder("j") == "node-1" and shared.orphans() == []
+    assert shared.renew(["j"], "node-2") == ["j"]  # node-2 does not hold it
+    shared.release("j", "node-2")
+    assert shared.holder("j") == "node-1"  # only its holder lets it go
+    shared.release("j", "node-1")
+    assert shared.orphans() == ["j"]
+    assert shared.renew(["j"], "node-2") == [] and shared.holder("j") == "node-2"  # a lapsed lease is taken again
+    assert shared.delete("j")
+    assert shared.usage() == 0 and shared.get_file("j", "output.mp3") is None
+    shared.put_file("j", "output.mp3", b"late")  # a write racing the deletion brings nothing back
+    assert shared.usage() == 0 and shared.get("j") is None and shared.chunks("j") == []
+    shared.chunk_done("j", 0, 1, 1, 1)
+    assert shared.get("j") is None
