@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,7 +28,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from .redis_events import KEY, NODE_TTL_SECONDS, RETRY_SECONDS
+from .redis_events import KEY, NODE_TTL_SECONDS
+from .redis_retry import backoff, cancelling
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +69,6 @@ async def ensure_group(client: Redis) -> None:
         except RedisError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-
-
-async def keep(run: Callable[[], Awaitable[Any]], on_error: Callable[[BaseException], None]) -> None:
-    """Run a loop until it ends, through Redis going away and coming back (backing off); a
-    bug is logged and the loop starts again, rather than leave the process deaf. Cancelled,
-    it ends, even where the client turned the cancellation into a connection error."""
-    failures = 0
-    while True:
-        try:
-            await run()
-            return
-        except (RedisError, OSError) as exc:
-            if (task := asyncio.current_task()) is not None and task.cancelling():
-                raise asyncio.CancelledError() from exc
-            on_error(exc)
-        except Exception:
-            log.exception("%s failed", getattr(run, "__qualname__", run))
-        await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])  # a backoff
-        failures += 1
 
 
 class OrderedSender:
@@ -129,9 +111,9 @@ class OrderedSender:
                         await pipe.execute()
                     break
                 except RedisError as exc:
-                    if (task := asyncio.current_task()) is not None and task.cancelling():
+                    if cancelling():
                         raise asyncio.CancelledError() from exc
-                    delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
+                    delay = backoff(attempt)
                     log.warning("%s: Redis unreachable (%s); trying again in %.2f s", self._name, exc, delay)
                     await asyncio.sleep(delay)  # a backoff, not a wait for anything
             for _ in batch:

@@ -19,7 +19,8 @@ from chatterbox_status.engine_worker import EngineWorker
 from chatterbox_status.engines.base import SynthesisParams
 from chatterbox_status.events import EventBus
 from chatterbox_status.redis_events import ALIVE
-from chatterbox_status.redis_queue import CANCELLED, CHUNKS, REPLIES, decode, encode, ensure_group, keep
+from chatterbox_status.redis_queue import CANCELLED, CHUNKS, REPLIES, decode, encode, ensure_group
+from chatterbox_status.redis_retry import keep
 
 NODE = "test-node"
 PARAMS = vars(SynthesisParams(exaggeration=0.5, cfg_weight=0.5, temperature=0.8))
