@@ -1,5 +1,6 @@
-"""The one retry loop of the cluster's Redis loops (event log, chunk queue, engine workers):
-here, apart from both, so each imports it without importing the other."""
+"""The one retry loop of the cluster's Redis loops (event log, chunk queue, engine workers,
+ordered senders): a module of its own, so redis_events and redis_queue both import it
+without importing each other in a circle."""
 
 from __future__ import annotations
 
@@ -13,16 +14,6 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
-
-
-def cancelling() -> bool:
-    """Whether the current task is being cancelled: redis-py may turn a cancel into a
-    connection error, which must end the loop all the same, not be retried."""
-    return (task := asyncio.current_task()) is not None and task.cancelling() > 0
-
-
-def backoff(failures: int) -> float:
-    return RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
 
 
 async def keep(
@@ -41,12 +32,12 @@ async def keep(
             await run()
             return
         except (RedisError, OSError) as exc:
-            if cancelling():
+            if (task := asyncio.current_task()) is not None and task.cancelling():
                 raise asyncio.CancelledError() from exc
             if reached():
                 failures = 0
             on_error(exc)
         except Exception:
             log.exception("%s failed", getattr(run, "__qualname__", run))
-        await asyncio.sleep(backoff(failures))  # a backoff
+        await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])  # a backoff
         failures += 1
