@@ -58,8 +58,8 @@ from .redis_queue import (
     decode,
     encode,
     ensure_group,
-    keep,
 )
+from .redis_retry import keep
 from .supervisor import EngineFacts, describe_exit, engine_processes
 
 log = logging.getLogger(__name__)

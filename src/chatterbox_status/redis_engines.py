@@ -47,8 +47,8 @@ from .redis_queue import (
     decode,
     encode,
     ensure_group,
-    keep,
 )
+from .redis_retry import keep
 from .supervisor import EngineFacts, OpenCalls
 
 log = logging.getLogger(__name__)

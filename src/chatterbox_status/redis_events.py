@@ -33,7 +33,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from .events import Event, EventBus
+from .redis_retry import keep
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ Entries = list[tuple[bytes, dict[bytes, bytes]]]
 Hash = dict[bytes, bytes]
 # How long an answer waits for its request's events to come back from Redis folded.
 SETTLE_SECONDS = 5.0
-RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 APPEND = """
 local held = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
@@ -195,23 +195,16 @@ class RedisEventBus(EventBus):
         await self._client.aclose()
         self.close()
 
-    async def _keep(self, run: Callable[[], Any], error_attribute: str) -> None:
-        """Run one of the loops for ever, through Redis going away and coming back: the error
-        is kept for ``problem`` until the loop has connected again. A bug (a listener that
-        raised) is logged and the loop goes on, rather than leave this node's view frozen."""
-        failures = 0
-        while True:
-            try:
-                await run()
-            except Exception as exc:
-                if not isinstance(exc, RedisError | OSError):
-                    log.exception("event log: %s failed", error_attribute.strip("_").removesuffix("_error"))
-                elif getattr(self, error_attribute) is None:
-                    log.error("event log: lost Redis at %s: %s", self.url, exc)
-                    failures = 0
-                setattr(self, error_attribute, str(exc) or type(exc).__name__)
-                await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
-                failures += 1
+    async def _keep(self, run: Callable[[], Awaitable[None]], error_attribute: str) -> None:
+        """One of the loops, kept through Redis going away and coming back: the error is kept
+        for ``problem`` (logged once an outage) until the loop, connected again, clears it."""
+
+        def lost(exc: BaseException) -> None:
+            if getattr(self, error_attribute) is None:
+                log.error("event log: lost Redis at %s: %s", self.url, exc)
+            setattr(self, error_attribute, str(exc) or type(exc).__name__)
+
+        await keep(run, lost, reached=lambda: getattr(self, error_attribute) is None)
 
     async def _write(self) -> None:
         """Append the outbox in order, a batch per round trip; markers learn the number of

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,7 +28,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from .redis_events import KEY, NODE_TTL_SECONDS, RETRY_SECONDS
+from .redis_events import KEY, NODE_TTL_SECONDS
+from .redis_retry import keep
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +71,6 @@ async def ensure_group(client: Redis) -> None:
                 raise
 
 
-async def keep(run: Callable[[], Awaitable[Any]], on_error: Callable[[BaseException], None]) -> None:
-    """Run a loop until it ends, through Redis going away and coming back (backing off); a
-    bug is logged and the loop starts again, rather than leave the process deaf. Cancelled,
-    it ends, even where the client turned the cancellation into a connection error."""
-    failures = 0
-    while True:
-        try:
-            await run()
-            return
-        except (RedisError, OSError) as exc:
-            if (task := asyncio.current_task()) is not None and task.cancelling():
-                raise asyncio.CancelledError() from exc
-            on_error(exc)
-        except Exception:
-            log.exception("%s failed", getattr(run, "__qualname__", run))
-        await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])  # a backoff
-        failures += 1
-
-
 class OrderedSender:
     """Commands sent to Redis in the order they were put, batched into pipelines; kept
     (and retried) through an outage, so no frame or call is lost or reordered."""
@@ -96,6 +78,8 @@ class OrderedSender:
     def __init__(self, client: Redis, name: str) -> None:
         self._client = client
         self._queue: asyncio.Queue[Callable[[Pipeline], Any]] = asyncio.Queue()
+        self._batch: list[Callable[[Pipeline], Any]] = []  # taken from the queue, not sent yet
+        self._failing = False  # the batch failed, and no batch was sent since
         self._task: asyncio.Task | None = None
         self._name = name
 
@@ -103,7 +87,7 @@ class OrderedSender:
         self._queue.put_nowait(command)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._send(), name=self._name)
+        self._task = asyncio.create_task(keep(self._send, self._unsent, reached=lambda: not self._failing), name=self._name)
 
     async def stop(self) -> None:
         """Send what is waiting (within a second), then stop."""
@@ -112,30 +96,28 @@ class OrderedSender:
         try:
             await asyncio.wait_for(self._queue.join(), 1.0)
         except TimeoutError:
-            log.warning("%s: stopping with %d commands unsent", self._name, self._queue.qsize())
+            log.warning("%s: stopping with %d commands unsent", self._name, len(self._batch) + self._queue.qsize())
         self._task.cancel()
         await asyncio.wait([self._task], timeout=STOP_SECONDS)  # bounded: a stop never hangs on Redis
 
     async def _send(self) -> None:
+        """Send batches in order: after a failure, the batch that failed first."""
         while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < 256:
-                batch.append(self._queue.get_nowait())
-            for attempt in range(1_000_000):
-                try:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for command in batch:
-                            command(pipe)
-                        await pipe.execute()
-                    break
-                except RedisError as exc:
-                    if (task := asyncio.current_task()) is not None and task.cancelling():
-                        raise asyncio.CancelledError() from exc
-                    delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
-                    log.warning("%s: Redis unreachable (%s); trying again in %.2f s", self._name, exc, delay)
-                    await asyncio.sleep(delay)  # a backoff, not a wait for anything
-            for _ in batch:
+            if not self._batch:
+                self._batch = [await self._queue.get()]
+                while not self._queue.empty() and len(self._batch) < 256:
+                    self._batch.append(self._queue.get_nowait())
+            async with self._client.pipeline(transaction=False) as pipe:
+                for command in self._batch:
+                    command(pipe)
+                await pipe.execute()
+            for _ in self._batch:
                 self._queue.task_done()
+            self._batch, self._failing = [], False
+
+    def _unsent(self, exc: BaseException) -> None:
+        log.warning("%s: Redis unreachable (%s); %d commands wait to be sent again", self._name, exc, len(self._batch))
+        self._failing = True
 
 
 class ClipCache:

@@ -19,7 +19,8 @@ from chatterbox_status.engine_worker import EngineWorker
 from chatterbox_status.engines.base import SynthesisParams
 from chatterbox_status.events import EventBus
 from chatterbox_status.redis_events import ALIVE
-from chatterbox_status.redis_queue import CANCELLED, CHUNKS, REPLIES, decode, encode, ensure_group, keep
+from chatterbox_status.redis_queue import CANCELLED, CHUNKS, REPLIES, OrderedSender, decode, encode, ensure_group
+from chatterbox_status.redis_retry import keep
 
 NODE = "test-node"
 PARAMS = vars(SynthesisParams(exaggeration=0.5, cfg_weight=0.5, temperature=0.8))
@@ -136,3 +137,33 @@ async def test_a_loop_cancelled_inside_a_client_call_that_turns_the_cancel_into_
     done, _ = await asyncio.wait([task], timeout=5)
     assert done and task.cancelled()
     assert errors == []  # not taken for Redis going away
+
+
+async def sent(redis_url: str, count: int) -> list[int]:
+    """The list the test's commands push to, once it holds ``count`` (a client of its own:
+    one from before a restart of Redis holds a dead connection)."""
+    async with aioredis.from_url(redis_url) as client, asyncio.timeout(30):
+        while await client.llen("sent") < count:
+            await asyncio.sleep(0.05)  # poll interval; the timeout decides
+        return [int(n) for n in await client.lrange("sent", 0, -1)]
+
+
+async def test_commands_put_while_redis_is_away_are_sent_once_it_is_back_in_order(redis_server, caplog):
+    """An ordered sender keeps the batch that failed at the head: more than a batch put
+    during an outage reaches Redis once it is back, none lost, none reordered."""
+    async with aioredis.from_url(redis_server.url) as sender_client:
+        sender = OrderedSender(sender_client, "test-sender")
+        sender.start()
+        try:
+            sender.put(lambda pipe: pipe.rpush("sent", 0))
+            assert await sent(redis_server.url, 1) == [0]
+            redis_server.stop()
+            for n in range(1, 300):
+                sender.put(lambda pipe, n=n: pipe.rpush("sent", n))
+            async with asyncio.timeout(10):
+                while "commands wait to be sent again" not in caplog.text:
+                    await asyncio.sleep(0.05)  # poll interval: the sender's first retry comes within 0.1 s
+            redis_server.start()
+            assert await sent(redis_server.url, 300) == list(range(300))
+        finally:
+            await sender.stop()
