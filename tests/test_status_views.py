@@ -240,6 +240,36 @@ def test_on_a_shared_event_log_each_nodes_queue_waits_only_for_its_own_node():
     assert queue["next-on-b"]["estimated_completion"] == round(now + 5 + 100 * 0.01, 3)
 
 
+def test_with_engine_workers_every_nodes_queue_waits_for_the_first_free_worker():
+    """Nodes sharing engine workers (WORKERS) share their queue too: with two workers busy,
+    the next request, whichever node queued it, starts when the first of them frees, and
+    the one after it when the second does."""
+    now = time.time()
+    tracker = StatusTracker(10, "hibari", node="a")
+    tracker.lanes = 2
+    events = [
+        ("engine", {"name": "hibari", "node": "a", "state": "ready", "seconds_per_char": 0.01}),
+        ("status", {"request_id": "long-on-a", "status": "queued", "node": "a", "text_length": 10_000, "engine": "hibari"}),
+        ("status", {"request_id": "long-on-a", "status": "generating_audio", "estimated_completion": now + 100}),
+        ("status", {"request_id": "short-on-b", "status": "queued", "node": "b", "text_length": 500, "engine": "hibari"}),
+        ("status", {"request_id": "short-on-b", "status": "generating_audio", "estimated_completion": now + 5}),
+        ("status", {"request_id": "next-on-a", "status": "queued", "node": "a", "text_length": 100, "engine": "hibari"}),
+        ("status", {"request_id": "next-on-b", "status": "queued", "node": "b", "text_length": 100, "engine": "hibari"}),
+        ("status", {"request_id": "last-on-a", "status": "queued", "node": "a", "text_length": 100, "engine": "hibari"}),
+    ]
+    for n, (type, data) in enumerate(events, start=1):
+        tracker.apply(Event(n, type, {"timestamp": now, **data}))
+    queue = {entry["request_id"]: entry for entry in tracker.queue_view(now)["requests"]}
+    assert [queue[r]["position"] for r in ("next-on-a", "next-on-b", "last-on-a")] == [1, 2, 3]
+    assert queue["next-on-a"]["estimated_start"] == round(now + 5, 3)  # B's request frees a worker first
+    assert queue["next-on-b"]["estimated_start"] == round(now + 5 + 1, 3)  # after next-on-a, on that worker
+    assert queue["last-on-a"]["estimated_start"] == round(now + 5 + 2, 3)  # still before A's long one ends
+    tracker.lanes = 1  # one worker left: one line behind everything running
+    queue = {entry["request_id"]: entry for entry in tracker.queue_view(now)["requests"]}
+    assert queue["next-on-a"]["estimated_start"] == round(now + 100, 3)
+    assert queue["next-on-b"]["estimated_start"] == round(now + 101, 3)
+
+
 async def test_a_request_id_used_again_after_it_left_the_history_starts_afresh(make_client, scripted):
     """HISTORY_SIZE=1: once a client's request id has left the history it may be used again,
     and the new request shows its own text and starts at 0%, not its predecessor's figures."""

@@ -54,6 +54,8 @@ class Core:
         self.engine = self.host.engine
         self.bus, self.tracker = self._event_log(settings)
         self.bus.add_listener(self.tracker.apply)
+        if self.chunks is not None:
+            self.tracker.lanes = self.engine.max_batch_size
         self.bus.add_listener(self._cancel_asked)
         self.progress = ProgressBook(self.bus, self.tracker)
         keep_alive = parse_duration(settings.model_keep_alive)
@@ -72,10 +74,16 @@ class Core:
         from .redis_engines import ChunkQueue  # the redis package is needed only here
 
         self.choice, self.catalog = offered(settings)
-        self.chunks = ChunkQueue(settings.redis_url, redis_events.node_name(), self._taken, lambda: self.worker.reconsider())
+        self.chunks = ChunkQueue(settings.redis_url, redis_events.node_name(), self._taken, self._capacity_changed)
         if settings.worker_devices:
             self.worker_processes = WorkerProcesses(settings, settings.worker_devices)
         return [self.chunks.engine(engine_facts(name, settings)) for name in self.catalog.engines]
+
+    def _capacity_changed(self) -> None:
+        """The engine workers take more (or fewer) requests at once: so do the queue, and its
+        estimates (by the default engine's workers)."""
+        self.tracker.lanes = self.engine.max_batch_size
+        self.worker.reconsider()
 
     def _taken(self, request_id: str, worker: str) -> None:
         """An engine worker took a chunk of the request: its record says which."""

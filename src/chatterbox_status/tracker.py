@@ -147,6 +147,9 @@ class StatusTracker:
 
     def __init__(self, history_size: int, default_engine: str = "", node: str | None = None) -> None:
         self.node = node
+        # With engine workers (WORKERS): how many requests they run at once for every node
+        # together (the queue's estimates follow); None: each node runs its own, one by one.
+        self.lanes: int | None = None
         self._active: dict[str, RequestRecord] = {}
         self._paused: dict[str, RequestRecord] = {}
         self._history: collections.deque[RequestRecord] = collections.deque(maxlen=history_size)
@@ -317,18 +320,27 @@ class StatusTracker:
         """Queue positions with start and completion estimates from measured throughput.
 
         Positions are in the order requests were queued; each estimate follows the requests
-        ahead of it in its own node's queue (on a shared event log every node has its own)."""
+        ahead of it in its own node's queue (on a shared event log every node has its own),
+        or with ``lanes`` set in the one pool of engine workers every node shares, where a
+        request starts as soon as the first of the ``lanes`` is free."""
         now = time.time() if now is None else now
-        clocks: dict[str | None, float | None] = {}
+        pools: dict[str | None, list[float | None]] = {}
+
+        def lanes_of(record: RequestRecord) -> list[float | None]:
+            node = record.fields.get("node") if self.lanes is None else None
+            return pools.setdefault(node, [now] * (self.lanes or 1))
+
         for record in self._active.values():
             if record.status != QUEUED:
-                node = record.fields.get("node")
-                clock, eta = clocks.get(node, now), record.progress_view(now)["estimated_completion"]
-                clocks[node] = max(clock, eta) if (clock is not None and eta is not None) else None
+                lanes = lanes_of(record)
+                lane = _first_free(lanes)
+                clock, eta = lanes[lane], record.progress_view(now)["estimated_completion"]
+                lanes[lane] = max(clock, eta) if (clock is not None and eta is not None) else None
         entries = []
         for position, record in enumerate(self.queued(), start=1):
-            node = record.fields.get("node")
-            start = clocks.get(node, now)
+            lanes = lanes_of(record)
+            lane = _first_free(lanes)
+            start = lanes[lane]
             spc = self.seconds_per_char_of(record.fields.get("engine"))
             done = None if (start is None or spc is None) else round(start + record.fields.get("text_length", 0) * spc, 3)
             entries.append(
@@ -341,7 +353,7 @@ class StatusTracker:
                     "estimated_completion": done,
                 }
             )
-            clocks[node] = done
+            lanes[lane] = done
         return {"length": len(entries), "requests": entries}
 
     def history(self, limit: int) -> list[dict[str, Any]]:
@@ -390,3 +402,9 @@ class StatusTracker:
             "text_preview": record.fields.get("text_preview", ""),
             "queue_length": len(self.queued()),
         }
+
+
+def _first_free(lanes: list[float | None]) -> int:
+    """The lane that frees first (one whose end is unknown only when every one's is)."""
+    known = [(clock, lane) for lane, clock in enumerate(lanes) if clock is not None]
+    return min(known)[1] if known else 0
