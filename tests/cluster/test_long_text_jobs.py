@@ -13,6 +13,7 @@ import signal
 import wave
 from pathlib import Path
 
+import pytest
 from doubles import ScriptedEngine
 
 from .test_cluster_status import wait_for
@@ -97,7 +98,10 @@ async def test_any_node_follows_pauses_resumes_serves_and_deletes_a_job_another_
     assert not job_dir(tmp_path / "a", job_id).exists()
 
 
-async def test_a_job_whose_node_is_killed_is_taken_over_from_its_last_finished_chunk(tmp_path, start_node, start_worker):
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "shut-down"])
+async def test_a_job_whose_node_stops_is_taken_over_from_its_last_finished_chunk(tmp_path, start_node, start_worker, how):
+    """Killed, the node's lease lapses; shut down, it lets the job go and leaves it runnable:
+    either way another node finishes it."""
     gate = tmp_path / "gate"
     start_worker("w1", gate)
     a, b = start_node("a", *FLAGS), start_node("b", *FLAGS)
@@ -105,7 +109,7 @@ async def test_a_job_whose_node_is_killed_is_taken_over_from_its_last_finished_c
     wait_for(lambda: on_the_held_chunk(b, job_id), "the job runs its second chunk", 60)
     first = b.json("GET", f"/audio/speech/long/{job_id}/details")["chunks"][0]
     assert first["status"] == "completed"
-    os.kill(a.process.pid, signal.SIGKILL)
+    os.kill(a.process.pid, how)
     gate.touch()
 
     done = wait_for(lambda: (v := job(b, job_id))["status"] == "completed" and v, "node B takes the job over and finishes it", 60)

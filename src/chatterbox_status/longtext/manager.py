@@ -204,8 +204,12 @@ class LongTextManager:
             session_id=session_id,
             display_name=display_name,
         )
-        await self._db("create", job, plan.chunks)
-        await self._take(job.job_id)
+        await self._take(job.job_id)  # before the job exists: no other node may take it first
+        try:
+            await self._db("create", job, plan.chunks)
+        except BaseException:
+            await self._let_go(job.job_id)
+            raise
         await self._launch(job)
         return job
 
