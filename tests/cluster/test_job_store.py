@@ -5,10 +5,12 @@ manager cannot tell them apart. A real redis-server, the test's own."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
+import redis
 
-from chatterbox_status.longtext.redis_store import RedisJobStore
+from chatterbox_status.longtext.redis_store import RedisJobStore, lease
 from chatterbox_status.longtext.store import (
     CANCELLED,
     COMPLETED,
@@ -35,26 +37,38 @@ def record(job_id: str, created_at: float, voice: str, chunks: int) -> JobRecord
 
 
 def history(store) -> None:
-    """Five jobs through the calls the manager makes."""
+    """Nine jobs through the calls the manager makes: two voices used as often (the first
+    used wins), a completed job without output figures, three still pending."""
     jobs = [
-        ("a", JAN, "heart", 3), ("b", JAN + DAY, "bella", 2), ("c", FEB, "heart", 1), ("d", FEB + DAY, "bella", 2), ("e", FEB + 2 * DAY, "alto", 1)
+        ("a", JAN, "heart", 3), ("b", JAN + DAY, "bella", 2), ("c", FEB, "heart", 1), ("d", FEB + DAY, "bella", 2),
+        ("e", FEB + 2 * DAY, "alto", 1), ("f", FEB + 2 * DAY + 1, "alto", 1),
+        *((name, FEB + 3 * DAY + n, voice, 1) for n, (name, voice) in enumerate(zip("ghi", ("bella", "heart", "echo")))),
     ]
     for job_id, created, voice, chunks in jobs:
         store.create(record(job_id, created, voice, chunks), [f"chunk {i} of {job_id}" for i in range(chunks)])
-    for job_id, chunks, ms in (("a", 3, 1500), ("c", 1, 700)):
+    for job_id, chunks, ms in (("a", 3, 1501), ("c", 1, 701)):
         store.update(job_id, status=PROCESSING, processing_started_at=JAN)
         for index in range(chunks):
             store.chunk_started(job_id, index)
             store.chunk_done(job_id, index, 24000, 1000, ms)
         store.update(job_id, status=COMPLETED, output_path="output.mp3", output_size_bytes=4000 * chunks,
-                     output_duration_seconds=1.5 * chunks, current_chunk=None, updated_at=FEB)
+                     output_duration_seconds=1.23456 * chunks, current_chunk=None, updated_at=FEB)
     store.update("b", status=PROCESSING)
     store.chunk_started("b", 0)
     store.chunk_done("b", 0, 100, 4, 90)
     store.chunk_invalid("b", 0, "audio file is corrupt")
+    store.chunk_started("b", 1)
+    store.chunk_done("b", 1, 100, 4, 90)
+    store.chunk_invalid("b", 1, "audio file is missing")
+    store.chunk_done("b", 1, 120, 5, 80)  # made again: no error any more
     store.update("b", status=FAILED, error="Generation failed: boom", updated_at=FEB)
     store.update("d", status=PAUSED, processing_paused_at=FEB + DAY, display_name="renamed", tags=["x", "y"])
     store.update("e", status=CANCELLED, updated_at=FEB + 3 * DAY)
+    store.update("f", status=COMPLETED, updated_at=FEB)
+    store.update("g", status=PROCESSING)
+    store.chunk_started("g", 0)
+    store.update("c", display_name="renamed too")  # no status: the job stays where it is
+    store.update("c", last_accessed=FEB + 5 * DAY, updated_at=FEB)
 
 
 def answers(store) -> dict:
@@ -63,19 +77,26 @@ def answers(store) -> dict:
         return None if j is None else {k: v for k, v in dataclasses.asdict(j).items() if k != "updated_at" or v in (FEB, FEB + 3 * DAY)}
 
     def chunks(job_id: str) -> list:
-        return [(c.index, c.text, c.done, c.samples, c.duration_ms, c.error, c.started_at is not None) for c in store.chunks(job_id)]
+        return [
+            (c.index, c.text, c.done, c.samples, c.duration_ms, c.error, c.started_at is not None, c.completed_at is not None)
+            for c in store.chunks(job_id)
+        ]
 
     pages = {status: store.page(status, 2, offset) for status in (None, COMPLETED, PAUSED) for offset in (0, 1)}
     return {
-        "jobs": {job_id: job(store.get(job_id)) for job_id in "abcdez"},
-        "chunks": {job_id: chunks(job_id) for job_id in "abcde"},
+        "jobs": {job_id: job(store.get(job_id)) for job_id in "abcdefghiz"},
+        "recently changed": [j.job_id for j in map(store.get, "abcdefghi") if j is not None and time.time() - j.updated_at < 60],
+        "chunks": {job_id: chunks(job_id) for job_id in "abcdefghi"},
         "pages": {key: ([job(j) for j in jobs], total) for key, (jobs, total) in pages.items()},
         "empty page": store.page(None, 5, 10),
+        "no page": store.page(None, 0, 0),
+        "one-job page": [j.job_id for j in store.page(PENDING, 1, 0)[0]],
         "counts": store.counts(),
         "stats": store.stats(),
         "runnable": store.ids_with_status(RUNNABLE),
         "finished": store.ids_with_status(FINISHED),
         "finished before": store.finished_before(FEB + 2 * DAY),
+        "finished before FEB": store.finished_before(FEB),
     }
 
 
@@ -89,20 +110,33 @@ def stores(tmp_path, redis_server):
 
 def test_the_redis_store_answers_every_call_as_the_sqlite_store_does(stores):
     sqlite, shared = stores
+    assert answers(shared) == answers(sqlite)  # empty
+    assert shared.usage() == 0
     history(sqlite)
     history(shared)
     expected = answers(sqlite)
-    assert expected["counts"] == {COMPLETED: 2, FAILED: 1, PAUSED: 1, CANCELLED: 1}
-    assert expected["stats"]["most_used_voice"] == "heart" and expected["finished before"] == ["a", "b", "c"]
+    assert expected["counts"] == {COMPLETED: 3, FAILED: 1, PAUSED: 1, CANCELLED: 1, PENDING: 2, PROCESSING: 1}
+    assert expected["stats"]["most_used_voice"] == "heart" and expected["finished before"] == ["a", "b", "c", "f"]
+    assert expected["recently changed"] == ["d", "g"] and expected["finished before FEB"] == []
     assert answers(shared) == expected
     assert shared.update("z", status=CANCELLED) is None and sqlite.update("z", status=CANCELLED) is None
+    assert shared.update("d", display_name="again") == shared.get("d")
+    sqlite.update("d", display_name="again")
+    for store in (sqlite, shared):
+        with pytest.raises(ValueError, match=r"unknown job fields \['colour'\]"):
+            store.update("d", colour="blue")
     assert shared.delete("a") is sqlite.delete("a") is True
     assert shared.delete("a") is sqlite.delete("a") is False
     assert answers(shared) == answers(sqlite)
 
 
-def test_a_jobs_audio_and_its_lease_are_the_clusters(stores):
+def test_a_jobs_audio_and_its_lease_are_the_clusters(stores, redis_server):
     _, shared = stores
+    client = redis.Redis.from_url(redis_server.url)
+
+    def lease_ms(job_id: str) -> int:
+        return client.pttl(lease(job_id))
+
     shared.create(record("j", JAN, "heart", 2), ["one", "two"])
     shared.put_file("j", "chunks/00000.npy", b"x" * 1000)
     shared.put_file("j", "chunks/00000.npy", b"y" * 600)  # written again: counted once
@@ -110,13 +144,15 @@ def test_a_jobs_audio_and_its_lease_are_the_clusters(stores):
     assert shared.get_file("j", "chunks/00000.npy") == b"y" * 600
     assert shared.usage() == 1000
     assert shared.claim("j", "node-1") and not shared.claim("j", "node-2")
+    assert 9000 < lease_ms("j") <= 10_000  # it lapses unless renewed
     assert shared.holder("j") == "node-1" and shared.orphans() == []
     assert shared.renew(["j"], "node-2") == ["j"]  # node-2 does not hold it
     shared.release("j", "node-2")
     assert shared.holder("j") == "node-1"  # only its holder lets it go
     shared.release("j", "node-1")
-    assert shared.orphans() == ["j"]
+    assert shared.holder("j") is None and shared.orphans() == ["j"]
     assert shared.renew(["j"], "node-2") == [] and shared.holder("j") == "node-2"  # a lapsed lease is taken again
+    assert 9000 < lease_ms("j") <= 10_000
     assert shared.delete("j")
     assert shared.usage() == 0 and shared.get_file("j", "output.mp3") is None
     shared.put_file("j", "output.mp3", b"late")  # a write racing the deletion brings nothing back

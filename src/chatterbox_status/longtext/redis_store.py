@@ -233,10 +233,7 @@ class RedisJobStore:
         completed = [row for row in rows if row["status"] == COMPLETED]
         failed = sum(row["status"] == FAILED for row in rows)
         ended = len(completed) + failed
-        voices = Counter(row["voice"] for row in rows)
-        first: dict[str, float] = {}
-        for row in rows:
-            first[row["voice"]] = min(first.get(row["voice"], row["created_at"]), row["created_at"])
+        voices = Counter(row["voice"] for row in rows)  # in the order of first use (rows are oldest first)
         months = Counter(time.strftime("%Y-%m", time.gmtime(row["created_at"])) for row in rows)
         return {
             "total_jobs": len(rows),
@@ -248,7 +245,7 @@ class RedisJobStore:
                 round(sum(row["total_processing_time_ms"] for row in completed) / len(completed) / 1000, 3) if completed else 0.0
             ),
             "success_rate_percentage": round(100.0 * len(completed) / ended, 1) if ended else 0.0,
-            "most_used_voice": min(voices, key=lambda voice: (-voices[voice], first[voice])) if voices else None,
+            "most_used_voice": min(voices, key=lambda voice: -voices[voice]) if voices else None,  # ties: the first used
             "jobs_by_month": dict(sorted(months.items())),
         }
 
