@@ -5,6 +5,8 @@ manager cannot tell them apart. A real redis-server, the test's own."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import time
 
 import pytest
@@ -159,3 +161,19 @@ def test_a_jobs_audio_and_its_lease_are_the_clusters(stores, redis_server):
     assert shared.usage() == 0 and shared.get("j") is None and shared.chunks("j") == []
     shared.chunk_done("j", 0, 1, 1, 1)
     assert shared.get("j") is None
+
+
+def test_a_redis_that_hangs_fails_a_call_within_seconds_instead_of_holding_it(stores, redis_server):
+    """A Redis that stops answering (stopped, its machine gone quiet) must not hold a
+    long-text route, or the lease keeper, for ever: each call gives up after 10 s."""
+    _, shared = stores
+    assert shared.get("x") is None  # connected
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        with pytest.raises(redis.exceptions.TimeoutError):
+            shared.get("x")
+        assert time.monotonic() - began < 15
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    assert shared.get("x") is None  # and it goes on once Redis answers again
