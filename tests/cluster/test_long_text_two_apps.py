@@ -1,0 +1,145 @@
+"""Long-text jobs shared by two nodes (REDIS_URL), both apps in this test's process on a real
+redis-server, each with a ScriptedEngine of its own: what ``test_long_text_jobs`` checks with
+server processes, here where the test can see which node's engine spoke what (and where
+mutation testing reaches the manager's cluster code)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from conftest import build_app, core_of
+from doubles import ScriptedEngine
+from test_long_text import SENTENCES, expected_frames, manager_of, spoken, status_of, submit, wav_frames
+
+from chatterbox_status.longtext import files
+from chatterbox_status.longtext.manager import MB
+
+
+def in_thread(fn, *args):
+    return asyncio.to_thread(fn, *args)
+
+
+async def eventually(condition, what: str, deadline_s: float = 20.0):
+    """Poll ``condition`` (another node's disk, or a lease that lapses) until it holds."""
+    deadline = time.monotonic() + deadline_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"not within {deadline_s} s: {what}"
+        await asyncio.sleep(0.05)  # poll interval; the deadline decides
+    return value
+
+
+@pytest.fixture
+def start(aiohttp_client, tmp_path: Path, redis_server):
+    """A node of the cluster: ``await start("a", engine, **long_text_config)``."""
+    engines: list[ScriptedEngine] = []
+
+    async def start_node(name: str, engine: ScriptedEngine, **config):
+        engines.append(engine)
+        app = build_app(
+            engine, tmp_path / name / "data", tmp_path / name / "voices", {"redis_url": redis_server.url},
+            redis_url=redis_server.url, silence_padding_ms=0, **config,
+        )
+        client = await aiohttp_client(app)
+        await asyncio.wait_for(core_of(client).worker.wait_loaded(), 30)
+        return client
+
+    yield start_node
+    for engine in engines:  # a failed test must not leave an engine thread waiting
+        engine.load_gate.set()
+        engine.release(10_000)
+
+
+async def second_chunk_held(client, engine: ScriptedEngine) -> str:
+    engine.hold()
+    job_id = (await submit(client))["job_id"]
+    assert await in_thread(engine.wait_started) == SENTENCES[0]
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[1]
+    return job_id
+
+
+def job_dir(client, job_id: str) -> Path:
+    return files.job_dir(manager_of(client).root, job_id)
+
+
+async def test_a_job_runs_on_one_node_and_is_paused_resumed_served_and_deleted_through_the_other(start, tmp_path):
+    one, other = ScriptedEngine(), ScriptedEngine()
+    a, b = await start("a", one), await start("b", other)
+    job_id = await second_chunk_held(a, one)
+    assert (await status_of(b, job_id))["status"] == "processing"
+
+    resp = await b.put(f"/audio/speech/long/{job_id}/pause")  # A runs it: B asks A
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["status"] == "paused"
+    assert not manager_of(a).is_running(await manager_of(a).get(job_id))  # A's run stopped
+    assert core_of(b).tracker.find(job_id).status == "paused"
+    assert (await b.put(f"/audio/speech/long/{job_id}/pause")).status == 409
+
+    resp = await b.put(f"/audio/speech/long/{job_id}/resume")  # now B runs it
+    assert resp.status == 200, await resp.text()
+    await asyncio.wait_for(manager_of(b).wait(job_id), 30)
+    assert (await status_of(a, job_id))["status"] == "completed"
+    assert spoken(one) == SENTENCES[:2] and spoken(other) == SENTENCES[1:]  # the paused chunk again, on B
+    record = core_of(a).tracker.find(job_id)
+    assert record.status == "completed" and record.fields["node"] == core_of(b).bus.node
+
+    assert not (job_dir(a, job_id) / "output.wav").exists()
+    from_a = await (await a.get(f"/audio/speech/long/{job_id}/download")).read()  # from Redis
+    from_b = await (await b.get(f"/audio/speech/long/{job_id}/download")).read()
+    assert from_a == from_b
+    assert len(wav_frames(from_a)[1]) == expected_frames(one, SENTENCES, 0)
+
+    # The audio the cluster's jobs hold counts against LONG_TEXT_MAX_DISK_MB on every node,
+    # not only the files on a node's own disk.
+    held = await manager_of(b)._db("usage")
+    assert held > 0
+    c = await start("c", ScriptedEngine(), max_disk_mb=0.9 * held / MB)
+    resp = await c.post("/audio/speech/long", json={"input": SENTENCES[0], "response_format": "wav"})
+    assert resp.status == 507, await resp.text()
+    assert "Long-text storage is full" in (await resp.json())["error"]["message"]
+
+    resp = await a.delete(f"/audio/speech/long/{job_id}", params={"action": "delete"})
+    assert resp.status == 200, await resp.text()
+    assert (await b.get(f"/audio/speech/long/{job_id}")).status == 404
+    assert not job_dir(a, job_id).exists()
+    await eventually(lambda: not job_dir(b, job_id).exists(), "B removed its copy of the job's files")
+    assert await manager_of(b)._db("usage") == 0
+
+
+async def test_a_node_that_stops_leaves_its_job_to_another_which_finishes_it(start):
+    one, other = ScriptedEngine(), ScriptedEngine()
+    a, b = await start("a", one), await start("b", other)
+    job_id = await second_chunk_held(a, one)
+    await a.close()  # shut down: the job stays runnable, its lease let go
+    record = core_of(b).tracker.find(job_id)
+    await eventually(lambda: record.fields["node"] == core_of(b).bus.node, "B takes the job (its record names B)")
+    await asyncio.wait_for(manager_of(b).wait(job_id), 30)
+    view = await status_of(b, job_id)
+    assert view["status"] == "completed"
+    assert spoken(other) == SENTENCES[1:]  # from the first unfinished chunk; A's first chunk kept
+    data = await (await b.get(f"/audio/speech/long/{job_id}/download")).read()
+    assert len(wav_frames(data)[1]) == expected_frames(one, SENTENCES, 0)
+    statistics = await (await b.get("/status/statistics")).json()
+    assert (statistics["total_requests"], statistics["completed_requests"]) == (1, 1)
+
+
+async def test_a_job_no_node_runs_is_cancelled_by_any_node(start):
+    """A job whose node stopped, cancelled before another node could take it over (the other
+    node's one long-text slot is busy): the node asked holds it, stores the cancel and ends it
+    in the status API, where it was still generating."""
+    one, other = ScriptedEngine(), ScriptedEngine()
+    a, b = await start("a", one), await start("b", other, max_concurrent_jobs=1)
+    busy = await second_chunk_held(b, other)
+    job_id = await second_chunk_held(a, one)
+    await a.close()
+    resp = await b.delete(f"/audio/speech/long/{job_id}")
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["status"] == "cancelled"
+    assert spoken(other) == SENTENCES[:2]  # B never ran A's job
+    assert core_of(b).tracker.find(job_id).status == "cancelled"
+    assert core_of(b).tracker.find(busy).status == "generating_audio"
+    statistics = await (await b.get("/status/statistics")).json()
+    assert (statistics["total_requests"], statistics["cancelled_requests"]) == (2, 1)
