@@ -143,3 +143,29 @@ async def test_a_job_no_node_runs_is_cancelled_by_any_node(start):
     assert core_of(b).tracker.find(busy).status == "generating_audio"
     statistics = await (await b.get("/status/statistics")).json()
     assert (statistics["total_requests"], statistics["cancelled_requests"]) == (2, 1)
+
+
+async def test_the_jobs_a_node_kept_before_redis_url_become_the_clusters(start, aiohttp_client, tmp_path):
+    """A server that kept its jobs in its own database is restarted with REDIS_URL: its jobs
+    (a finished one and one stopped mid-way) are the cluster's, every node lists and serves
+    them, the stopped one is finished, and the database is set aside, not read again."""
+    alone = ScriptedEngine()
+    client = await aiohttp_client(build_app(alone, tmp_path / "a" / "data", tmp_path / "a" / "voices", silence_padding_ms=0))
+    await asyncio.wait_for(core_of(client).worker.wait_loaded(), 30)
+    done = (await submit(client))["job_id"]
+    await asyncio.wait_for(manager_of(client).wait(done), 30)
+    stopped = await second_chunk_held(client, alone)
+    await client.close()
+    alone.release(10_000)
+
+    a, b = await start("a", ScriptedEngine()), await start("b", ScriptedEngine())
+    listed = await (await b.get("/audio/speech/long")).json()
+    assert {job["job_id"] for job in listed["jobs"]} == {done, stopped}
+    resp = await b.get(f"/audio/speech/long/{done}/download")
+    assert resp.status == 200
+    assert len(wav_frames(await resp.read())[1]) == expected_frames(alone, SENTENCES, 0)
+    await eventually(lambda: (r := core_of(b).tracker.find(stopped)) is not None and r.status == "completed", "the stopped job is finished")
+    data = await (await a.get(f"/audio/speech/long/{stopped}/download")).read()
+    assert len(wav_frames(data)[1]) == expected_frames(alone, SENTENCES, 0)
+    database = manager_of(a).root / "jobs.sqlite3"
+    assert not database.exists() and len(list(database.parent.glob("jobs.sqlite3.shared-*"))) == 1

@@ -42,12 +42,14 @@ from .store import (
     CANCELLED,
     FAILED,
     FINISHED,
+    JOB_STATUSES,
     PAUSED,
     PENDING,
     RUNNABLE,
     ChunkRecord,
     JobRecord,
     JobStore,
+    set_aside,
     storage_errors,
 )
 
@@ -107,6 +109,10 @@ class LongTextManager:
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self.config.max_concurrent_jobs)
         if self.config.redis_url:  # the jobs no node holds are taken by the lease keeper
+            try:
+                await self._share_local_jobs()
+            except SharedStateUnavailable as exc:
+                log.error("long-text jobs of this node's own database stay there until the next start: %s", exc)
             self._leases = asyncio.create_task(self._keep_leases(), name="long-text-leases")
         elif await asyncio.to_thread(self._db_path.exists):
             for job_id in await self._db("ids_with_status", RUNNABLE):
@@ -542,6 +548,35 @@ class LongTextManager:
             task.add_done_callback(self._removals.discard)
         elif (run := self._runs.get(job_id)) is not None:
             self._signal(run, event.data["stop"])
+
+    async def _share_local_jobs(self) -> None:
+        """The jobs this node kept in a database of its own (before REDIS_URL) go into the
+        cluster's store with their files, held meanwhile so no node runs one half copied;
+        then the database is set aside. Turning the cluster on loses no job."""
+        if not await asyncio.to_thread(self._db_path.exists):
+            return
+        local = await asyncio.to_thread(JobStore, self._db_path)
+        try:
+            ids = await asyncio.to_thread(local.ids_with_status, set(JOB_STATUSES))
+            for job_id in ids:
+                job, chunks = await asyncio.to_thread(local.get, job_id), await asyncio.to_thread(local.chunks, job_id)
+                if job is None or not await self._hold(job_id):
+                    continue
+                try:
+                    if await self._db("add", job, chunks):
+                        names = [files.chunk_name(c.index) for c in chunks if c.done]
+                        if job.output_path:
+                            names.append(job.output_path)
+                        for name in names:
+                            path = files.job_dir(self.root, job_id) / name
+                            if await asyncio.to_thread(path.is_file):
+                                await self._db("put_file", job_id, name, await asyncio.to_thread(path.read_bytes))
+                finally:
+                    await self._let_go(job_id)
+        finally:
+            await asyncio.to_thread(local.close)
+        aside = await asyncio.to_thread(set_aside, self._db_path, "shared")
+        log.info("long-text: %d jobs of this node's database are the cluster's now (Redis); the database is kept as %s", len(ids), aside)
 
     async def _keep_leases(self) -> None:
         """Renew this node's leases (a run whose job another node took stops here), and take

@@ -155,11 +155,24 @@ class RedisJobStore:
     # -- jobs --------------------------------------------------------------------
 
     def create(self, job: JobRecord, chunks: list[str]) -> None:
+        self._write(job, [ChunkRecord(i, text) for i, text in enumerate(chunks)])
+
+    def add(self, job: JobRecord, chunks: list[ChunkRecord]) -> bool:
+        """A job as it stands (one a node kept before it shared its jobs), unless the cluster
+        has it already."""
+        if self._client.exists(_job(job.job_id)):
+            return False
+        self._write(job, chunks)
+        return True
+
+    def _write(self, job: JobRecord, chunks: list[ChunkRecord]) -> None:
         fields = {name: json.dumps(value) for name, value in dataclasses.asdict(job).items()}
+        records = {str(chunk.index): json.dumps(dataclasses.asdict(chunk)) for chunk in chunks}
         with self._client.pipeline(transaction=True) as pipe:
             pipe.hset(_job(job.job_id), mapping=cast(Any, fields))
-            records = {str(i): json.dumps(dataclasses.asdict(ChunkRecord(i, text))) for i, text in enumerate(chunks)}
             pipe.hset(_chunks(job.job_id), mapping=cast(Any, records))
+            if done := [chunk.index for chunk in chunks if chunk.done]:
+                pipe.sadd(_done(job.job_id), *done)
             pipe.zadd(ALL, {job.job_id: job.created_at})
             pipe.zadd(STATUS + job.status, {job.job_id: job.created_at})
             pipe.execute()

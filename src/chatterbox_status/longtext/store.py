@@ -149,11 +149,7 @@ class JobStore:
                 raise OutOfSpace(f"The long-text database cannot be opened: {exc}") from exc
             # Not a database any more: keep it for whoever wants to look, and start afresh,
             # as a corrupt voice index is. Jobs in it are lost to this server.
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                source = path.with_name(path.name + suffix)
-                if source.exists():
-                    source.replace(aside.with_name(aside.name + suffix))
+            aside = set_aside(path, "corrupt")
             log.error("long-text database %s is corrupt (%s): set aside as %s, starting a new one", path, exc, aside)
             self._db = _connect(path)
 
@@ -312,6 +308,16 @@ class JobStore:
                 "UPDATE jobs SET completed_chunks = (SELECT COUNT(*) FROM chunks WHERE job_id = ? AND done = 1), updated_at = ? WHERE job_id = ?",
                 (job_id, now, job_id),
             )
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Move the database (with its -wal and -shm files) out of the way, named for why and when."""
+    aside = path.with_name(f"{path.name}.{why}-{int(time.time())}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.replace(aside.with_name(aside.name + suffix))
+    return aside
 
 
 def _connect(path: Path) -> sqlite3.Connection:
