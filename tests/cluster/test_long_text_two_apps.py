@@ -15,7 +15,7 @@ from doubles import ScriptedEngine
 from test_long_text import SENTENCES, expected_frames, manager_of, spoken, status_of, submit, wav_frames
 
 from chatterbox_status.longtext import files
-from chatterbox_status.longtext.manager import MB
+from chatterbox_status.longtext.manager import LEASE_RENEW_SECONDS, MB
 
 
 def in_thread(fn, *args):
@@ -71,8 +71,10 @@ async def test_a_job_runs_on_one_node_and_is_paused_resumed_served_and_deleted_t
     job_id = await second_chunk_held(a, one)
     assert (await status_of(b, job_id))["status"] == "processing"
 
+    began = time.monotonic()
     resp = await b.put(f"/audio/speech/long/{job_id}/pause")  # A runs it: B asks A
     assert resp.status == 200, await resp.text()
+    assert time.monotonic() - began < LEASE_RENEW_SECONDS  # answered on A's event, not at B's next look
     assert (await resp.json())["status"] == "paused"
     assert not manager_of(a).is_running(await manager_of(a).get(job_id))  # A's run stopped
     assert core_of(b).tracker.find(job_id).status == "paused"
@@ -169,3 +171,34 @@ async def test_the_jobs_a_node_kept_before_redis_url_become_the_clusters(start, 
     assert len(wav_frames(data)[1]) == expected_frames(alone, SENTENCES, 0)
     database = manager_of(a).root / "jobs.sqlite3"
     assert not database.exists() and len(list(database.parent.glob("jobs.sqlite3.shared-*"))) == 1
+
+
+async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(start):
+    one, other = ScriptedEngine(), ScriptedEngine()
+    a, b = await start("a", one), await start("b", other)
+    job_id = await second_chunk_held(a, one)
+    resp = await b.delete(f"/audio/speech/long/{job_id}", params={"action": "delete"})
+    assert resp.status == 200, await resp.text()
+    assert (await a.get(f"/audio/speech/long/{job_id}")).status == 404
+    assert core_of(a).tracker.find(job_id).status == "cancelled"
+    await eventually(lambda: not job_dir(a, job_id).exists(), "A removed the job's files")
+    assert spoken(one) == SENTENCES[:2] and spoken(other) == []
+    statistics = await (await a.get("/status/statistics")).json()
+    assert (statistics["total_requests"], statistics["cancelled_requests"], statistics["is_processing"]) == (1, 1, False)
+
+
+async def test_a_node_whose_job_another_node_took_stops_its_own_run(start, redis_server):
+    """The lease of a job was taken by another node (this node was cut off from Redis past
+    its lease, say): at its next renewal this node stops its run, storing nothing, so the
+    job is never run twice at once."""
+    import redis as sync_redis
+
+    from chatterbox_status.longtext.redis_store import lease
+
+    one = ScriptedEngine()
+    a = await start("a", one)
+    job_id = await second_chunk_held(a, one)
+    sync_redis.Redis.from_url(redis_server.url).set(lease(job_id), "another-node", px=60_000)
+    await asyncio.wait_for(manager_of(a).wait(job_id), 10)  # within a renewal or two
+    assert (await status_of(a, job_id))["status"] == "processing"  # left for the node that holds it
+    assert spoken(one) == SENTENCES[:2]
