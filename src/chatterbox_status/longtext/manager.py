@@ -280,7 +280,7 @@ class LongTextManager:
 
     async def delete(self, job_id: str) -> None:
         job = await self.get(job_id)
-        self._end_paused(job)
+        await self._end_paused(job)
         run = self._runs.get(job_id)
         if run is not None:
             self._signal(run, "cancel")
@@ -379,16 +379,17 @@ class LongTextManager:
         """The engine the job's model chose (jobs stored before there was a choice: the default)."""
         return record.parameters.get("engine") or self.core.catalog.default
 
-    def _end_paused(self, job: JobRecord) -> None:
+    async def _end_paused(self, job: JobRecord) -> None:
         """A paused job that is cancelled or deleted ends in the status API as cancelled,
         with the figures it was paused at."""
         record = self.core.tracker.find(job.job_id)
         if record is not None and record.status == PAUSED:
             self.core.progress.open(job.job_id, job.text).finish("cancelled", "Cancelled")
+            await self.core.bus.settled()  # the answer that follows implies it
 
-    def _settle_record(self, job: JobRecord) -> None:
+    async def _settle_record(self, job: JobRecord) -> None:
         """A job stopped while no run had it (paused, or in a cluster one whose node stopped):
-        the status API shows it as its record now is."""
+        the status API shows it as its record now is, before the answer says so."""
         record = self.core.tracker.find(job.job_id)
         if record is None or record.status in TERMINAL_STATUSES or record.status == job.status:
             return
@@ -397,6 +398,7 @@ class LongTextManager:
             progress.pause()
         else:
             progress.finish("cancelled", "Cancelled")
+        await self.core.bus.settled()
 
     def _signal(self, run: _Run, reason: StopReason) -> None:
         """In the pipeline, the job stops at its next check; before, its wait is cut short."""
@@ -415,7 +417,7 @@ class LongTextManager:
                     job = await self._store_stop(job_id, status)
                 finally:
                     await self._let_go(job_id)
-                self._settle_record(job)
+                await self._settle_record(job)
                 return
             if time.monotonic() > deadline:
                 raise SharedStateUnavailable(
