@@ -247,6 +247,7 @@ async def test_jobs_show_up_on_the_bus_like_requests(make_long):
     await finished(client, job_id)
     mine = [e.data for e in seen if e.data["request_id"] == job_id]
     assert mine[0]["status"] == "queued"
+    assert mine[0]["durable"] is True  # a long-text job outlives its node: another must not fail it
     generating = [(d["current_chunk"], d["total_chunks"]) for d in mine if d["status"] == "generating_audio"]
     assert generating == [(1, 4), (2, 4), (3, 4), (4, 4)]
     ending = [(d["status"], d["current_step"], d["progress_percentage"]) for d in mine if d["status"] in ("concatenating", "finalizing")]
@@ -254,6 +255,10 @@ async def test_jobs_show_up_on_the_bus_like_requests(make_long):
     assert mine[-1]["status"] == "completed" and mine[-1]["progress_percentage"] == 100.0
     record = core_of(client).tracker.find(job_id)
     assert record is not None and record.status == "completed"
+    response = await client.post("/v1/audio/speech", json={"input": "A request ends with its node."}, headers={"X-Request-ID": "not-durable"})
+    assert response.status == 200
+    queued = [e.data for e in seen if e.data["request_id"] == "not-durable" and e.data["status"] == "queued"]
+    assert len(queued) == 1 and "durable" not in queued[0]
 
 
 async def test_sse_streams_progress_then_completed(make_long):
