@@ -9,6 +9,7 @@ import io
 import itertools
 import logging
 import re
+import sqlite3
 import time
 import wave
 from datetime import datetime
@@ -27,6 +28,7 @@ from chatterbox_status.engine_pool import WARM_UP_TEXT
 from chatterbox_status.longtext import files
 from chatterbox_status.longtext.config import LongTextConfig
 from chatterbox_status.longtext.manager import MB, LongTextManager
+from chatterbox_status.longtext.store import JobStore
 from chatterbox_status.planning import SPEECH_SECONDS_PER_CHAR
 
 SENTENCES = [
@@ -465,6 +467,29 @@ async def test_a_failed_job_is_logged_once_by_its_id_and_nothing_else_is_an_erro
     gc.collect()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [(r.name, r.getMessage()) for r in errors] == [("chatterbox_status.pipeline", f"request {job_id} failed")]
+
+
+async def test_a_failure_that_cannot_be_stored_is_logged_and_still_ends_the_job_in_error(make_long, caplog, monkeypatch):
+    """The engine raises, and the disk is full when the job's failure is written: the operator's
+    log says so under the job's id, with the storage error, and the status API still ends the
+    request in error with the engine's message (it does not stay generating)."""
+    update = JobStore.update
+
+    def full_when_failing(self, job_id, **fields):
+        if fields.get("status") == "failed":
+            raise sqlite3.OperationalError("database or disk is full")
+        return update(self, job_id, **fields)
+
+    monkeypatch.setattr(JobStore, "update", full_when_failing)
+    engine = ScriptedEngine(fail_on="third")
+    client = await make_long(engine)
+    job_id = (await submit(client))["job_id"]
+    await asyncio.wait_for(manager_of(client).wait(job_id), 30)
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "error" and "scripted failure" in record["error_message"], record
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "chatterbox_status.pipeline"]
+    assert [r.getMessage() for r in errors] == [f"request {job_id} failed", f"request {job_id}: its failure could not be stored"]
+    assert "out of space" in str(errors[1].exc_info[1])
 
 
 async def test_long_text_jobs_count_toward_the_periodic_memory_cleanup(make_long):
