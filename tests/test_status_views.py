@@ -297,3 +297,18 @@ async def test_the_engine_worker_that_takes_a_chunk_is_named_in_the_record_once_
     record = await get_json(client, "/status/requests/taken-by-0001")
     assert (record["status"], record["worker"]) == ("completed", "worker-b")
     assert len([e for e in events if "worker" in e.data]) == 2
+
+
+async def test_a_requests_audio_duration_is_given_to_the_millisecond(make_client, scripted):
+    """The record's ``audio_duration_seconds`` is the audio sent, rounded to the millisecond
+    like every duration of the status API: an engine whose chunks are no whole number of
+    milliseconds shows it rounded, not to a tenth of one."""
+    scripted.seconds_per_char = 0.0201  # 321.6 samples a character at 16 kHz
+    client = await make_client(engine=scripted)
+    body = {"input": "A sentence of a few words, spoken once.", "response_format": "pcm"}
+    response = await client.post("/v1/audio/speech", json=body, headers={"X-Request-ID": "duration-ms-0001"})
+    assert response.status == 200
+    seconds = len(await response.read()) / 2 / scripted.sample_rate
+    assert round(seconds, 4) != round(seconds, 3)  # the premise: a tenth of a millisecond shows
+    record = await get_json(client, "/status/requests/duration-ms-0001")
+    assert record["audio_duration_seconds"] == round(seconds, 3)
