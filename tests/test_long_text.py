@@ -249,6 +249,7 @@ async def test_jobs_show_up_on_the_bus_like_requests(make_long):
     await finished(client, job_id)
     mine = [e.data for e in seen if e.data["request_id"] == job_id]
     assert mine[0]["status"] == "queued"
+    assert mine[0]["durable"] is True  # a long-text job outlives its node: another must not fail it
     generating = [(d["current_chunk"], d["total_chunks"]) for d in mine if d["status"] == "generating_audio"]
     assert generating == [(1, 4), (2, 4), (3, 4), (4, 4)]
     ending = [(d["status"], d["current_step"], d["progress_percentage"]) for d in mine if d["status"] in ("concatenating", "finalizing")]
@@ -256,6 +257,10 @@ async def test_jobs_show_up_on_the_bus_like_requests(make_long):
     assert mine[-1]["status"] == "completed" and mine[-1]["progress_percentage"] == 100.0
     record = core_of(client).tracker.find(job_id)
     assert record is not None and record.status == "completed"
+    response = await client.post("/v1/audio/speech", json={"input": "A request ends with its node."}, headers={"X-Request-ID": "not-durable"})
+    assert response.status == 200
+    queued = [e.data for e in seen if e.data["request_id"] == "not-durable" and e.data["status"] == "queued"]
+    assert len(queued) == 1 and "durable" not in queued[0]
 
 
 async def test_sse_streams_progress_then_completed(make_long):
@@ -462,6 +467,29 @@ async def test_a_failed_job_is_logged_once_by_its_id_and_nothing_else_is_an_erro
     gc.collect()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [(r.name, r.getMessage()) for r in errors] == [("chatterbox_status.pipeline", f"request {job_id} failed")]
+
+
+async def test_a_failure_that_cannot_be_stored_is_logged_and_still_ends_the_job_in_error(make_long, caplog, monkeypatch):
+    """The engine raises, and the disk is full when the job's failure is written: the operator's
+    log says so under the job's id, with the storage error, and the status API still ends the
+    request in error with the engine's message (it does not stay generating)."""
+    update = JobStore.update
+
+    def full_when_failing(self, job_id, **fields):
+        if fields.get("status") == "failed":
+            raise sqlite3.OperationalError("database or disk is full")
+        return update(self, job_id, **fields)
+
+    monkeypatch.setattr(JobStore, "update", full_when_failing)
+    engine = ScriptedEngine(fail_on="third")
+    client = await make_long(engine)
+    job_id = (await submit(client))["job_id"]
+    await asyncio.wait_for(manager_of(client).wait(job_id), 30)
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "error" and "scripted failure" in record["error_message"], record
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "chatterbox_status.pipeline"]
+    assert [r.getMessage() for r in errors] == [f"request {job_id} failed", f"request {job_id}: its failure could not be stored"]
+    assert "out of space" in str(errors[1].exc_info[1])
 
 
 async def test_long_text_jobs_count_toward_the_periodic_memory_cleanup(make_long):

@@ -371,6 +371,30 @@ async def test_each_engine_is_estimated_at_its_own_measured_pace(make_client, ma
     assert [r.status for r in await asyncio.gather(running, *queued.values())] == [200, 200, 200]
 
 
+async def test_a_running_request_is_estimated_at_the_pace_of_its_own_engine(make_client, make_scripted):
+    """A running request's estimated completion, as its chunk starts, is its characters at the
+    measured pace of the engine its model chose, not the default engine's (ten times faster here)."""
+    fast = make_scripted(work_seconds_per_char=0.0005)
+    slow = make_scripted(work_seconds_per_char=0.005)
+    slow.name = "slow"
+    client = await make_client(engine=[fast, slow])
+    core = core_of(client)
+    assert (await speak(client, "The slow engine loads and measures itself.", model="slow")).status == 200
+    pace = core.tracker.throughput
+    assert pace["slow"] > 5 * pace["scripted"]
+    events: list = []
+    core.bus.add_listener(lambda e: events.append(e.data) if e.data.get("request_id") == "running-on-slow" else None)
+    slow.hold()
+    text = "A sentence of a fair length, spoken by the slow engine while the test looks at it."
+    running = asyncio.ensure_future(speak(client, text, "running-on-slow", model="slow"))
+    await asyncio.to_thread(slow.wait_started)
+    [started] = [d for d in events if d.get("status") == "generating_audio" and d["current_step"].startswith("Generating")]
+    remaining = started["estimated_completion"] - started["timestamp"]
+    assert abs(remaining - len(text) * pace["slow"]) < 0.25 * len(text) * pace["slow"], (remaining, len(text) * pace["slow"])
+    slow.release(10)
+    assert (await running).status == 200
+
+
 async def test_a_long_text_job_with_keep_alive_zero_unloads_its_engine_when_it_ends(make_long, tmp_path):
     client = await make_long(engines(tmp_path))
     unloaded = engine_event(client, "gated", "unloaded")

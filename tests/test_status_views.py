@@ -11,6 +11,7 @@ import asyncio
 import time
 
 import pytest
+from conftest import core_of, record_events
 
 from chatterbox_status.events import Event
 from chatterbox_status.tracker import StatusTracker
@@ -298,3 +299,46 @@ async def test_the_text_preview_is_the_whole_text_up_to_a_hundred_characters(mak
     for request_id, text, shown in (("preview-exact", exact, exact), ("preview-longer", longer, longer[:100] + "...")):
         assert (await post(client, text, request_id)).status == 200
         assert (await get_json(client, f"/status/requests/{request_id}"))["text_preview"] == shown
+
+
+async def test_the_engine_worker_that_takes_a_chunk_is_named_in_the_record_once_per_worker(make_client, scripted):
+    """With WORKERS the chunk queue calls the core back when an engine worker claims one of a
+    request's chunks (``Core._taken``, as ``ChunkQueue`` does). The record names the latest
+    worker; each new worker is one progress event, with the request's figures; the same worker
+    again, or a request no longer running, changes nothing."""
+    client = await make_client(engine=scripted)
+    core = core_of(client)
+    events = record_events(client, ("progress",))
+    scripted.hold()
+    speaking = asyncio.ensure_future(post(client, "Held in its one chunk.", "taken-by-0001"))
+    await asyncio.to_thread(scripted.wait_started)
+    await until(client, "taken-by-0001", "generating_audio")
+    for worker in ("worker-a", "worker-a", "worker-b", "worker-b"):
+        core._taken("taken-by-0001", worker)
+    core._taken("never-sent-0002", "worker-a")
+    assert (await get_json(client, "/status/requests/taken-by-0001"))["worker"] == "worker-b"
+    named = [e.data for e in events if "worker" in e.data]
+    assert [(d["request_id"], d["worker"]) for d in named] == [("taken-by-0001", "worker-a"), ("taken-by-0001", "worker-b")]
+    assert [(d["status"], d["current_chunk"], d["total_chunks"]) for d in named] == [("generating_audio", 1, 1)] * 2
+    assert (await client.get("/status/requests/never-sent-0002")).status == 404
+    scripted.release()
+    assert (await speaking).status == 200
+    core._taken("taken-by-0001", "worker-c")  # finished: its progress is forgotten
+    record = await get_json(client, "/status/requests/taken-by-0001")
+    assert (record["status"], record["worker"]) == ("completed", "worker-b")
+    assert len([e for e in events if "worker" in e.data]) == 2
+
+
+async def test_a_requests_audio_duration_is_given_to_the_millisecond(make_client, scripted):
+    """The record's ``audio_duration_seconds`` is the audio sent, rounded to the millisecond
+    like every duration of the status API: an engine whose chunks are no whole number of
+    milliseconds shows it rounded, not to a tenth of one."""
+    scripted.seconds_per_char = 0.0201  # 321.6 samples a character at 16 kHz
+    client = await make_client(engine=scripted)
+    body = {"input": "A sentence of a few words, spoken once.", "response_format": "pcm"}
+    response = await client.post("/v1/audio/speech", json=body, headers={"X-Request-ID": "duration-ms-0001"})
+    assert response.status == 200
+    seconds = len(await response.read()) / 2 / scripted.sample_rate
+    assert round(seconds, 4) != round(seconds, 3)  # the premise: a tenth of a millisecond shows
+    record = await get_json(client, "/status/requests/duration-ms-0001")
+    assert record["audio_duration_seconds"] == round(seconds, 3)

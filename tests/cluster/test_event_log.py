@@ -122,3 +122,25 @@ async def test_a_listener_that_raises_does_not_stop_the_node_folding(start_bus, 
     assert tracker.find("request-00002").status == "cancelled"  # folded after the bug
     assert bus.problem is None
     assert "a bug in a listener" in caplog.text
+
+
+async def test_a_request_is_answered_once_its_end_is_folded_so_the_next_status_read_sees_it(redis_server, make_client, scripted):
+    """A node on the Redis event log (in this process) answers a request only once its last
+    event came back folded (``pipeline.process`` awaits the bus's ``settled``), so a client
+    that reads the request's status right after its answer sees it completed. Redis holds the
+    node's appends a while (CLIENT PAUSE WRITE) as the request's last chunk ends: the answer
+    waits for them."""
+    client = await make_client(engine=scripted, redis_url=redis_server.url)
+    redis = aioredis.from_url(redis_server.url)
+    scripted.hold()
+    speaking = asyncio.ensure_future(
+        client.post("/v1/audio/speech", json={"input": "Answered once the log has it."}, headers={"X-Request-ID": "folded-first-0001"})
+    )
+    await asyncio.to_thread(scripted.wait_started)
+    await redis.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
+    await redis.aclose()
+    scripted.release()
+    response = await speaking
+    assert response.status == 200
+    record = await (await client.get("/status/requests/folded-first-0001")).json()
+    assert record["status"] == "completed", record
