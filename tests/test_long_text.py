@@ -891,6 +891,16 @@ async def test_a_stop_the_full_store_cannot_record_still_stops_the_job_and_says_
     assert (await (await client.get("/status/statistics")).json())["cancelled_requests"] == (1 if verb == "cancel" else 0)
 
 
+async def test_a_completed_job_whose_audio_file_is_gone_says_so_on_download(make_long):
+    client = await make_long(ScriptedEngine())
+    job_id = (await submit(client))["job_id"]
+    assert (await finished(client, job_id))["status"] == "completed"
+    (files.job_dir(manager_of(client).root, job_id) / "output.wav").unlink()
+    resp = await client.get(f"/audio/speech/long/{job_id}/download")
+    assert resp.status == 500
+    assert error_of(await resp.json())["code"] == "output_missing"
+
+
 def test_long_text_settings_come_from_the_environment_like_every_setting():
     settings = Settings.from_sources(
         {},

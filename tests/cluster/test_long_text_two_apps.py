@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import build_app, core_of
 from doubles import ScriptedEngine
-from test_long_text import SENTENCES, expected_frames, manager_of, spoken, status_of, submit, wav_frames
+from test_long_text import SENTENCES, error_of, expected_frames, manager_of, spoken, status_of, submit, wav_frames
 
 from chatterbox_status.longtext import files
 from chatterbox_status.longtext.manager import LEASE_RENEW_SECONDS, MB
@@ -177,8 +177,10 @@ async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(star
     one, other = ScriptedEngine(), ScriptedEngine()
     a, b = await start("a", one), await start("b", other)
     job_id = await second_chunk_held(a, one)
+    began = time.monotonic()
     resp = await b.delete(f"/audio/speech/long/{job_id}", params={"action": "delete"})
     assert resp.status == 200, await resp.text()
+    assert time.monotonic() - began < LEASE_RENEW_SECONDS  # on A's cancelled event, not at B's next look
     assert (await a.get(f"/audio/speech/long/{job_id}")).status == 404
     assert core_of(a).tracker.find(job_id).status == "cancelled"
     await eventually(lambda: not job_dir(a, job_id).exists(), "A removed the job's files")
@@ -202,3 +204,17 @@ async def test_a_node_whose_job_another_node_took_stops_its_own_run(start, redis
     await asyncio.wait_for(manager_of(a).wait(job_id), 10)  # within a renewal or two
     assert (await status_of(a, job_id))["status"] == "processing"  # left for the node that holds it
     assert spoken(one) == SENTENCES[:2]
+
+
+async def test_with_redis_away_the_long_text_routes_are_a_clear_503_until_it_is_back(start, redis_server):
+    a = await start("a", ScriptedEngine())
+    job_id = (await submit(a))["job_id"]
+    await asyncio.wait_for(manager_of(a).wait(job_id), 30)
+    redis_server.stop()
+    try:
+        resp = await a.get(f"/audio/speech/long/{job_id}")
+        assert resp.status == 503
+        assert error_of(await resp.json())["code"] == "redis_unavailable"
+    finally:
+        redis_server.start()  # the same port and data
+    assert (await status_of(a, job_id))["status"] == "completed"
