@@ -339,14 +339,21 @@ async def test_a_request_that_comes_while_its_engine_unloads_waits_then_loads_it
     assert states == ["unloading", "unloaded", "loading", "ready"]
 
 
-async def test_each_engine_is_estimated_at_its_own_measured_pace(make_client, make_scripted):
-    """A queued request's estimate uses the pace of the engine its model chose."""
+async def fast_and_slow(make_client, make_scripted):
+    """A client on two engines, the default one ten times faster than "slow"; "slow" has
+    spoken once, so its pace is measured."""
     fast = make_scripted(work_seconds_per_char=0.0005)
     slow = make_scripted(work_seconds_per_char=0.005)
     slow.name = "slow"
     client = await make_client(engine=[fast, slow])
-    core = core_of(client)
     assert (await speak(client, "The slow engine loads and measures itself.", model="slow")).status == 200
+    return client, fast, slow
+
+
+async def test_each_engine_is_estimated_at_its_own_measured_pace(make_client, make_scripted):
+    """A queued request's estimate uses the pace of the engine its model chose."""
+    client, fast, slow = await fast_and_slow(make_client, make_scripted)
+    core = core_of(client)
     fast.hold()
     running = asyncio.ensure_future(speak(client, "Held in the default engine.", "held-in-fast"))
     await asyncio.to_thread(fast.wait_started)
@@ -374,12 +381,8 @@ async def test_each_engine_is_estimated_at_its_own_measured_pace(make_client, ma
 async def test_a_running_request_is_estimated_at_the_pace_of_its_own_engine(make_client, make_scripted):
     """A running request's estimated completion, as its chunk starts, is its characters at the
     measured pace of the engine its model chose, not the default engine's (ten times faster here)."""
-    fast = make_scripted(work_seconds_per_char=0.0005)
-    slow = make_scripted(work_seconds_per_char=0.005)
-    slow.name = "slow"
-    client = await make_client(engine=[fast, slow])
+    client, _, slow = await fast_and_slow(make_client, make_scripted)
     core = core_of(client)
-    assert (await speak(client, "The slow engine loads and measures itself.", model="slow")).status == 200
     pace = core.tracker.throughput
     assert pace["slow"] > 5 * pace["scripted"]
     events: list = []

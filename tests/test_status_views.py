@@ -218,22 +218,33 @@ def test_measured_throughput_moves_toward_each_new_measurement():
     assert tracker.seconds_per_char == pytest.approx(0.01 + THROUGHPUT_ALPHA * (0.02 - 0.01))
 
 
-def test_on_a_shared_event_log_each_nodes_queue_waits_only_for_its_own_node():
-    """Nodes sharing a Redis event log each run their own queue: a request queued on an idle
-    node is not estimated behind another node's long request."""
-    now = time.time()
+def two_nodes_queues(now: float, lanes: int | None, waiting: tuple[str, ...]) -> StatusTracker:
+    """A tracker of a shared event log: node A runs a request due at ``now`` + 100 s, node B
+    one due at ``now`` + 5 s (0.01 s a character), and ``waiting`` (each named for its node,
+    100 characters) are queued after them, in that order."""
     tracker = StatusTracker(10, "hibari", node="a")
+    tracker.lanes = lanes
     events = [
         ("engine", {"name": "hibari", "node": "a", "state": "ready", "seconds_per_char": 0.01}),
         ("status", {"request_id": "long-on-a", "status": "queued", "node": "a", "text_length": 10_000, "engine": "hibari"}),
         ("status", {"request_id": "long-on-a", "status": "generating_audio", "estimated_completion": now + 100}),
         ("status", {"request_id": "short-on-b", "status": "queued", "node": "b", "text_length": 500, "engine": "hibari"}),
         ("status", {"request_id": "short-on-b", "status": "generating_audio", "estimated_completion": now + 5}),
-        ("status", {"request_id": "next-on-a", "status": "queued", "node": "a", "text_length": 100, "engine": "hibari"}),
-        ("status", {"request_id": "next-on-b", "status": "queued", "node": "b", "text_length": 100, "engine": "hibari"}),
+        *(
+            ("status", {"request_id": name, "status": "queued", "node": name[-1], "text_length": 100, "engine": "hibari"})
+            for name in waiting
+        ),
     ]
     for n, (type, data) in enumerate(events, start=1):
         tracker.apply(Event(n, type, {"timestamp": now, **data}))
+    return tracker
+
+
+def test_on_a_shared_event_log_each_nodes_queue_waits_only_for_its_own_node():
+    """Nodes sharing a Redis event log each run their own queue: a request queued on an idle
+    node is not estimated behind another node's long request."""
+    now = time.time()
+    tracker = two_nodes_queues(now, None, ("next-on-a", "next-on-b"))
     queue = {entry["request_id"]: entry for entry in tracker.queue_view(now)["requests"]}
     assert [queue[r]["position"] for r in ("next-on-a", "next-on-b")] == [1, 2]  # one queue, in order
     assert queue["next-on-a"]["estimated_start"] == round(now + 100, 3)
@@ -246,20 +257,7 @@ def test_with_engine_workers_every_nodes_queue_waits_for_the_first_free_worker()
     the next request, whichever node queued it, starts when the first of them frees, and
     the one after it when the second does."""
     now = time.time()
-    tracker = StatusTracker(10, "hibari", node="a")
-    tracker.lanes = 2
-    events = [
-        ("engine", {"name": "hibari", "node": "a", "state": "ready", "seconds_per_char": 0.01}),
-        ("status", {"request_id": "long-on-a", "status": "queued", "node": "a", "text_length": 10_000, "engine": "hibari"}),
-        ("status", {"request_id": "long-on-a", "status": "generating_audio", "estimated_completion": now + 100}),
-        ("status", {"request_id": "short-on-b", "status": "queued", "node": "b", "text_length": 500, "engine": "hibari"}),
-        ("status", {"request_id": "short-on-b", "status": "generating_audio", "estimated_completion": now + 5}),
-        ("status", {"request_id": "next-on-a", "status": "queued", "node": "a", "text_length": 100, "engine": "hibari"}),
-        ("status", {"request_id": "next-on-b", "status": "queued", "node": "b", "text_length": 100, "engine": "hibari"}),
-        ("status", {"request_id": "last-on-a", "status": "queued", "node": "a", "text_length": 100, "engine": "hibari"}),
-    ]
-    for n, (type, data) in enumerate(events, start=1):
-        tracker.apply(Event(n, type, {"timestamp": now, **data}))
+    tracker = two_nodes_queues(now, 2, ("next-on-a", "next-on-b", "last-on-a"))
     queue = {entry["request_id"]: entry for entry in tracker.queue_view(now)["requests"]}
     assert [queue[r]["position"] for r in ("next-on-a", "next-on-b", "last-on-a")] == [1, 2, 3]
     assert queue["next-on-a"]["estimated_start"] == round(now + 5, 3)  # B's request frees a worker first
