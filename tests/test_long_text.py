@@ -922,6 +922,20 @@ def test_long_text_settings_come_from_the_environment_like_every_setting():
         Settings.from_sources({}, {"LONG_TEXT_MAX_DISK_MB": "lots"})
 
 
+async def test_a_paused_job_that_is_deleted_ends_cancelled_in_the_status_api(make_long):
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    assert (await client.put(f"/audio/speech/long/{job_id}/pause")).status == 200
+    resp = await client.delete(f"/audio/speech/long/{job_id}", params={"action": "delete"})
+    assert resp.status == 200, await resp.text()
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "cancelled"
+    statistics = await (await client.get("/status/statistics")).json()
+    assert (statistics["cancelled_requests"], statistics["is_processing"]) == (1, False)
+
+
 async def test_a_paused_job_can_be_cancelled_then_retried(make_long):
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True)

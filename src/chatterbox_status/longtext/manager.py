@@ -280,13 +280,13 @@ class LongTextManager:
 
     async def delete(self, job_id: str) -> None:
         job = await self.get(job_id)
-        await self._end_paused(job)
         run = self._runs.get(job_id)
         if run is not None:
             self._signal(run, "cancel")
             await asyncio.gather(*([run.task] if run.task else []), return_exceptions=True)
         elif self.config.redis_url and job.status in RUNNABLE:
             await self._stop(job_id, "cancel", CANCELLED)
+        await self._settle_record(dataclasses.replace(job, status=CANCELLED))  # a paused one, say
         await self._db("delete", job_id)
         await asyncio.to_thread(files.remove_job, self.root, job_id)
         if self.config.redis_url:  # the other nodes' copies of its files
@@ -379,17 +379,10 @@ class LongTextManager:
         """The engine the job's model chose (jobs stored before there was a choice: the default)."""
         return record.parameters.get("engine") or self.core.catalog.default
 
-    async def _end_paused(self, job: JobRecord) -> None:
-        """A paused job that is cancelled or deleted ends in the status API as cancelled,
-        with the figures it was paused at."""
-        record = self.core.tracker.find(job.job_id)
-        if record is not None and record.status == PAUSED:
-            self.core.progress.open(job.job_id, job.text).finish("cancelled", "Cancelled")
-            await self.core.bus.settled()  # the answer that follows implies it
-
     async def _settle_record(self, job: JobRecord) -> None:
-        """A job stopped while no run had it (paused, or in a cluster one whose node stopped):
-        the status API shows it as its record now is, before the answer says so."""
+        """A job stopped or deleted while no run had it (paused, or in a cluster one whose
+        node stopped): the status API shows it as ``job`` now is, with the figures it stopped
+        at, before the answer says so."""
         record = self.core.tracker.find(job.job_id)
         if record is None or record.status in TERMINAL_STATUSES or record.status == job.status:
             return
