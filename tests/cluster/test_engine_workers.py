@@ -51,7 +51,11 @@ async def test_a_node_without_engines_speaks_through_the_worker_another_node_sta
         async with session.post(f"{a.base}/v1/audio/speech", json={"input": TEXT}) as response:
             same = seconds_of_speech(await response.read())
     assert 2.0 < spoken == same  # one sentence of the embedded voice, whichever node took it
-    loaded = wait_for(lambda: (w := b.json("GET", "/health")["chunk_queue"]["workers"])[0]["loaded"] and w, "the worker says it loaded hibari")
+    def once_loaded() -> list | None:  # None (wait on) while the worker has loaded nothing yet
+        workers = b.json("GET", "/health")["chunk_queue"]["workers"]
+        return workers if workers and workers[0]["loaded"] else None
+
+    loaded = wait_for(once_loaded, "the worker says it loaded hibari")
     assert loaded[0]["loaded"] == ["hibari"]
     record = a.json("GET", "/status/requests/through-a-worker-01")
     assert record["status"] == "completed" and record["node"] == b.name
