@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+import redis as sync_redis
 from conftest import build_app, core_of
 from doubles import ScriptedEngine
 from test_long_text import SENTENCES, error_of, expected_frames, manager_of, spoken, status_of, submit, wav_frames
 
 from chatterbox_status.longtext import files
 from chatterbox_status.longtext.manager import LEASE_RENEW_SECONDS, MB
+from chatterbox_status.longtext.redis_store import lease
 
 
 def in_thread(fn, *args):
@@ -173,6 +175,21 @@ async def test_the_jobs_a_node_kept_before_redis_url_become_the_clusters(start, 
     assert not database.exists() and len(list(database.parent.glob("jobs.sqlite3.shared-*"))) == 1
 
 
+async def test_a_jobs_event_stream_on_another_node_follows_it_to_its_end(start):
+    """A job's /sse on a node that does not run it shows the job's progress as it runs
+    elsewhere and ends with its outcome, as on the node that runs it."""
+    one = ScriptedEngine()
+    a, b = await start("a", one), await start("b", ScriptedEngine())
+    job_id = await second_chunk_held(a, one)
+    resp = await b.get(f"/audio/speech/long/{job_id}/sse")
+    assert resp.status == 200
+    assert (await resp.content.readline()).decode().strip() == "event: progress"  # B follows the job now
+    one.release(10_000)
+    body = (await asyncio.wait_for(resp.read(), 30)).decode()
+    events = [line.split(":", 1)[1].strip() for line in body.splitlines() if line.startswith("event:")]
+    assert events[-1] == "completed" and events.count("progress") >= len(SENTENCES) - 1, events
+
+
 async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(start):
     one, other = ScriptedEngine(), ScriptedEngine()
     a, b = await start("a", one), await start("b", other)
@@ -193,17 +210,84 @@ async def test_a_node_whose_job_another_node_took_stops_its_own_run(start, redis
     """The lease of a job was taken by another node (this node was cut off from Redis past
     its lease, say): at its next renewal this node stops its run, storing nothing, so the
     job is never run twice at once."""
-    import redis as sync_redis
-
-    from chatterbox_status.longtext.redis_store import lease
-
     one = ScriptedEngine()
     a = await start("a", one)
     job_id = await second_chunk_held(a, one)
-    sync_redis.Redis.from_url(redis_server.url).set(lease(job_id), "another-node", px=60_000)
+    store = sync_redis.Redis.from_url(redis_server.url)
+    store.set(lease(job_id), "another-node", px=60_000)
     await asyncio.wait_for(manager_of(a).wait(job_id), 10)  # within a renewal or two
     assert (await status_of(a, job_id))["status"] == "processing"  # left for the node that holds it
     assert spoken(one) == SENTENCES[:2]
+
+    # That node died before it heard of the cancel asked now: once its lease lapses, the node
+    # asked stores the cancel itself (or stops its own takeover), not waiting for good.
+    store.set(lease(job_id), "another-node", px=1_000)
+    resp = await asyncio.wait_for(a.delete(f"/audio/speech/long/{job_id}"), 20)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["status"] == "cancelled"
+    assert core_of(a).tracker.find(job_id).status == "cancelled"
+
+
+async def test_a_paused_job_resumed_on_two_nodes_at_once_runs_on_the_one_that_took_it(start, redis_server):
+    """Two nodes asked to resume one paused job at once: the one that took the job's lease
+    first runs it, the other answers a 409 that says so (here the first node is stood for by
+    its lease, set the moment before)."""
+    one = ScriptedEngine()
+    a = await start("a", one)
+    job_id = await second_chunk_held(a, one)
+    assert (await a.put(f"/audio/speech/long/{job_id}/pause")).status == 200
+    store = sync_redis.Redis.from_url(redis_server.url)
+    store.set(lease(job_id), "another-node", px=60_000)
+    resp = await a.put(f"/audio/speech/long/{job_id}/resume")
+    assert resp.status == 409
+    assert error_of(await resp.json())["message"] == f"Job {job_id} is running on another node"
+    assert (await status_of(a, job_id))["status"] == "paused"  # left as it was, for the node that took it
+    store.delete(lease(job_id))
+    one.release(10_000)
+    assert (await a.put(f"/audio/speech/long/{job_id}/resume")).status == 200
+    await asyncio.wait_for(manager_of(a).wait(job_id), 30)
+    assert (await status_of(a, job_id))["status"] == "completed"
+
+
+async def test_a_node_takes_over_as_many_jobs_as_it_has_free_slots_at_once_and_no_more(start, redis_server):
+    """A node stops with three jobs; the node left has three long-text slots, one busy with a
+    job of its own. It takes two of the jobs in one look (not one per lease renewal) and the
+    third only once a slot is free, so no job waits on a node without room."""
+    one, other = ScriptedEngine(), ScriptedEngine()
+    a, b = await start("a", one, max_concurrent_jobs=3), await start("b", other, max_concurrent_jobs=3)
+    own = await second_chunk_held(b, other)
+    orphans = [await second_chunk_held(a, one)] + [(await submit(a))["job_id"] for _ in range(2)]
+    store, node_b = sync_redis.Redis.from_url(redis_server.url), core_of(b).bus.node
+
+    def held_by_b() -> list[str]:
+        return [job_id for job_id in orphans if store.get(lease(job_id)) == node_b.encode()]
+
+    async def lease_renewals(count: int) -> None:
+        """Until B has renewed its own job's lease ``count`` times: each renewal comes after
+        B's last look for jobs to take has ended."""
+        seen, left = 0, await in_thread(store.pttl, lease(own))
+        while seen < count:
+            await asyncio.sleep(0.02)  # poll interval; the renewals decide
+            now = await in_thread(store.pttl, lease(own))
+            assert now > 0, "B's own lease lapsed"
+            seen, left = seen + (now > left + 1_000), now
+
+    await a.close()  # its three leases let go at once
+    taken = await eventually(held_by_b, "B takes some of the jobs")
+    first_seen = time.monotonic()
+    while len(taken) < 2 and time.monotonic() - first_seen < LEASE_RENEW_SECONDS / 2:
+        await asyncio.sleep(0.02)  # poll interval; half a renewal decides
+        taken = held_by_b()
+    assert len(taken) == 2, f"B took {len(taken)} job(s) in one look, with room for 2"
+    await lease_renewals(2)
+    assert len(held_by_b()) == 2  # the third waits for a free slot (here or on another node)
+    (left,) = set(orphans) - set(taken)
+    assert await in_thread(store.get, lease(left)) is None
+
+    other.release(10_000)  # B's jobs finish, its slots free, and it takes the third
+    for job_id in [own, *orphans]:
+        await eventually(lambda job_id=job_id: (r := core_of(b).tracker.find(job_id)) is not None and r.status == "completed", f"{job_id} completed")
+    assert core_of(b).tracker.find(left).fields["node"] == node_b
 
 
 async def test_with_redis_away_the_long_text_routes_are_a_clear_503_until_it_is_back(start, redis_server):
