@@ -801,6 +801,47 @@ async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
     assert len(pcm) == expected_frames(engine, SENTENCES, 0)
 
 
+async def test_a_chunk_file_of_another_sample_type_or_shape_is_generated_again(make_long):
+    """A chunk file of the right length that is not the job's float32 mono audio (float64,
+    or two channels) is generated again, not joined into the job's audio."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, silence_padding_ms=0)
+    job_id = await third_chunk_running(client, engine)  # chunks 1 and 2 are on disk
+    root = manager_of(client).root
+    first, second = files.chunk_path(root, job_id, 0), files.chunk_path(root, job_id, 1)
+    np.save(first, np.load(first).astype(np.float64))
+    np.save(second, np.repeat(np.load(second)[:, np.newaxis], 2, axis=1))
+    engine.release(2)
+    assert await in_thread(engine.wait_started) == SENTENCES[3]
+    assert await in_thread(engine.wait_started) == SENTENCES[0]  # generated again, held
+    details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
+    assert [chunk["error"] for chunk in details["chunks"]] == ["audio file is corrupt", "audio file is corrupt", None, None]
+    engine.release(10)
+    view = await finished(client, job_id)
+    assert view["status"] == "completed"
+    assert spoken(engine) == [*SENTENCES, *SENTENCES[:2]]
+    _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
+    assert len(pcm) == expected_frames(engine, SENTENCES, 0)
+
+
+async def test_a_chunk_file_gone_once_joining_starts_fails_the_job_naming_the_chunk(make_long):
+    """Every chunk was checked, then one's file went away as the job began joining them:
+    the job fails, and its error says which chunk of which job could not be read back."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, silence_padding_ms=0)
+    root = manager_of(client).root
+
+    def remove_second_chunk(event):  # a bus listener runs as the event is published
+        if event.type == "status" and event.data["status"] == "concatenating":
+            files.chunk_path(root, event.data["request_id"], 1).unlink()
+
+    core_of(client).bus.add_listener(remove_second_chunk)
+    job_id = (await submit(client))["job_id"]
+    view = await finished(client, job_id)
+    assert view["status"] == "failed"
+    assert f"chunk 1 of job {job_id} could not be read back" in view["progress"]["error"]
+
+
 async def third_chunk_running(client, engine) -> str:
     """Hold the engine and submit a four-chunk job; once chunks 1 and 2 are done and chunk 3
     runs, its id."""
@@ -911,11 +952,15 @@ def test_long_text_settings_come_from_the_environment_like_every_setting():
             "LONG_TEXT_MAX_DISK_MB": "10",
             "LONG_TEXT_JOB_RETENTION_DAYS": "1.5",
             "LONG_TEXT_SILENCE_PADDING_MS": "0",
+            "MAX_QUEUE_SIZE": "7",
+            "REDIS_URL": "redis://cache.internal:6379/2",
         },
     )
     config = LongTextConfig.from_settings(settings)
     assert (config.data_dir, config.max_length, config.max_concurrent_jobs) == ("/srv/data", 500, 2)
     assert (config.max_disk_mb, config.retention_days, config.silence_padding_ms) == (10.0, 1.5, 0)
+    # Jobs waiting are bounded by MAX_QUEUE_SIZE, as requests are; REDIS_URL makes them the cluster's.
+    assert (config.max_pending_jobs, config.redis_url) == (7, "redis://cache.internal:6379/2")
     with pytest.raises(SettingsError, match="LONG_TEXT_MAX_CONCURRENT_JOBS"):
         Settings.from_sources({}, {"LONG_TEXT_MAX_CONCURRENT_JOBS": "0"})
     with pytest.raises(SettingsError, match="LONG_TEXT_MAX_DISK_MB"):

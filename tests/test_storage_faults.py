@@ -2,7 +2,8 @@
 
 The full disk is a tiny tmpfs mounted in a mount namespace of the server's own
 (``unshare -m``), so nothing outside the test sees it; the test reads the server's view
-of it through /proc/PID/root.
+of it through /proc/PID/root. In process, a chunk meets a full disk as its temporary file
+is a link to /dev/full, where every write fails with ENOSPC.
 """
 
 from __future__ import annotations
@@ -117,3 +118,31 @@ async def test_a_corrupt_jobs_database_is_set_aside_and_speech_goes_on(aiohttp_c
         assert fresh.execute("SELECT job_id FROM jobs").fetchall() == [(job_id,)]
     resp = await client.post("/v1/audio/speech", json={"input": "Interactive speech works too."})
     assert resp.status == 200
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+async def test_a_chunk_written_where_the_disk_is_full_fails_its_job_as_out_of_space(make_long):
+    """In process, one file meets a full disk: the chunk's temporary file is a link to
+    /dev/full, where every write fails with ENOSPC as on a full filesystem. The job fails as
+    out of space, in the jobs API and the status API alike, and leaves no temporary file."""
+    from doubles import ScriptedEngine
+    from test_long_text import SENTENCES, finished, in_thread, manager_of, submit
+
+    from chatterbox_status.longtext import files
+
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[1]  # chunk 1 is on disk
+    root = manager_of(client).root
+    second = files.chunk_path(root, job_id, 1)
+    (second.parent / f".{second.name}.tmp").symlink_to("/dev/full")
+    engine.release(10)
+    view = await finished(client, job_id)
+    assert view["status"] == "failed"
+    assert "out of space" in view["progress"]["error"], view
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "error" and "out of space" in record["error_message"]
+    assert list(second.parent.iterdir()) == [files.chunk_path(root, job_id, 0)]

@@ -302,3 +302,28 @@ async def test_with_redis_away_the_long_text_routes_are_a_clear_503_until_it_is_
     finally:
         redis_server.start()  # the same port and data
     assert (await status_of(a, job_id))["status"] == "completed"
+
+
+async def test_on_the_node_running_a_job_a_bad_chunk_file_is_generated_again_and_a_missing_one_copied(start):
+    """Checked after the last chunk, as on a single node: a chunk file that went bad on the
+    node running the job is generated again; one missing there is the cluster's copy (what
+    another node made is fetched this way), not spoken again."""
+    engine = ScriptedEngine()
+    a = await start("a", engine)
+    job_id = await second_chunk_held(a, engine)
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[2]  # chunks 1 and 2 are done
+    first, second = job_dir(a, job_id) / files.chunk_name(0), job_dir(a, job_id) / files.chunk_name(1)
+    first.write_bytes(first.read_bytes()[:100])  # truncated
+    second.unlink()
+    engine.release(2)
+    assert await in_thread(engine.wait_started) == SENTENCES[3]
+    assert await in_thread(engine.wait_started) == SENTENCES[0]  # generated again, held
+    details = await (await a.get(f"/audio/speech/long/{job_id}/details")).json()
+    assert [chunk["error"] for chunk in details["chunks"]] == ["audio file is corrupt", None, None, None]
+    engine.release(10)
+    await asyncio.wait_for(manager_of(a).wait(job_id), 30)
+    assert (await status_of(a, job_id))["status"] == "completed"
+    assert spoken(engine) == [*SENTENCES, SENTENCES[0]]
+    data = await (await a.get(f"/audio/speech/long/{job_id}/download")).read()
+    assert len(wav_frames(data)[1]) == expected_frames(engine, SENTENCES, 0)
