@@ -8,8 +8,10 @@ directory of its own.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +23,16 @@ import pytest
 from helpers import clean_environ, free_port, http, start_serve, stop, tail, wait_healthy
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+PR_SET_PDEATHSIG = 1
+LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def end_with_the_test() -> None:
+    """In the redis-server's child before it runs: the kernel sends it SIGTERM when the test's
+    process dies without its teardown (a mutation run's timeout kills it), so no redis-server
+    outlives its test."""
+    if LIBC is not None:
+        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class RedisServer:
@@ -36,6 +48,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
              "--appendonly", "yes", "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log")],
+            preexec_fn=end_with_the_test,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
