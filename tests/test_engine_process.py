@@ -114,8 +114,8 @@ async def test_a_worker_that_keeps_dying_is_restarted_with_growing_pauses_and_he
     engine = engine_events(client)
     while len([e for e in engine if e.get("state") == "restarting"]) < 3:
         await asyncio.sleep(0.05)  # each restart is a new process dying at load
-    pauses = [e["error"].rsplit(" in ", 1)[1] for e in engine if e.get("state") == "restarting"][:3]
-    assert pauses == ["0 s", "1 s", "2 s"]
+    restarts = [e["error"].rsplit("; restart ", 1)[1] for e in engine if e.get("state") == "restarting"][:3]
+    assert restarts == ["1 in 0 s", "2 in 1 s", "3 in 2 s"]  # each numbered, and each pause longer
     health = await (await client.get("/health")).json()
     assert health["status"] == "initializing" and health["model_loaded"] is False
     assert "killed by SIGKILL while loading the model" in health["initialization_error"]

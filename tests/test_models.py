@@ -503,6 +503,21 @@ async def test_max_loaded_models_unloads_the_engine_used_longest_ago_of_several_
     assert states == {"first": "ready", "second": "unloaded", "third": "ready"}
 
 
+async def test_max_loaded_models_unloads_an_engine_loaded_at_start_and_never_used_before_one_used(make_client, make_scripted):
+    """Three engines, room for two: the default one is loaded at start and never used, the
+    second is used; the third makes room by unloading the default one, never used counting
+    as used longest ago."""
+    first, second, third = make_scripted(), make_scripted(), make_scripted()
+    first.name, second.name, third.name = "first", "second", "third"
+    client = await make_client(engine=[first, second, third], max_loaded_models=2)
+    assert (await speak(client, "Spoken by the second.", model="second")).status == 200
+    out = engine_event(client, "first", "unloaded")
+    assert (await speak(client, "Spoken by the third.", model="third")).status == 200
+    assert "making room for third" in (await asyncio.wait_for(out, 10))["unload_reason"]
+    states = {name: m["engine_state"]["state"] for name, m in (await models(client)).items() if name in ("first", "second", "third")}
+    assert states == {"first": "unloaded", "second": "ready", "third": "ready"}
+
+
 async def test_a_job_cancelled_while_it_waits_for_room_leaves_the_pool_working(make_long):
     """MAX_LOADED_MODELS=1 and two long-text jobs: the second job's engine cannot load while
     the first job speaks on the other one, so it waits for room. Cancelled there, it ends;

@@ -98,10 +98,6 @@ class Worker(Generic[Q]):
     def ready(self) -> bool:
         return self.engines.default.ready
 
-    @property
-    def load_error(self) -> str | None:
-        return self.engines.default.load_error
-
     async def wait_loaded(self, cancel: CancelFlag | None = None) -> None:
         """Wait for the default engine (raises EngineUnavailable if it failed to load), unless
         ``cancel`` is set first (raises Cancelled)."""
