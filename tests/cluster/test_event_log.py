@@ -103,10 +103,13 @@ async def test_a_checkpoint_taken_while_a_request_runs_and_a_job_is_paused_resto
         ("status", {"request_id": "paused-job", "status": "paused", "progress_percentage": 10.0}),
     ]:
         first.publish(type, data)
-    for n in range(100):  # checkpoints at events 50, 100, ... 300, each with both in it
-        for type, data in request_events(n):
-            first.publish(type, data)
-        await first.settled()
+    await first.settled()
+    assert [first_tracker.find(r).status for r in ("running-one", "paused-job")] == ["generating_audio", "paused"]
+    async with asyncio.timeout(30):  # a node that keeps up folds these in well under a second
+        for n in range(100):  # checkpoints at events 50, 100, ... 300, each with both in it
+            for type, data in request_events(n):
+                first.publish(type, data)
+            await first.settled()
     assert first.last_id == 305
     client = aioredis.from_url(redis_server.url)
     assert int((await client.xrange(redis_events.STREAM, count=1))[0][1][b"seq"]) > 5  # their first events are gone
@@ -227,6 +230,7 @@ async def test_the_requests_of_a_node_that_stopped_end_in_error_but_not_its_long
             await asyncio.sleep(0.01)  # poll interval; the bound decides
     ended = tracker.find("request-of-gone").view(0.0)
     assert ended["error_message"] == "The server process running it (node-gone) stopped"
+    assert ended["node"] == "node-gone"  # the node that ran it, though node-a sent its end
     # the watcher's same pass saw the job, queued before the request
     assert [tracker.find(r).status for r in ("job-of-gone", "request-of-a")] == ["generating_audio", "queued"]
     assert tracker.statistics()["error_requests"] == 1
