@@ -9,6 +9,7 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import core_of
 
 from chatterbox_status import redis_events
 from chatterbox_status.redis_events import RedisEventBus
@@ -234,3 +235,25 @@ async def test_the_requests_of_a_node_that_stopped_end_in_error_but_not_its_long
     # the watcher's same pass saw the job, queued before the request
     assert [tracker.find(r).status for r in ("job-of-gone", "request-of-a")] == ["generating_audio", "queued"]
     assert tracker.statistics()["error_requests"] == 1
+
+
+async def test_a_node_shows_its_own_engine_as_its_own_events_left_it(redis_server, make_client, scripted):
+    """On the event log /status shows the node's own engine, loaded and measured, in the
+    documented shape; another node's event about its engine of the same name (loading
+    there) changes nothing here."""
+    client = await make_client(engine=scripted, redis_url=redis_server.url)
+    bus = core_of(client).bus
+    redis = aioredis.from_url(redis_server.url)
+    append = redis.register_script(redis_events.APPEND)
+    keys = [redis_events.STREAM, redis_events.SEQUENCE, redis_events.APPENDED]
+    payload = json.dumps({"timestamp": time.time(), "name": "scripted", "state": "loading", "load_progress": 0.0, "node": "node-other"})
+    seq = await append(keys=keys, args=["node-other", 1, 1000, "engine", payload])
+    await redis.aclose()
+    async with asyncio.timeout(10):
+        while bus.last_id < seq:
+            await asyncio.sleep(0.01)  # poll interval; the bound decides
+    response = await client.get("/status")
+    assert response.status == 200, await response.text()
+    [engine] = (await response.json())["engines"]
+    assert (engine["name"], engine["state"], engine["load_progress"]) == ("scripted", "ready", 100.0)
+    assert engine["seconds_per_char"] > 0
