@@ -380,11 +380,15 @@ async def test_each_engine_is_estimated_at_its_own_measured_pace(make_client, ma
 
 async def test_a_request_for_an_engine_not_measured_yet_is_estimated_at_the_default_engines_pace(make_client, make_scripted):
     """An engine that has not loaded yet has no measured pace of its own: a request queued
-    for it is still given a start and a completion, at the default engine's pace."""
+    for it is still given a start and a completion, at the default engine's pace. (And the
+    statistics list it, with nothing counted, from the start.)"""
     fast = make_scripted(work_seconds_per_char=0.0005)
     other = make_scripted(work_seconds_per_char=0.005)
     other.name = "other"
     client = await make_client(engine=[fast, other])
+    engines = (await (await client.get("/status/statistics")).json())["engines"]
+    assert sorted(engines) == ["other", "scripted"]
+    assert engines["other"]["total_requests"] == 0
     pace = core_of(client).tracker.throughput
     assert "other" not in pace and pace["scripted"] > 0  # measured as it loaded at start
     fast.hold()
