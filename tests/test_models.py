@@ -381,7 +381,7 @@ async def test_each_engine_is_estimated_at_its_own_measured_pace(make_client, ma
 async def test_a_request_for_an_engine_not_measured_yet_is_estimated_at_the_default_engines_pace(make_client, make_scripted):
     """An engine that has not loaded yet has no measured pace of its own: a request queued
     for it is still given a start and a completion, at the default engine's pace. (And the
-    statistics list it, with nothing counted, from the start.)"""
+    statistics list it, with nothing counted, from the start, then count its own requests.)"""
     fast = make_scripted(work_seconds_per_char=0.0005)
     other = make_scripted(work_seconds_per_char=0.005)
     other.name = "other"
@@ -407,6 +407,9 @@ async def test_a_request_for_an_engine_not_measured_yet_is_estimated_at_the_defa
     assert abs(took - len(text) * pace["scripted"]) < 0.002, (took, len(text) * pace["scripted"])
     fast.release(100)
     assert [r.status for r in await asyncio.gather(running, queued)] == [200, 200]
+    assert (await speak(client, "Once more for the other engine.", model="other")).status == 200
+    engines = (await assert_statistics_add_up(client))["engines"]
+    assert {name: (s["total_requests"], s["completed_requests"]) for name, s in engines.items()} == {"scripted": (1, 1), "other": (2, 2)}
 
 
 async def test_a_running_request_is_estimated_at_the_pace_of_its_own_engine(make_client, make_scripted):
