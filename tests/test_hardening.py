@@ -115,3 +115,54 @@ async def test_metrics_count_requests_queue_and_generation(make_client):
     text = await (await client.get("/metrics")).text()
     assert metric(text, "chatterbox_requests_total", status="completed", engine="scripted") == 4
     assert metric(text, "chatterbox_requests_active", engine="scripted") == 0
+
+
+async def test_metrics_count_each_engines_active_requests_under_its_own_name(make_client, make_scripted):
+    """``chatterbox_requests_active`` is by engine: a request queued for a second engine that
+    has not loaded yet (no event has named it) counts once under that engine's name, not
+    under the default engine's; both go back to 0 once their requests end."""
+    default = make_scripted()
+    second = make_scripted()
+    second.name = "second"
+    client = await make_client(engine=[default, second])
+    default.hold()
+    held = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": "Held in the default engine."}))
+    await asyncio.to_thread(default.wait_started)
+    waiting = asyncio.ensure_future(
+        client.post("/v1/audio/speech", json={"input": "Waiting for the second engine.", "model": "second"},
+                    headers={"X-Request-ID": "for-the-second"})
+    )
+    async with asyncio.timeout(10):
+        while (await client.get("/status/requests/for-the-second")).status != 200:
+            assert not waiting.done()
+            await asyncio.sleep(0)  # until its queued event is folded
+    assert (await (await client.get("/v1/models/second")).json())["engine_state"]["state"] == "not_started"
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "chatterbox_requests_active", engine="scripted") == 1
+    assert metric(text, "chatterbox_requests_active", engine="second") == 1
+    default.release(10)
+    assert [r.status for r in await asyncio.gather(held, waiting)] == [200, 200]
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "chatterbox_requests_active", engine="scripted") == 0
+    assert metric(text, "chatterbox_requests_active", engine="second") == 0
+
+
+def test_metrics_count_another_nodes_request_on_an_engine_this_node_does_not_run():
+    """On a shared event log every node's /metrics counts every node's active requests; one
+    queued by another node on an engine this node has none of (no engine event of this
+    node names it) counts once under that engine's name."""
+    from chatterbox_status.events import EventBus
+    from chatterbox_status.metrics import Metrics
+    from chatterbox_status.tracker import StatusTracker
+
+    bus = EventBus()
+    tracker = StatusTracker(10, "hibari", node="node-a")
+    bus.add_listener(tracker.apply)
+    metrics = Metrics(bus, tracker)
+    bus.publish("engine", {"name": "hibari", "node": "node-a", "state": "ready"})
+    bus.publish("engine", {"name": "turbo", "node": "node-b", "state": "ready"})  # node-b's own: not folded here
+    for request_id, node, engine in (("on-a", "node-a", "hibari"), ("on-b", "node-b", "turbo")):
+        bus.publish("status", {"request_id": request_id, "status": "queued", "node": node, "engine": engine, "text_length": 20})
+    text = metrics.render().decode()
+    assert metric(text, "chatterbox_requests_active", engine="hibari") == 1
+    assert metric(text, "chatterbox_requests_active", engine="turbo") == 1

@@ -378,6 +378,40 @@ async def test_each_engine_is_estimated_at_its_own_measured_pace(make_client, ma
     assert [r.status for r in await asyncio.gather(running, *queued.values())] == [200, 200, 200]
 
 
+async def test_a_request_for_an_engine_not_measured_yet_is_estimated_at_the_default_engines_pace(make_client, make_scripted):
+    """An engine that has not loaded yet has no measured pace of its own: a request queued
+    for it is still given a start and a completion, at the default engine's pace. (And the
+    statistics list it, with nothing counted, from the start, then count its own requests.)"""
+    fast = make_scripted(work_seconds_per_char=0.0005)
+    other = make_scripted(work_seconds_per_char=0.005)
+    other.name = "other"
+    client = await make_client(engine=[fast, other])
+    engines = (await (await client.get("/status/statistics")).json())["engines"]
+    assert sorted(engines) == ["other", "scripted"]
+    assert engines["other"]["total_requests"] == 0
+    pace = core_of(client).tracker.throughput
+    assert "other" not in pace and pace["scripted"] > 0  # measured as it loaded at start
+    fast.hold()
+    running = asyncio.ensure_future(speak(client, "Held in the default engine.", "held-in-default"))
+    await asyncio.to_thread(fast.wait_started)
+    text = "A sentence for the engine that has not loaded yet, waiting behind the held one."
+    queued = asyncio.ensure_future(speak(client, text, "queued-for-other", model="other"))
+    async with asyncio.timeout(10):
+        while (await client.get("/status/requests/queued-for-other")).status != 200:
+            assert not queued.done()
+            await asyncio.sleep(0)  # until its queued event is folded: the next loop turn
+    [entry] = (await (await client.get("/status")).json())["queue"]["requests"]
+    assert entry["request_id"] == "queued-for-other"
+    assert entry["estimated_start"] is not None and entry["estimated_completion"] is not None
+    took = entry["estimated_completion"] - entry["estimated_start"]
+    assert abs(took - len(text) * pace["scripted"]) < 0.002, (took, len(text) * pace["scripted"])
+    fast.release(100)
+    assert [r.status for r in await asyncio.gather(running, queued)] == [200, 200]
+    assert (await speak(client, "Once more for the other engine.", model="other")).status == 200
+    engines = (await assert_statistics_add_up(client))["engines"]
+    assert {name: (s["total_requests"], s["completed_requests"]) for name, s in engines.items()} == {"scripted": (1, 1), "other": (2, 2)}
+
+
 async def test_a_running_request_is_estimated_at_the_pace_of_its_own_engine(make_client, make_scripted):
     """A running request's estimated completion, as its chunk starts, is its characters at the
     measured pace of the engine its model chose, not the default engine's (ten times faster here)."""

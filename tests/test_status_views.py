@@ -223,7 +223,8 @@ def two_nodes_queues(now: float, lanes: int | None, waiting: tuple[str, ...]) ->
     one due at ``now`` + 5 s (0.01 s a character), and ``waiting`` (each named for its node,
     100 characters) are queued after them, in that order."""
     tracker = StatusTracker(10, "hibari", node="a")
-    tracker.lanes = lanes
+    if lanes is not None:  # else as a node without engine workers has it
+        tracker.lanes = lanes
     events = [
         ("engine", {"name": "hibari", "node": "a", "state": "ready", "seconds_per_char": 0.01}),
         ("status", {"request_id": "long-on-a", "status": "queued", "node": "a", "text_length": 10_000, "engine": "hibari"}),

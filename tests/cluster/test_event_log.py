@@ -4,9 +4,12 @@ appends, and a node that starts after the stream was trimmed restoring a checkpo
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import core_of
 
 from chatterbox_status import redis_events
 from chatterbox_status.redis_events import RedisEventBus
@@ -85,6 +88,61 @@ async def test_a_node_started_after_trimming_restores_the_checkpoint_and_agrees(
     await client.aclose()
 
 
+async def test_a_checkpoint_taken_while_a_request_runs_and_a_job_is_paused_restores_both(redis_server, start_bus, monkeypatch):
+    """Every checkpoint of the trimmed stream was taken while a request was running and a
+    long-text job was paused: a node that starts from the newest one shows both as the
+    first node does (status, progress, the paused job findable but not in the queue), and
+    folds their ends like it."""
+    monkeypatch.setattr(redis_events, "CHECKPOINT_EVERY", 50)
+    monkeypatch.setattr(redis_events, "STREAM_LENGTH", 10)  # Redis trims whole nodes of 100 entries
+    first, first_tracker = await start_bus("node-a")
+    for type, data in [
+        ("status", {"request_id": "running-one", "status": "queued", "text_length": 40, "engine": "hibari"}),
+        ("status", {"request_id": "running-one", "status": "generating_audio", "progress_percentage": 25.0}),
+        ("status", {"request_id": "paused-job", "status": "queued", "text_length": 4000, "engine": "hibari", "durable": True}),
+        ("status", {"request_id": "paused-job", "status": "generating_audio", "progress_percentage": 10.0}),
+        ("status", {"request_id": "paused-job", "status": "paused", "progress_percentage": 10.0}),
+    ]:
+        first.publish(type, data)
+    await first.settled()
+    assert [first_tracker.find(r).status for r in ("running-one", "paused-job")] == ["generating_audio", "paused"]
+    async with asyncio.timeout(30):  # a node that keeps up folds these in well under a second
+        for n in range(100):  # checkpoints at events 50, 100, ... 300, each with both in it
+            for type, data in request_events(n):
+                first.publish(type, data)
+            await first.settled()
+    assert first.last_id == 305
+    client = aioredis.from_url(redis_server.url)
+    assert int((await client.xrange(redis_events.STREAM, count=1))[0][1][b"seq"]) > 5  # their first events are gone
+    await client.aclose()
+    later, later_tracker = await start_bus("node-b")
+    await later.settled()
+    assert later.last_id == 305
+    for tracker in (first_tracker, later_tracker):
+        running, paused = tracker.find("running-one"), tracker.find("paused-job")
+        assert running is not None and paused is not None
+        assert (running.status, running.progress["progress_percentage"]) == ("generating_audio", 25.0)
+        assert (paused.status, paused.progress["progress_percentage"]) == ("paused", 10.0)
+        shown = tracker.status()
+        assert (shown["request_id"], shown["node"]) == ("running-one", "node-a")  # the node that runs it
+        assert tracker.active_count == 1
+    assert later_tracker.checkpoint() == first_tracker.checkpoint()
+    for type, data in [
+        ("status", {"request_id": "running-one", "status": "completed", "progress_percentage": 100.0}),
+        ("status", {"request_id": "paused-job", "status": "generating_audio", "progress_percentage": 10.0}),
+        ("status", {"request_id": "paused-job", "status": "completed", "progress_percentage": 100.0}),
+    ]:
+        later.publish(type, data)
+    await later.settled()
+    async with asyncio.timeout(10):
+        while first.last_id < 308:
+            await asyncio.sleep(0.01)  # poll interval; the bound decides
+    for tracker in (first_tracker, later_tracker):
+        assert [tracker.find(r).status for r in ("running-one", "paused-job")] == ["completed", "completed"]
+        assert tracker.statistics()["total_requests"] == 102
+    assert first_tracker.checkpoint() == later_tracker.checkpoint()
+
+
 async def test_settled_returns_once_this_nodes_events_are_folded_here(start_bus):
     bus, tracker = await start_bus("node-a")
     other, other_tracker = await start_bus("node-b")
@@ -144,3 +202,58 @@ async def test_a_request_is_answered_once_its_end_is_folded_so_the_next_status_r
     assert response.status == 200
     record = await (await client.get("/status/requests/folded-first-0001")).json()
     assert record["status"] == "completed", record
+
+
+async def test_the_requests_of_a_node_that_stopped_end_in_error_but_not_its_long_text_jobs(redis_server, start_bus, monkeypatch):
+    """A node that stopped (its events are in the stream, it no longer beats) left a
+    long-text job and a request running: another node ends the request as an error that
+    names the node, and leaves the job (its node resumes it when it starts again); its own
+    request stays as it is."""
+    monkeypatch.setattr(redis_events, "HEARTBEAT_SECONDS", 0.1)
+    client = aioredis.from_url(redis_server.url)
+    append = client.register_script(redis_events.APPEND)
+    keys = [redis_events.STREAM, redis_events.SEQUENCE, redis_events.APPENDED]
+    number = 0
+    for request_id, extra in (("job-of-gone", {"durable": True}), ("request-of-gone", {})):
+        for data in (
+            {"request_id": request_id, "status": "queued", "text_length": 30, "engine": "hibari", **extra},
+            {"request_id": request_id, "status": "generating_audio", "progress_percentage": 20.0},
+        ):
+            number += 1
+            payload = json.dumps({"timestamp": time.time(), **data, "node": "node-gone"})  # as the node's bus sent it
+            assert await append(keys=keys, args=["node-gone", number, 1000, "status", payload]) == number
+    await client.aclose()
+    bus, tracker = await start_bus("node-a")
+    bus.publish("status", {"request_id": "request-of-a", "status": "queued", "text_length": 30, "engine": "hibari"})
+    await bus.settled()
+    async with asyncio.timeout(10):
+        while tracker.find("request-of-gone").status != "error":
+            await asyncio.sleep(0.01)  # poll interval; the bound decides
+    ended = tracker.find("request-of-gone").view(0.0)
+    assert ended["error_message"] == "The server process running it (node-gone) stopped"
+    assert ended["node"] == "node-gone"  # the node that ran it, though node-a sent its end
+    # the watcher's same pass saw the job, queued before the request
+    assert [tracker.find(r).status for r in ("job-of-gone", "request-of-a")] == ["generating_audio", "queued"]
+    assert tracker.statistics()["error_requests"] == 1
+
+
+async def test_a_node_shows_its_own_engine_as_its_own_events_left_it(redis_server, make_client, scripted):
+    """On the event log /status shows the node's own engine, loaded and measured, in the
+    documented shape; another node's event about its engine of the same name (loading
+    there) changes nothing here."""
+    client = await make_client(engine=scripted, redis_url=redis_server.url)
+    bus = core_of(client).bus
+    redis = aioredis.from_url(redis_server.url)
+    append = redis.register_script(redis_events.APPEND)
+    keys = [redis_events.STREAM, redis_events.SEQUENCE, redis_events.APPENDED]
+    payload = json.dumps({"timestamp": time.time(), "name": "scripted", "state": "loading", "load_progress": 0.0, "node": "node-other"})
+    seq = await append(keys=keys, args=["node-other", 1, 1000, "engine", payload])
+    await redis.aclose()
+    async with asyncio.timeout(10):
+        while bus.last_id < seq:
+            await asyncio.sleep(0.01)  # poll interval; the bound decides
+    response = await client.get("/status")
+    assert response.status == 200, await response.text()
+    [engine] = (await response.json())["engines"]
+    assert (engine["name"], engine["state"], engine["load_progress"]) == ("scripted", "ready", 100.0)
+    assert engine["seconds_per_char"] > 0
