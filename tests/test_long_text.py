@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import io
 import itertools
 import logging
 import re
 import sqlite3
+import struct
 import time
 import wave
 from datetime import datetime
 
 import aiohttp
+import av
 import numpy as np
 import pytest
 from conftest import build_app, core_of
@@ -82,7 +85,9 @@ async def in_thread(fn, *args):
 
 
 def wav_frames(data: bytes) -> tuple[int, np.ndarray]:
+    """Sample rate and samples of a download, which is mono 16-bit WAV."""
     with wave.open(io.BytesIO(data)) as w:
+        assert (w.getnchannels(), w.getsampwidth()) == (1, 2)
         return w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
 
 
@@ -188,6 +193,56 @@ async def test_submit_poll_download_with_range_and_manage(make_long):
     bulk = await resp.json()
     assert (bulk["success_count"], bulk["failed_count"], bulk["failed_jobs"]) == (1, 1, ["nope-nope"])
     assert (await client.get(f"/audio/speech/long/{second}")).status == 404
+
+
+DOWNLOAD_TYPES = {"pcm": "audio/pcm", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac"}
+
+
+def decoded(data: bytes) -> tuple[int, np.ndarray]:
+    """Sample rate and mono samples of a compressed file, via PyAV."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        assert stream.channels == 1
+        return stream.rate, np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(stream)])
+
+
+@pytest.mark.parametrize("response_format", list(DOWNLOAD_TYPES))
+async def test_a_job_in_each_format_downloads_as_a_finished_file_of_the_same_audio(make_long, response_format):
+    """A job's audio is encoded piece by piece into its file. The download is a whole file of
+    its format holding what the same job gives in WAV: the same samples for pcm and flac (whose
+    header states the length and checksum, as players read them), the same length within a
+    codec frame for the lossy formats (Opus's last page ending exactly where the audio does)."""
+    client = await make_long(ScriptedEngine(), silence_padding_ms=100)
+    reference_job = (await submit(client))["job_id"]
+    job_id = (await submit(client, response_format=response_format))["job_id"]
+    assert (await finished(client, reference_job))["status"] == "completed"
+    assert (await finished(client, job_id))["status"] == "completed"
+    rate, reference = wav_frames(await (await client.get(f"/audio/speech/long/{reference_job}/download")).read())
+    resp = await client.get(f"/audio/speech/long/{job_id}/download")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == DOWNLOAD_TYPES[response_format]
+    data = await resp.read()
+    seconds = len(reference) / rate
+    if response_format == "pcm":
+        assert data == reference.astype("<i2").tobytes()
+        return
+    output_rate, samples = decoded(data)
+    assert output_rate == (48_000 if response_format == "opus" else rate)
+    if response_format == "flac":
+        assert np.array_equal(samples, reference)
+        assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # the first metadata block is STREAMINFO
+        info = data[8:42]
+        packed = int.from_bytes(info[10:18], "big")
+        assert (packed >> 44, ((packed >> 41) & 7) + 1, ((packed >> 36) & 31) + 1, packed & (2**36 - 1)) == (rate, 1, 16, len(reference))
+        assert info[18:34] == hashlib.md5(reference.astype("<i2").tobytes()).digest()
+        return
+    frame = {"mp3": 576 / rate, "aac": 1024 / rate, "opus": 0.02}[response_format]
+    assert seconds - 0.01 <= len(samples) / output_rate <= seconds + 0.05 + frame
+    if response_format == "opus":
+        pages = [offset for offset in range(len(data) - 3) if data[offset : offset + 4] == b"OggS"]
+        head = data.index(b"OpusHead")
+        granule, pre_skip = struct.unpack_from("<q", data, pages[-1] + 6)[0], struct.unpack_from("<H", data, head + 10)[0]
+        assert granule - pre_skip == round(seconds * 48_000)
 
 
 async def test_history_statistics_add_up_what_the_job_views_show(make_long):
@@ -1051,14 +1106,16 @@ async def test_a_job_of_mostly_silence_is_refused_before_it_is_accepted(make_lon
     assert (await client.post("/audio/speech/long", json=body)).status == 200
 
 
-async def test_a_job_that_would_not_fit_the_disk_quota_is_refused_with_507(make_long):
+@pytest.mark.parametrize(("response_format", "output_bytes_per_second"), [("mp3", 128_000 / 8), ("flac", 2 * ScriptedEngine.sample_rate)])
+async def test_a_job_that_would_not_fit_the_disk_quota_is_refused_with_507(make_long, response_format, output_bytes_per_second):
     """The 507 says what the job would need (its chunk files, float32, and its output file in
-    its format, for the speech its text makes) and what is left of the quota."""
+    its format: mp3 at 128 kbit/s, flac at most as large as 16-bit PCM, for the speech its text
+    makes) and what is left of the quota."""
     client = await make_long(ScriptedEngine(), max_disk_mb=1)
     await finished(client, (await submit(client, text=SENTENCES[0]))["job_id"])  # takes some of the quota
     used = await in_thread(files.disk_usage, manager_of(client).root)
     text = " ".join([TEXT] * 20)
-    resp = await client.post("/audio/speech/long", json={"input": text, "response_format": "mp3", "silence_padding_ms": 0})
+    resp = await client.post("/audio/speech/long", json={"input": text, "response_format": response_format, "silence_padding_ms": 0})
     assert resp.status == 507
     message = error_of(await resp.json())["message"]
     match = re.fullmatch(
@@ -1068,7 +1125,8 @@ async def test_a_job_that_would_not_fit_the_disk_quota_is_refused_with_507(make_
     )
     assert match, message
     rate, seconds = ScriptedEngine.sample_rate, len(text) * SPEECH_SECONDS_PER_CHAR
-    assert float(match[1]) == pytest.approx((seconds * rate * 4 + seconds * 128_000 / 8) / MB, rel=0.05)  # mp3 at 128 kbit/s
+    expected = (seconds * rate * 4 + seconds * output_bytes_per_second) / MB
+    assert float(match[1]) == pytest.approx(expected, abs=0.051)  # as the message rounds it, to 0.1 MB
     assert match[2] == f"{(MB - used) / MB:.1f}" != f"{(MB + used) / MB:.1f}"
     assert (await client.post("/audio/speech/long", json={"input": SENTENCES[1], "response_format": "wav"})).status == 200
 

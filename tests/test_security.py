@@ -490,15 +490,19 @@ async def test_repeated_wrong_keys_are_slowed_down(make_client, scripted):
 def test_the_throttle_forgets_old_failures_and_stays_bounded():
     now = [0.0]
     throttle = auth.FailureThrottle(limit=3, window_s=10, max_addresses=100, clock=lambda: now[0])
-    for _ in range(3):
+    for second in range(3):  # three wrong keys, a second apart
+        now[0] = float(second)
         throttle.record("1.2.3.4")
-    assert throttle.retry_after("1.2.3.4") == pytest.approx(10)
+    assert throttle.retry_after("1.2.3.4") == pytest.approx(8)  # until the first of them is window_s old
     assert throttle.retry_after("5.6.7.8") is None
-    now[0] = 10.5
+    now[0] = 10.0  # the first is window_s old: over, so never a 429 saying "try again in 0 s"
     assert throttle.retry_after("1.2.3.4") is None
     for n in range(1000):
         throttle.record(f"10.0.{n // 256}.{n % 256}")
     assert len(throttle._failures) == 100
+    for _ in range(3):  # an address new to the full table is still slowed down: the one idle longest made room
+        throttle.record("9.9.9.9")
+    assert throttle.retry_after("9.9.9.9") == pytest.approx(10)
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the dashboard's module")
