@@ -22,6 +22,8 @@ from conftest import core_of
 from doubles import GatedEngine, in_process_of_its_own
 from test_faults import assert_statistics_add_up, terminal_counter
 
+from chatterbox_status import engine_pool
+
 
 def watch(client, request_id: str, status: str) -> asyncio.Future:
     """Resolves with the first bus event of ``request_id`` that shows ``status``."""
@@ -74,6 +76,26 @@ async def test_a_worker_killed_mid_request_ends_it_as_error_once_and_the_queued_
     assert health["status"] == "healthy" and health["engine"]["error"] is None
 
 
+async def test_a_worker_that_dies_after_running_a_while_is_restarted_at_once_every_time(make_client, tmp_path, monkeypatch):
+    """The backoff is for a worker that keeps dying soon after it is ready; one that ran a
+    while (STABLE_SECONDS, cut to nothing here) is restarted at once each time it dies, and
+    while it restarts it shows no load progress."""
+    monkeypatch.setattr(engine_pool, "STABLE_SECONDS", 0.0)
+    host = in_process_of_its_own(GatedEngine, gate=str(tmp_path / "gate"))
+    client = await make_client(engine=host)
+    engine = engine_events(client)
+    for deaths in (1, 2):
+        os.kill(host.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len([e for e in engine if e.get("state") == "ready"]) < deaths:
+            assert time.monotonic() < deadline, f"no new worker is ready after death {deaths}"
+            await asyncio.sleep(0.02)  # poll interval; the deadline decides
+    restarting = [e for e in engine if e.get("state") == "restarting"]
+    assert [e["error"].rsplit("; restart ", 1)[1] for e in restarting] == ["1 in 0 s", "2 in 0 s"]
+    assert [e["load_progress"] for e in restarting] == [0.0, 0.0]
+    assert (await (await client.post("/v1/audio/speech", json={"input": "Still speaking."})).read())[:4] == b"RIFF"
+
+
 async def test_a_worker_that_hangs_past_chunk_timeout_is_killed_and_replaced(make_client, tmp_path):
     host = in_process_of_its_own(GatedEngine, gate=str(tmp_path / "never"), ignore_cancel=True)
     client = await make_client(engine=host, chunk_timeout=0.5)
@@ -116,6 +138,9 @@ async def test_a_worker_that_keeps_dying_is_restarted_with_growing_pauses_and_he
         await asyncio.sleep(0.05)  # each restart is a new process dying at load
     restarts = [e["error"].rsplit("; restart ", 1)[1] for e in engine if e.get("state") == "restarting"][:3]
     assert restarts == ["1 in 0 s", "2 in 1 s", "3 in 2 s"]  # each numbered, and each pause longer
+    fresh = {"load_progress": 0.0, "error": None, "idle_since": None, "unloads_at": None}
+    for loading in [e for e in engine if e.get("state") == "loading"]:  # each start begins afresh
+        assert {key: loading.get(key, "left out") for key in fresh} == fresh, loading
     health = await (await client.get("/health")).json()
     assert health["status"] == "initializing" and health["model_loaded"] is False
     assert "killed by SIGKILL while loading the model" in health["initialization_error"]

@@ -123,6 +123,9 @@ async def test_model_aliases_map_names_onto_configured_engines(make_client, tmp_
 async def test_an_engine_loads_on_first_use_while_its_request_waits_as_initializing(make_client, tmp_path):
     client = await make_client(engine=engines(tmp_path))
     core = core_of(client)
+    state = (await models(client))["gated"]["engine_state"]  # configured, never loaded yet
+    fields = ("state", "load_progress", "error", "in_use", "idle_since", "unloads_at")
+    assert {key: state.get(key, "left out") for key in fields} == dict(zip(fields, ("not_started", 0.0, None, 0, None, None)))
     seen: list = []
     core.bus.add_listener(lambda e: seen.append((e.type, dict(e.data))))
     response = await speak(client, "The first words of the double.", "first-use", model="gated")

@@ -531,7 +531,12 @@ async def test_health_while_loading_and_a_request_waits_for_the_model(make_clien
     body = await get_json(client, "/health")
     assert body["status"] == "initializing"
     assert body["model_loaded"] is False
-    assert is_number(body["engine"]["load_progress"]) and body["engine"]["load_progress"] < 100
+    deadline = time.monotonic() + 10
+    while not (is_number(body["engine"]["load_progress"]) and body["engine"]["load_progress"] > 0):
+        assert time.monotonic() < deadline, f"the load's progress never showed: {body['engine']}"
+        await asyncio.sleep(0.02)  # poll interval; the deadline decides
+        body = await get_json(client, "/health")
+    assert body["engine"]["load_progress"] == 33.3  # the engine's third, as a percentage to one decimal
 
     task = asyncio.create_task(post_speech(client, "Waiting for the model.", "early-bird-01"))
     await until_status(client, "early-bird-01", "initializing")
