@@ -6,6 +6,7 @@ chunk into its file, so a job never holds more than one chunk in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -121,15 +122,20 @@ class ChunkFileOutput:
         try:
             with open(tmp, "wb") as target:
                 encoder = audio.FileEncoder(target, self.job.output_format, self.sample_rate)
-                for chunk in self.chunks:
-                    piece = files.read_chunk(files.chunk_path(self.root, self.job.job_id, chunk.index), chunk.samples)
-                    if piece is None:
-                        raise OSError(f"chunk {chunk.index} of job {self.job.job_id} could not be read back")
-                    if total:
-                        encoder.write(gap)
-                        total += len(gap)
-                    encoder.write(piece)
-                    total += len(piece)
+                try:
+                    for chunk in self.chunks:
+                        piece = files.read_chunk(files.chunk_path(self.root, self.job.job_id, chunk.index), chunk.samples)
+                        if piece is None:
+                            raise OSError(f"chunk {chunk.index} of job {self.job.job_id} could not be read back")
+                        if total:
+                            encoder.write(gap)
+                            total += len(gap)
+                        encoder.write(piece)
+                        total += len(piece)
+                except BaseException:
+                    with contextlib.suppress(Exception):  # the file is thrown away; its writer still ends here,
+                        encoder.close()  # not later in the garbage collector, against a closed file
+                    raise
                 encoder.close()
                 target.flush()
                 os.fsync(target.fileno())
