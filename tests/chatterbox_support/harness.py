@@ -94,8 +94,7 @@ async def serve(engine: Any, directory: Path, **overrides: Any) -> AsyncIterator
     settings = Settings(**{**defaults, **overrides})
     async with TestClient(TestServer(create_app(settings, hosted(engine)))) as client:
         core = core_of(client)
-        await asyncio.wait_for(core.worker.wait_loaded(), LOAD_TIMEOUT)
-        assert core.worker.load_error is None, core.worker.load_error
+        await asyncio.wait_for(core.worker.wait_loaded(), LOAD_TIMEOUT)  # raises with the error if the load failed
         yield client
 
 
