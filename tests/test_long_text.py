@@ -825,6 +825,20 @@ async def test_a_server_that_keeps_jobs_for_ever_shuts_down_cleanly(make_long):
     await client.close()
 
 
+async def completes_after_speaking_again(client, engine: ScriptedEngine, job_id: str, errors: list[str | None]) -> None:
+    """The job's details name each bad chunk's fault; released, the job completes with its
+    whole audio, the bad chunks (the first ones) spoken again and nothing else."""
+    details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
+    assert [chunk["error"] for chunk in details["chunks"]] == errors
+    engine.release(10)
+    view = await finished(client, job_id)
+    assert view["status"] == "completed"
+    again = sum(error is not None for error in errors)
+    assert spoken(engine) == [*SENTENCES, *SENTENCES[:again]]
+    _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
+    assert len(pcm) == expected_frames(engine, SENTENCES, 0)
+
+
 async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
     """Checked after the last chunk: a truncated file, a missing one and a valid file of the
     wrong length are each generated again, and the job's details say why while it happens."""
@@ -845,15 +859,7 @@ async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
     np.save(files.chunk_path(root, job_id, 2), np.zeros(100, dtype=np.float32))  # a valid file, too short
     engine.release(1)
     assert await in_thread(engine.wait_started) == SENTENCES[0]  # generated again, held
-    details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
-    errors = [chunk["error"] for chunk in details["chunks"]]
-    assert errors == ["audio file is corrupt", "audio file is missing", "audio file is corrupt", None]
-    engine.release(10)
-    view = await finished(client, job_id)
-    assert view["status"] == "completed"
-    assert spoken(engine) == [*SENTENCES, *SENTENCES[:3]]
-    _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
-    assert len(pcm) == expected_frames(engine, SENTENCES, 0)
+    await completes_after_speaking_again(client, engine, job_id, ["audio file is corrupt", "audio file is missing", "audio file is corrupt", None])
 
 
 async def test_a_chunk_file_of_another_sample_type_or_shape_is_generated_again(make_long):
@@ -869,14 +875,7 @@ async def test_a_chunk_file_of_another_sample_type_or_shape_is_generated_again(m
     engine.release(2)
     assert await in_thread(engine.wait_started) == SENTENCES[3]
     assert await in_thread(engine.wait_started) == SENTENCES[0]  # generated again, held
-    details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
-    assert [chunk["error"] for chunk in details["chunks"]] == ["audio file is corrupt", "audio file is corrupt", None, None]
-    engine.release(10)
-    view = await finished(client, job_id)
-    assert view["status"] == "completed"
-    assert spoken(engine) == [*SENTENCES, *SENTENCES[:2]]
-    _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
-    assert len(pcm) == expected_frames(engine, SENTENCES, 0)
+    await completes_after_speaking_again(client, engine, job_id, ["audio file is corrupt", "audio file is corrupt", None, None])
 
 
 async def test_a_chunk_file_gone_once_joining_starts_fails_the_job_naming_the_chunk(make_long):
