@@ -6,6 +6,7 @@ mutation testing reaches the manager's cluster code)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -190,7 +191,7 @@ async def test_a_jobs_event_stream_on_another_node_follows_it_to_its_end(start):
     assert events[-1] == "completed" and events.count("progress") >= len(SENTENCES) - 1, events
 
 
-async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(start):
+async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(start, caplog):
     one, other = ScriptedEngine(), ScriptedEngine()
     a, b = await start("a", one), await start("b", other)
     job_id = await second_chunk_held(a, one)
@@ -204,6 +205,7 @@ async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(star
     assert spoken(one) == SENTENCES[:2] and spoken(other) == []
     statistics = await (await a.get("/status/statistics")).json()
     assert (statistics["total_requests"], statistics["cancelled_requests"], statistics["is_processing"]) == (1, 1, False)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []  # A's removal ended cleanly
 
 
 async def test_a_node_whose_job_another_node_took_stops_its_own_run(start, redis_server):
@@ -327,3 +329,54 @@ async def test_on_the_node_running_a_job_a_bad_chunk_file_is_generated_again_and
     assert spoken(engine) == [*SENTENCES, SENTENCES[0]]
     data = await (await a.get(f"/audio/speech/long/{job_id}/download")).read()
     assert len(wav_frames(data)[1]) == expected_frames(engine, SENTENCES, 0)
+
+
+@pytest.mark.parametrize("race", ["taken by another node", "cancelled", "deleted"])
+async def test_a_job_that_changes_hands_while_a_node_looks_for_jobs_is_left_and_the_next_one_taken(start, redis_server, race):
+    """A node looking for jobs to take over lists the jobs no node holds, then takes each in
+    turn. One that in between another node took, or a client cancelled or deleted, is left as
+    it is now, and the node takes the next in the same look (not at its next, a lease renewal
+    later). The race is put in B's store calls: the moment B has the list, it happens."""
+    one, other = ScriptedEngine(), ScriptedEngine()
+    a, b = await start("a", one, max_concurrent_jobs=2), await start("b", other, max_concurrent_jobs=3)
+    raced, taken_next = await second_chunk_held(a, one), (await submit(a))["job_id"]
+    store, node_b, manager = sync_redis.Redis.from_url(redis_server.url), core_of(b).bus.node, manager_of(b)
+    a_stopped, look_over, db = asyncio.Event(), asyncio.Event(), manager._db
+    listed: list[str] = []
+
+    async def racing_db(method: str, *args, **kwargs):
+        if method == "renew" and listed:
+            look_over.set()  # the look that found the jobs has ended: B renews before its next
+        if method != "orphans" or listed:
+            return await db(method, *args, **kwargs)
+        await a_stopped.wait()  # B looks once A has stopped, so it finds both of A's jobs
+        listed.extend(await db(method, *args, **kwargs))
+        if race == "taken by another node":
+            await in_thread(lambda: store.set(lease(raced), "another-node", px=60_000))
+        else:
+            params = {"action": "delete"} if race == "deleted" else {}
+            assert (await b.delete(f"/audio/speech/long/{raced}", params=params)).status == 200
+        return listed
+
+    manager._db = racing_db
+    other.hold()  # the job B takes runs until the test has looked
+    await a.close()  # its two jobs are left runnable, their leases let go
+    a_stopped.set()
+    await asyncio.wait_for(look_over.wait(), 3 * LEASE_RENEW_SECONDS)
+    assert listed == [raced, taken_next]
+
+    assert await in_thread(store.get, lease(taken_next)) == node_b.encode()  # taken in the same look
+    assert core_of(b).tracker.find(taken_next).fields["node"] == node_b
+    record = core_of(b).tracker.find(raced)
+    if race == "taken by another node":  # left to the node that took it
+        assert await in_thread(store.get, lease(raced)) == b"another-node"
+        assert record.fields["node"] != node_b
+    elif race == "cancelled":
+        assert record.status == "cancelled" and (await status_of(b, raced))["status"] == "cancelled"
+    else:
+        assert record.status == "cancelled" and (await b.get(f"/audio/speech/long/{raced}")).status == 404
+
+    other.release(10_000)
+    await asyncio.wait_for(manager.wait(taken_next), 30)
+    assert (await status_of(b, taken_next))["status"] == "completed"
+    assert spoken(other) == SENTENCES  # the job it took, and nothing of the one left
