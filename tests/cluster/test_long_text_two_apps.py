@@ -17,8 +17,8 @@ from doubles import ScriptedEngine
 from test_long_text import SENTENCES, error_of, expected_frames, manager_of, spoken, status_of, submit, wav_frames
 
 from chatterbox_status.longtext import files
-from chatterbox_status.longtext.manager import LEASE_RENEW_SECONDS, MB
-from chatterbox_status.longtext.redis_store import lease
+from chatterbox_status.longtext.manager import LEASE_RENEW_SECONDS, MB, LongTextManager
+from chatterbox_status.longtext.redis_store import LEASE_SECONDS, lease
 
 
 def in_thread(fn, *args):
@@ -173,6 +173,115 @@ async def test_the_jobs_a_node_kept_before_redis_url_become_the_clusters(start, 
     data = await (await a.get(f"/audio/speech/long/{stopped}/download")).read()
     assert len(wav_frames(data)[1]) == expected_frames(alone, SENTENCES, 0)
     database = manager_of(a).root / "jobs.sqlite3"
+    assert not database.exists() and len(list(database.parent.glob("jobs.sqlite3.shared-*"))) == 1
+
+
+async def jobs_of_a_node_before_redis_url(aiohttp_client, tmp_path: Path, count: int) -> list[str]:
+    """Jobs node "a" kept in a database of its own (no REDIS_URL) when it stopped: the first
+    stopped at its second chunk (its first chunk's file done), the others not begun."""
+    alone = ScriptedEngine()
+    client = await aiohttp_client(build_app(alone, tmp_path / "a" / "data", tmp_path / "a" / "voices", silence_padding_ms=0))
+    await asyncio.wait_for(core_of(client).worker.wait_loaded(), 30)
+    ids = [await second_chunk_held(client, alone)] + [(await submit(client))["job_id"] for _ in range(count - 1)]
+    await client.close()
+    alone.release(10_000)
+    return ids
+
+
+async def test_no_node_takes_over_a_job_that_another_is_still_copying_into_the_cluster(start, aiohttp_client, tmp_path, redis_server, monkeypatch):
+    """A node sharing the jobs of its own database holds each while its files go into Redis: a
+    node that looks for jobs to take over meanwhile leaves it (it would run without the
+    finished chunks' files), and the job finishes once, no chunk spoken again."""
+    (job_id,) = await jobs_of_a_node_before_redis_url(aiohttp_client, tmp_path, 1)
+    other = ScriptedEngine()
+    b = await start("b", other)
+    store = sync_redis.Redis.from_url(redis_server.url)
+    copying, b_looked, held_by_the_copier = asyncio.Event(), asyncio.Event(), []
+    db, take_orphans = LongTextManager._db, LongTextManager._take_orphans
+
+    async def slow_copy(self, method: str, *args, **kwargs):
+        if method == "put_file" and self is not manager_of(b) and not b_looked.is_set():
+            copying.set()  # A added the job to Redis; its first file is on the way
+            await asyncio.wait_for(b_looked.wait(), 3 * LEASE_RENEW_SECONDS)
+            held_by_the_copier.append(await in_thread(store.get, lease(job_id)) == self.node.encode())
+        return await db(self, method, *args, **kwargs)
+
+    async def watched_look(self) -> None:
+        began_while_copying = copying.is_set()
+        await take_orphans(self)
+        if began_while_copying and self is manager_of(b):
+            b_looked.set()
+
+    monkeypatch.setattr(LongTextManager, "_db", slow_copy)
+    monkeypatch.setattr(LongTextManager, "_take_orphans", watched_look)
+    engine = ScriptedEngine()
+    a = await start("a", engine)
+    assert held_by_the_copier == [True]  # B looked for jobs to take while A copied, and left it
+    await eventually(lambda: (r := core_of(a).tracker.find(job_id)) is not None and r.status == "completed", "the job is finished")
+    assert sorted(spoken(engine) + spoken(other)) == sorted(SENTENCES[1:])  # the first chunk's file was kept
+    data = await (await b.get(f"/audio/speech/long/{job_id}/download")).read()
+    assert len(wav_frames(data)[1]) == expected_frames(engine, SENTENCES, 0)
+
+
+async def test_a_node_cut_off_from_redis_while_sharing_its_jobs_shares_the_rest_after(start, aiohttp_client, tmp_path, redis_server, monkeypatch):
+    """Redis goes away after the first of a node's own jobs went into the cluster: the others
+    stay in the node's database, and its next start shares them, though by then another node
+    runs the first (which the node, finding it held, leaves). No job is lost."""
+    first, second = await jobs_of_a_node_before_redis_url(aiohttp_client, tmp_path, 2)
+    other = ScriptedEngine()
+    b = await start("b", other)
+    other.hold()  # B keeps running the first job once it takes it
+    db = LongTextManager._db
+
+    async def redis_goes_away(self, method: str, *args, **kwargs):
+        if method == "add" and args[0].job_id == second and self is not manager_of(b):
+            await in_thread(redis_server.stop)
+        return await db(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(LongTextManager, "_db", redis_goes_away)
+    a = await start("a", ScriptedEngine())
+    monkeypatch.setattr(LongTextManager, "_db", db)
+    await a.close()
+    await in_thread(redis_server.start)
+    store, node_b = sync_redis.Redis.from_url(redis_server.url), core_of(b).bus.node
+    await eventually(lambda: store.get(lease(first)) == node_b.encode(), "B runs the first job")
+    assert (await b.get(f"/audio/speech/long/{second}")).status == 404  # not in the cluster yet
+
+    # Started again at once: the second job's lease, taken before Redis went away, still
+    # holds; the job joins the cluster once it lapses.
+    a = await start("a", ScriptedEngine())
+    assert store.pttl(lease(second)) > 0
+    await eventually(lambda: manager_of(b).store.get(second) is not None, "the second job is the cluster's", LEASE_SECONDS + 3 * LEASE_RENEW_SECONDS)
+    assert (await status_of(b, second))["status"] in {"pending", "processing"}
+    assert store.get(lease(first)) == node_b.encode()  # left to B
+    other.release(10_000)
+    for job_id in (first, second):
+        await eventually(lambda job_id=job_id: (r := core_of(b).tracker.find(job_id)) is not None and r.status == "completed", f"{job_id} completed")
+    database = manager_of(a).root / "jobs.sqlite3"
+    assert not database.exists() and len(list(database.parent.glob("jobs.sqlite3.shared-*"))) == 1
+
+
+async def test_a_node_that_finds_redis_away_at_its_start_shares_its_jobs_once_it_is_back(start, aiohttp_client, tmp_path, redis_server, monkeypatch):
+    """Redis goes away while a node starts putting its own jobs into the cluster: the node
+    serves on, and once Redis is back (and the lease it took before lapses) its jobs are the
+    cluster's, without a restart."""
+    (job_id,) = await jobs_of_a_node_before_redis_url(aiohttp_client, tmp_path, 1)
+    db = LongTextManager._db
+
+    async def redis_goes_away(self, method: str, *args, **kwargs):
+        if method == "add":
+            monkeypatch.setattr(LongTextManager, "_db", db)
+            await in_thread(redis_server.stop)
+        return await db(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(LongTextManager, "_db", redis_goes_away)
+    engine = ScriptedEngine()
+    a = await start("a", engine)
+    database = manager_of(a).root / "jobs.sqlite3"
+    assert database.exists()  # kept: its job is not in Redis
+    await in_thread(redis_server.start)
+    await eventually(lambda: (r := core_of(a).tracker.find(job_id)) is not None and r.status == "completed", "the job is finished", 3 * LEASE_SECONDS)
+    assert spoken(engine) == SENTENCES[1:]
     assert not database.exists() and len(list(database.parent.glob("jobs.sqlite3.shared-*"))) == 1
 
 

@@ -112,7 +112,7 @@ class LongTextManager:
             try:
                 await self._share_local_jobs()
             except SharedStateUnavailable as exc:
-                log.error("long-text jobs of this node's own database stay there until the next start: %s", exc)
+                log.error("long-text jobs of this node's own database stay there until Redis is back: %s", exc)
             self._leases = asyncio.create_task(self._keep_leases(), name="long-text-leases")
         elif await asyncio.to_thread(self._db_path.exists):
             for job_id in await self._db("ids_with_status", RUNNABLE):
@@ -547,15 +547,21 @@ class LongTextManager:
     async def _share_local_jobs(self) -> None:
         """The jobs this node kept in a database of its own (before REDIS_URL) go into the
         cluster's store with their files, held meanwhile so no node runs one half copied;
-        then the database is set aside. Turning the cluster on loses no job."""
+        then the database is set aside. Turning the cluster on loses no job: one held by a
+        lease while not in the cluster yet (its copy was cut off, and this node started
+        again before the lease lapsed) keeps the database for the lease keeper's next look."""
         if not await asyncio.to_thread(self._db_path.exists):
             return
         local = await asyncio.to_thread(JobStore, self._db_path)
+        waiting = 0
         try:
             ids = await asyncio.to_thread(local.ids_with_status, set(JOB_STATUSES))
             for job_id in ids:
                 job, chunks = await asyncio.to_thread(local.get, job_id), await asyncio.to_thread(local.chunks, job_id)
-                if job is None or not await self._hold(job_id):
+                if job is None:
+                    continue
+                if not await self._hold(job_id):
+                    waiting += await self._db("get", job_id) is None
                     continue
                 try:
                     if await self._db("add", job, chunks):
@@ -570,6 +576,9 @@ class LongTextManager:
                     await self._let_go(job_id)
         finally:
             await asyncio.to_thread(local.close)
+        if waiting:
+            log.warning("long-text: %d jobs of this node's database wait for a lease to lapse before they join the cluster", waiting)
+            return
         aside = await asyncio.to_thread(set_aside, self._db_path, "shared")
         log.info("long-text: %d jobs of this node's database are the cluster's now (Redis); the database is kept as %s", len(ids), aside)
 
@@ -582,6 +591,7 @@ class LongTextManager:
                     if (run := self._runs.get(job_id)) is not None:
                         log.warning("long-text job %s: another node took it over; its run here stops", job_id)
                         self._signal(run, "shutdown")
+                await self._share_local_jobs()  # what the start could not share, if anything
                 await self._take_orphans()
             except SharedStateUnavailable as exc:
                 log.warning("long-text leases: %s", exc)
