@@ -3,11 +3,12 @@
 Each test starts its own redis-server on a free loopback port in its temporary directory
 (appendonly, so a restart keeps what was written) and ends it by pid; nodes are
 ``chatterbox-status serve --redis-url ...`` processes on the embedded voice, each in a
-directory of its own.
+directory of its own, or apps in the test's own process (``start_app``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import shutil
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import build_app, core_of
+from doubles import ScriptedEngine
 from helpers import clean_environ, free_port, http, start_serve, stop, tail, wait_healthy
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -164,3 +167,34 @@ def start_worker(tmp_path: Path, redis_server: RedisServer) -> Iterator:
     finally:
         for worker in workers:
             worker.stop()
+
+
+@pytest.fixture
+def start_app(aiohttp_client, tmp_path: Path, redis_server: RedisServer):
+    """A node of the cluster in the test's own process (where mutation testing reaches it), on a
+    ScriptedEngine: ``await start_app("a", engine, **config)``; its data lives in ``tmp_path / name``."""
+    engines: list[ScriptedEngine] = []
+
+    async def start(name: str, engine: ScriptedEngine, **config):
+        engines.append(engine)
+        app = build_app(
+            engine, tmp_path / name / "data", tmp_path / name / "voices", {"redis_url": redis_server.url},
+            redis_url=redis_server.url, silence_padding_ms=0, **config,
+        )
+        client = await aiohttp_client(app)
+        await asyncio.wait_for(core_of(client).worker.wait_loaded(), 30)
+        return client
+
+    yield start
+    for engine in engines:  # a failed test must not leave an engine thread waiting
+        engine.load_gate.set()
+        engine.release(10_000)
+
+
+async def eventually(condition, what: str, deadline_s: float = 20.0):
+    """Poll ``condition`` (another node's disk, or a lease that lapses) until it holds."""
+    deadline = time.monotonic() + deadline_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"not within {deadline_s} s: {what}"
+        await asyncio.sleep(0.05)  # poll interval; the deadline decides
+    return value

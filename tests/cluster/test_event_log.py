@@ -8,12 +8,16 @@ import json
 import time
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 from conftest import core_of
+from doubles import ScriptedEngine
 
 from chatterbox_status import redis_events
 from chatterbox_status.redis_events import RedisEventBus
 from chatterbox_status.tracker import StatusTracker
+
+from .conftest import eventually
 
 
 def request_events(n: int) -> list[tuple[str, dict]]:
@@ -257,3 +261,29 @@ async def test_a_node_shows_its_own_engine_as_its_own_events_left_it(redis_serve
     [engine] = (await response.json())["engines"]
     assert (engine["name"], engine["state"], engine["load_progress"]) == ("scripted", "ready", 100.0)
     assert engine["seconds_per_char"] > 0
+
+
+async def test_a_node_whose_redis_refuses_writes_answers_clearly_until_it_takes_them_again(start_app, redis_server):
+    """Redis at its memory limit (maxmemory, noeviction) refuses every write, so a node that
+    starts then cannot append its events, its engines' first ones included. It answers all the
+    same: its models not started yet, /health with the event log's error, speech with a clear
+    503 (never a 500); once Redis takes writes again, its engine shows ready and speaks."""
+    store = sync_redis.Redis.from_url(redis_server.url)
+    store.config_set("maxmemory-policy", "noeviction")
+    store.config_set("maxmemory", 1)
+    try:
+        a = await start_app("a", ScriptedEngine())
+        models = (await (await a.get("/v1/models")).json())["data"]
+        assert models and {model["engine_state"]["state"] for model in models} == {"not_started"}
+        health = await (await a.get("/health")).json()
+        assert health["event_log"]["connected"] is False and "maxmemory" in health["event_log"]["error"]
+        resp = await a.post("/v1/audio/speech", json={"input": "Hello there."})
+        assert resp.status == 503
+        assert (await resp.json())["error"]["message"].startswith("The request cannot be tracked: the event log")
+    finally:
+        store.config_set("maxmemory", 0)
+    await eventually(lambda: core_of(a).tracker.engine_state("scripted")["state"] == "ready", "the engine's events are folded")
+    resp = await a.post("/v1/audio/speech", json={"input": "Hello there."})
+    assert resp.status == 200 and len(await resp.read()) > 44
+    statistics = await (await a.get("/status/statistics")).json()
+    assert (statistics["total_requests"], statistics["completed_requests"]) == (1, 1)

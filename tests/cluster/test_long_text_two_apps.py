@@ -20,39 +20,11 @@ from chatterbox_status.longtext import files
 from chatterbox_status.longtext.manager import LEASE_RENEW_SECONDS, MB, LongTextManager
 from chatterbox_status.longtext.redis_store import LEASE_SECONDS, lease
 
+from .conftest import eventually
+
 
 def in_thread(fn, *args):
     return asyncio.to_thread(fn, *args)
-
-
-async def eventually(condition, what: str, deadline_s: float = 20.0):
-    """Poll ``condition`` (another node's disk, or a lease that lapses) until it holds."""
-    deadline = time.monotonic() + deadline_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"not within {deadline_s} s: {what}"
-        await asyncio.sleep(0.05)  # poll interval; the deadline decides
-    return value
-
-
-@pytest.fixture
-def start(aiohttp_client, tmp_path: Path, redis_server):
-    """A node of the cluster: ``await start("a", engine, **long_text_config)``."""
-    engines: list[ScriptedEngine] = []
-
-    async def start_node(name: str, engine: ScriptedEngine, **config):
-        engines.append(engine)
-        app = build_app(
-            engine, tmp_path / name / "data", tmp_path / name / "voices", {"redis_url": redis_server.url},
-            redis_url=redis_server.url, silence_padding_ms=0, **config,
-        )
-        client = await aiohttp_client(app)
-        await asyncio.wait_for(core_of(client).worker.wait_loaded(), 30)
-        return client
-
-    yield start_node
-    for engine in engines:  # a failed test must not leave an engine thread waiting
-        engine.load_gate.set()
-        engine.release(10_000)
 
 
 async def second_chunk_held(client, engine: ScriptedEngine) -> str:
@@ -68,9 +40,9 @@ def job_dir(client, job_id: str) -> Path:
     return files.job_dir(manager_of(client).root, job_id)
 
 
-async def test_a_job_runs_on_one_node_and_is_paused_resumed_served_and_deleted_through_the_other(start, tmp_path):
+async def test_a_job_runs_on_one_node_and_is_paused_resumed_served_and_deleted_through_the_other(start_app, tmp_path):
     one, other = ScriptedEngine(), ScriptedEngine()
-    a, b = await start("a", one), await start("b", other)
+    a, b = await start_app("a", one), await start_app("b", other)
     job_id = await second_chunk_held(a, one)
     assert (await status_of(b, job_id))["status"] == "processing"
 
@@ -101,7 +73,7 @@ async def test_a_job_runs_on_one_node_and_is_paused_resumed_served_and_deleted_t
     # not only the files on a node's own disk.
     held = await manager_of(b)._db("usage")
     assert held > 0
-    c = await start("c", ScriptedEngine(), max_disk_mb=0.9 * held / MB)
+    c = await start_app("c", ScriptedEngine(), max_disk_mb=0.9 * held / MB)
     resp = await c.post("/audio/speech/long", json={"input": SENTENCES[0], "response_format": "wav"})
     assert resp.status == 507, await resp.text()
     assert "Long-text storage is full" in (await resp.json())["error"]["message"]
@@ -114,9 +86,9 @@ async def test_a_job_runs_on_one_node_and_is_paused_resumed_served_and_deleted_t
     assert await manager_of(b)._db("usage") == 0
 
 
-async def test_a_node_that_stops_leaves_its_job_to_another_which_finishes_it(start):
+async def test_a_node_that_stops_leaves_its_job_to_another_which_finishes_it(start_app):
     one, other = ScriptedEngine(), ScriptedEngine()
-    a, b = await start("a", one), await start("b", other)
+    a, b = await start_app("a", one), await start_app("b", other)
     job_id = await second_chunk_held(a, one)
     await a.close()  # shut down: the job stays runnable, its lease let go
     record = core_of(b).tracker.find(job_id)
@@ -131,12 +103,12 @@ async def test_a_node_that_stops_leaves_its_job_to_another_which_finishes_it(sta
     assert (statistics["total_requests"], statistics["completed_requests"]) == (1, 1)
 
 
-async def test_a_job_no_node_runs_is_cancelled_by_any_node(start):
+async def test_a_job_no_node_runs_is_cancelled_by_any_node(start_app):
     """A job whose node stopped, cancelled before another node could take it over (the other
     node's one long-text slot is busy): the node asked holds it, stores the cancel and ends it
     in the status API, where it was still generating."""
     one, other = ScriptedEngine(), ScriptedEngine()
-    a, b = await start("a", one), await start("b", other, max_concurrent_jobs=1)
+    a, b = await start_app("a", one), await start_app("b", other, max_concurrent_jobs=1)
     busy = await second_chunk_held(b, other)
     job_id = await second_chunk_held(a, one)
     await a.close()
@@ -150,7 +122,7 @@ async def test_a_job_no_node_runs_is_cancelled_by_any_node(start):
     assert (statistics["total_requests"], statistics["cancelled_requests"]) == (2, 1)
 
 
-async def test_the_jobs_a_node_kept_before_redis_url_become_the_clusters(start, aiohttp_client, tmp_path):
+async def test_the_jobs_a_node_kept_before_redis_url_become_the_clusters(start_app, aiohttp_client, tmp_path):
     """A server that kept its jobs in its own database is restarted with REDIS_URL: its jobs
     (a finished one and one stopped mid-way) are the cluster's, every node lists and serves
     them, the stopped one is finished, and the database is set aside, not read again."""
@@ -163,7 +135,7 @@ async def test_the_jobs_a_node_kept_before_redis_url_become_the_clusters(start, 
     await client.close()
     alone.release(10_000)
 
-    a, b = await start("a", ScriptedEngine()), await start("b", ScriptedEngine())
+    a, b = await start_app("a", ScriptedEngine()), await start_app("b", ScriptedEngine())
     listed = await (await b.get("/audio/speech/long")).json()
     assert {job["job_id"] for job in listed["jobs"]} == {done, stopped}
     resp = await b.get(f"/audio/speech/long/{done}/download")
@@ -188,13 +160,13 @@ async def jobs_of_a_node_before_redis_url(aiohttp_client, tmp_path: Path, count:
     return ids
 
 
-async def test_no_node_takes_over_a_job_that_another_is_still_copying_into_the_cluster(start, aiohttp_client, tmp_path, redis_server, monkeypatch):
+async def test_no_node_takes_over_a_job_another_is_still_copying_into_the_cluster(start_app, aiohttp_client, tmp_path, redis_server, monkeypatch):
     """A node sharing the jobs of its own database holds each while its files go into Redis: a
     node that looks for jobs to take over meanwhile leaves it (it would run without the
     finished chunks' files), and the job finishes once, no chunk spoken again."""
     (job_id,) = await jobs_of_a_node_before_redis_url(aiohttp_client, tmp_path, 1)
     other = ScriptedEngine()
-    b = await start("b", other)
+    b = await start_app("b", other)
     store = sync_redis.Redis.from_url(redis_server.url)
     copying, b_looked, held_by_the_copier = asyncio.Event(), asyncio.Event(), []
     db, take_orphans = LongTextManager._db, LongTextManager._take_orphans
@@ -215,7 +187,7 @@ async def test_no_node_takes_over_a_job_that_another_is_still_copying_into_the_c
     monkeypatch.setattr(LongTextManager, "_db", slow_copy)
     monkeypatch.setattr(LongTextManager, "_take_orphans", watched_look)
     engine = ScriptedEngine()
-    a = await start("a", engine)
+    a = await start_app("a", engine)
     assert held_by_the_copier == [True]  # B looked for jobs to take while A copied, and left it
     await eventually(lambda: (r := core_of(a).tracker.find(job_id)) is not None and r.status == "completed", "the job is finished")
     assert sorted(spoken(engine) + spoken(other)) == sorted(SENTENCES[1:])  # the first chunk's file was kept
@@ -223,13 +195,13 @@ async def test_no_node_takes_over_a_job_that_another_is_still_copying_into_the_c
     assert len(wav_frames(data)[1]) == expected_frames(engine, SENTENCES, 0)
 
 
-async def test_a_node_cut_off_from_redis_while_sharing_its_jobs_shares_the_rest_after(start, aiohttp_client, tmp_path, redis_server, monkeypatch):
+async def test_a_node_cut_off_from_redis_while_sharing_its_jobs_shares_the_rest_after(start_app, aiohttp_client, tmp_path, redis_server, monkeypatch):
     """Redis goes away after the first of a node's own jobs went into the cluster: the others
     stay in the node's database, and its next start shares them, though by then another node
     runs the first (which the node, finding it held, leaves). No job is lost."""
     first, second = await jobs_of_a_node_before_redis_url(aiohttp_client, tmp_path, 2)
     other = ScriptedEngine()
-    b = await start("b", other)
+    b = await start_app("b", other)
     other.hold()  # B keeps running the first job once it takes it
     db = LongTextManager._db
 
@@ -239,7 +211,7 @@ async def test_a_node_cut_off_from_redis_while_sharing_its_jobs_shares_the_rest_
         return await db(self, method, *args, **kwargs)
 
     monkeypatch.setattr(LongTextManager, "_db", redis_goes_away)
-    a = await start("a", ScriptedEngine())
+    a = await start_app("a", ScriptedEngine())
     monkeypatch.setattr(LongTextManager, "_db", db)
     await a.close()
     await in_thread(redis_server.start)
@@ -249,7 +221,7 @@ async def test_a_node_cut_off_from_redis_while_sharing_its_jobs_shares_the_rest_
 
     # Started again at once: the second job's lease, taken before Redis went away, still
     # holds; the job joins the cluster once it lapses.
-    a = await start("a", ScriptedEngine())
+    a = await start_app("a", ScriptedEngine())
     assert store.pttl(lease(second)) > 0
     await eventually(lambda: manager_of(b).store.get(second) is not None, "the second job is the cluster's", LEASE_SECONDS + 3 * LEASE_RENEW_SECONDS)
     assert (await status_of(b, second))["status"] in {"pending", "processing"}
@@ -261,7 +233,7 @@ async def test_a_node_cut_off_from_redis_while_sharing_its_jobs_shares_the_rest_
     assert not database.exists() and len(list(database.parent.glob("jobs.sqlite3.shared-*"))) == 1
 
 
-async def test_a_node_that_finds_redis_away_at_its_start_shares_its_jobs_once_it_is_back(start, aiohttp_client, tmp_path, redis_server, monkeypatch):
+async def test_a_node_finding_redis_away_at_its_start_shares_its_jobs_once_it_is_back(start_app, aiohttp_client, tmp_path, redis_server, monkeypatch):
     """Redis goes away while a node starts putting its own jobs into the cluster: the node
     serves on, and once Redis is back (and the lease it took before lapses) its jobs are the
     cluster's, without a restart."""
@@ -276,7 +248,7 @@ async def test_a_node_that_finds_redis_away_at_its_start_shares_its_jobs_once_it
 
     monkeypatch.setattr(LongTextManager, "_db", redis_goes_away)
     engine = ScriptedEngine()
-    a = await start("a", engine)
+    a = await start_app("a", engine)
     database = manager_of(a).root / "jobs.sqlite3"
     assert database.exists()  # kept: its job is not in Redis
     await in_thread(redis_server.start)
@@ -285,11 +257,11 @@ async def test_a_node_that_finds_redis_away_at_its_start_shares_its_jobs_once_it
     assert not database.exists() and len(list(database.parent.glob("jobs.sqlite3.shared-*"))) == 1
 
 
-async def test_a_jobs_event_stream_on_another_node_follows_it_to_its_end(start):
+async def test_a_jobs_event_stream_on_another_node_follows_it_to_its_end(start_app):
     """A job's /sse on a node that does not run it shows the job's progress as it runs
     elsewhere and ends with its outcome, as on the node that runs it."""
     one = ScriptedEngine()
-    a, b = await start("a", one), await start("b", ScriptedEngine())
+    a, b = await start_app("a", one), await start_app("b", ScriptedEngine())
     job_id = await second_chunk_held(a, one)
     resp = await b.get(f"/audio/speech/long/{job_id}/sse")
     assert resp.status == 200
@@ -300,9 +272,9 @@ async def test_a_jobs_event_stream_on_another_node_follows_it_to_its_end(start):
     assert events[-1] == "completed" and events.count("progress") >= len(SENTENCES) - 1, events
 
 
-async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(start, caplog):
+async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(start_app, caplog):
     one, other = ScriptedEngine(), ScriptedEngine()
-    a, b = await start("a", one), await start("b", other)
+    a, b = await start_app("a", one), await start_app("b", other)
     job_id = await second_chunk_held(a, one)
     began = time.monotonic()
     resp = await b.delete(f"/audio/speech/long/{job_id}", params={"action": "delete"})
@@ -317,12 +289,12 @@ async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(star
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []  # A's removal ended cleanly
 
 
-async def test_a_node_whose_job_another_node_took_stops_its_own_run(start, redis_server):
+async def test_a_node_whose_job_another_node_took_stops_its_own_run(start_app, redis_server):
     """The lease of a job was taken by another node (this node was cut off from Redis past
     its lease, say): at its next renewal this node stops its run, storing nothing, so the
     job is never run twice at once."""
     one = ScriptedEngine()
-    a = await start("a", one)
+    a = await start_app("a", one)
     job_id = await second_chunk_held(a, one)
     store = sync_redis.Redis.from_url(redis_server.url)
     store.set(lease(job_id), "another-node", px=60_000)
@@ -339,12 +311,12 @@ async def test_a_node_whose_job_another_node_took_stops_its_own_run(start, redis
     assert core_of(a).tracker.find(job_id).status == "cancelled"
 
 
-async def test_a_paused_job_resumed_on_two_nodes_at_once_runs_on_the_one_that_took_it(start, redis_server):
+async def test_a_paused_job_resumed_on_two_nodes_at_once_runs_on_the_one_that_took_it(start_app, redis_server):
     """Two nodes asked to resume one paused job at once: the one that took the job's lease
     first runs it, the other answers a 409 that says so (here the first node is stood for by
     its lease, set the moment before)."""
     one = ScriptedEngine()
-    a = await start("a", one)
+    a = await start_app("a", one)
     job_id = await second_chunk_held(a, one)
     assert (await a.put(f"/audio/speech/long/{job_id}/pause")).status == 200
     store = sync_redis.Redis.from_url(redis_server.url)
@@ -360,12 +332,12 @@ async def test_a_paused_job_resumed_on_two_nodes_at_once_runs_on_the_one_that_to
     assert (await status_of(a, job_id))["status"] == "completed"
 
 
-async def test_a_node_takes_over_as_many_jobs_as_it_has_free_slots_at_once_and_no_more(start, redis_server):
+async def test_a_node_takes_over_as_many_jobs_as_it_has_free_slots_at_once_and_no_more(start_app, redis_server):
     """A node stops with three jobs; the node left has three long-text slots, one busy with a
     job of its own. It takes two of the jobs in one look (not one per lease renewal) and the
     third only once a slot is free, so no job waits on a node without room."""
     one, other = ScriptedEngine(), ScriptedEngine()
-    a, b = await start("a", one, max_concurrent_jobs=3), await start("b", other, max_concurrent_jobs=3)
+    a, b = await start_app("a", one, max_concurrent_jobs=3), await start_app("b", other, max_concurrent_jobs=3)
     own = await second_chunk_held(b, other)
     orphans = [await second_chunk_held(a, one)] + [(await submit(a))["job_id"] for _ in range(2)]
     store, node_b = sync_redis.Redis.from_url(redis_server.url), core_of(b).bus.node
@@ -401,8 +373,8 @@ async def test_a_node_takes_over_as_many_jobs_as_it_has_free_slots_at_once_and_n
     assert core_of(b).tracker.find(left).fields["node"] == node_b
 
 
-async def test_with_redis_away_the_long_text_routes_are_a_clear_503_until_it_is_back(start, redis_server):
-    a = await start("a", ScriptedEngine())
+async def test_with_redis_away_the_long_text_routes_are_a_clear_503_until_it_is_back(start_app, redis_server):
+    a = await start_app("a", ScriptedEngine())
     job_id = (await submit(a))["job_id"]
     await asyncio.wait_for(manager_of(a).wait(job_id), 30)
     redis_server.stop()
@@ -415,12 +387,12 @@ async def test_with_redis_away_the_long_text_routes_are_a_clear_503_until_it_is_
     assert (await status_of(a, job_id))["status"] == "completed"
 
 
-async def test_on_the_node_running_a_job_a_bad_chunk_file_is_generated_again_and_a_missing_one_copied(start):
+async def test_on_the_node_running_a_job_a_bad_chunk_file_is_generated_again_and_a_missing_one_copied(start_app):
     """Checked after the last chunk, as on a single node: a chunk file that went bad on the
     node running the job is generated again; one missing there is the cluster's copy (what
     another node made is fetched this way), not spoken again."""
     engine = ScriptedEngine()
-    a = await start("a", engine)
+    a = await start_app("a", engine)
     job_id = await second_chunk_held(a, engine)
     engine.release(1)
     assert await in_thread(engine.wait_started) == SENTENCES[2]  # chunks 1 and 2 are done
@@ -441,13 +413,13 @@ async def test_on_the_node_running_a_job_a_bad_chunk_file_is_generated_again_and
 
 
 @pytest.mark.parametrize("race", ["taken by another node", "cancelled", "deleted"])
-async def test_a_job_that_changes_hands_while_a_node_looks_for_jobs_is_left_and_the_next_one_taken(start, redis_server, race):
+async def test_a_job_that_changes_hands_while_a_node_looks_for_jobs_is_left_and_the_next_one_taken(start_app, redis_server, race):
     """A node looking for jobs to take over lists the jobs no node holds, then takes each in
     turn. One that in between another node took, or a client cancelled or deleted, is left as
     it is now, and the node takes the next in the same look (not at its next, a lease renewal
     later). The race is put in B's store calls: the moment B has the list, it happens."""
     one, other = ScriptedEngine(), ScriptedEngine()
-    a, b = await start("a", one, max_concurrent_jobs=2), await start("b", other, max_concurrent_jobs=3)
+    a, b = await start_app("a", one, max_concurrent_jobs=2), await start_app("b", other, max_concurrent_jobs=3)
     raced, taken_next = await second_chunk_held(a, one), (await submit(a))["job_id"]
     store, node_b, manager = sync_redis.Redis.from_url(redis_server.url), core_of(b).bus.node, manager_of(b)
     a_stopped, look_over, db = asyncio.Event(), asyncio.Event(), manager._db
