@@ -242,3 +242,28 @@ async def test_an_unexpected_engine_exception_is_logged_once_with_its_traceback(
     logged = [r for r in caplog.records if r.name == "chatterbox_status.pipeline" and r.levelname == "ERROR"]
     assert [r.getMessage() for r in logged] == ["request explodes-1 failed"]
     assert logged[0].exc_info is not None and "scripted failure" in str(logged[0].exc_info[1])
+
+
+class CrashingCleanupHost(RecordingHost):
+    """A host whose memory release fails with an error that is no EngineError: a bug, met
+    after the request has been answered (the periodic cleanup runs once it ends)."""
+
+    async def release(self, reset_peak: bool = False) -> None:
+        self.releases.append(reset_peak)
+        raise RuntimeError("cleanup went wrong")
+
+
+async def test_a_crash_after_a_request_ended_is_logged_naming_it_and_the_next_request_still_runs(make_client, scripted, caplog):
+    """Past the pipeline's own handling (here the periodic cleanup after the request), a crash
+    is the operator's to see: "pipeline crashed on request ID" with its traceback, once per
+    request; the worker goes on with the next request."""
+    host = CrashingCleanupHost(scripted)
+    client = await make_client(engine=host, memory_cleanup_interval=1)
+    for request_id in ("crashes-0001", "crashes-0002"):
+        response = await client.post("/v1/audio/speech", json={"input": f"Request {request_id}."}, headers={"X-Request-ID": request_id})
+        assert response.status == 200
+        await asyncio.wait_for(core_of(client).worker.idle(), 10)  # the cleanup after it has run
+    logged = [r for r in caplog.records if r.name == "chatterbox_status.worker" and r.levelname == "ERROR"]
+    assert [r.getMessage() for r in logged] == ["pipeline crashed on request crashes-0001", "pipeline crashed on request crashes-0002"]
+    assert all(r.exc_info is not None and "cleanup went wrong" in str(r.exc_info[1]) for r in logged)
+    assert host.releases == [False, False]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from conftest import core_of, decode_wav, record_events
 from test_status_stream import open_stream
@@ -270,3 +271,22 @@ async def test_shutdown_past_its_timeout_cancels_the_running_and_the_queued_requ
     stats = await (await asyncio.wait_for(client.get("/status/statistics"), BOUND)).json()
     assert (stats["total_requests"], stats["cancelled_requests"], stats["completed_requests"]) == (2, 2, 0)
     assert scripted.calls[-1] == "Held past the shutdown timeout."  # the queued text was never spoken
+
+
+async def test_a_request_queued_behind_another_waits_without_using_the_cpu(make_client, scripted):
+    """While one request is held in its chunk and another is queued behind it, the server
+    is idle: the queued one starts when the first ends, and nothing polls for it meanwhile
+    (a worker that polled would keep a core busy for as long as its queue waits)."""
+    client = await make_client(engine=scripted, shutdown_timeout=BOUND)
+    first, second = await one_running_one_queued(
+        client, scripted, ("Held while the next one waits.", "held-000006"), ("Waiting its turn quietly.", "waits-00006")
+    )
+    before = time.process_time()
+    await asyncio.sleep(0.5)  # the span measured, not a wait for anything
+    used = time.process_time() - before
+    assert used < 0.1, f"the server used {used:.2f} s of CPU in 0.5 s with one request held and one queued"
+    scripted.release(2)
+    for call, text in ((first, "Held while the next one waits."), (second, "Waiting its turn quietly.")):
+        response = await asyncio.wait_for(call, BOUND)
+        assert response.status == 200
+        assert decode_wav(await response.read())[2] == len(scripted.tone(text))
