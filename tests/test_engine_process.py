@@ -8,6 +8,7 @@ text holds "HOLD" waits in the child until the test creates its gate file.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -245,3 +246,34 @@ def engine_alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_an_engine_process_that_cannot_be_started_is_started_again_and_health_says_why(make_client, monkeypatch):
+    """Starting the engine's process can fail (no file descriptor or memory left for it): the
+    engine shows it restarting with the reason, pausing longer each time, and a later start
+    serves; the server never waits for good on an engine that is not coming."""
+    spawn, listening, refused = asyncio.create_subprocess_exec, asyncio.Event(), []
+
+    async def spawn_refused_twice(*args, **kwargs):
+        await listening.wait()  # until the test hears the engine's events
+        if len(refused) < 2:
+            refused.append(args)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await spawn(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn_refused_twice)
+    client = await make_client(engine=in_process_of_its_own(GatedEngine), wait_loaded=False)
+    engine = engine_events(client)
+    listening.set()
+    deadline = time.monotonic() + 10
+    while len([e for e in engine if e.get("state") == "restarting"]) < 2:
+        assert time.monotonic() < deadline, f"the engine did not restart twice: {engine}"
+        await asyncio.sleep(0.02)  # poll interval; the deadline decides
+    health = await (await client.get("/health")).json()  # in the second pause, of 1 s
+    assert health["status"] == "initializing" and health["model_loaded"] is False
+    assert "the engine process could not start: [Errno 24] Too many open files; restart 2 in 1 s" in health["initialization_error"]
+    await asyncio.wait_for(core_of(client).worker.wait_loaded(), 30)
+    spoken = await client.post("/v1/audio/speech", json={"input": "Speaking after all."})
+    assert spoken.status == 200 and (await spoken.read())[:4] == b"RIFF"
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "healthy" and health["engine"]["error"] is None

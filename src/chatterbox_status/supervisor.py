@@ -210,14 +210,18 @@ class EngineProcess:
 
     async def load(self, progress: ProgressFn) -> None:
         """Start a child and wait for its model (raises EngineError if it fails to load,
-        EngineDied if the child exits first)."""
+        EngineDied if the child exits first or cannot start: out of file descriptors or
+        memory is a reason to try again, not to stop)."""
         loop = asyncio.get_running_loop()
         env = {**os.environ, **{name: str(self.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
         self._kill_reason = None
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chatterbox_status.engine_process",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, limit=READ_LIMIT,
-        )
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "chatterbox_status.engine_process",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, limit=READ_LIMIT,
+            )
+        except OSError as exc:
+            raise EngineDied(f"the engine process could not start: {exc}") from exc
         self._loaded, self._ended, self._load_progress = loop.create_future(), loop.create_future(), progress
         self._reader = asyncio.create_task(self._read(self._process), name="engine-replies")
         self._send({
