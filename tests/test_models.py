@@ -21,6 +21,7 @@ from test_faults import assert_statistics_add_up
 
 from chatterbox_status.api.long_text import LONG_TEXT
 from chatterbox_status.config import Settings
+from chatterbox_status.engine_pool import WARM_UP_TEXT
 from chatterbox_status.supervisor import engine_process
 
 HIBARI_RATE, GATED_RATE = 24_000, 16_000
@@ -154,11 +155,15 @@ async def test_keep_alive_zero_unloads_the_engine_after_its_request_and_the_next
     core = core_of(client)
     gated_host = core.engines["gated"].host
     unloaded = engine_event(client, "gated", "unloaded")
+    seen: list = []
+    core.bus.add_listener(lambda e: seen.append(dict(e.data)) if e.type == "engine" and e.data.get("name") == "gated" else None)
     response = await speak(client, "Spoken once, then let go.", model="gated", keep_alive=0)
     assert response.status == 200
     first_pid = gated_host.pid
     event = await asyncio.wait_for(unloaded, 30)
     assert "keep-alive (0 s)" in event["unload_reason"]
+    [idle] = [e for e in seen if e.get("in_use") == 0 and e.get("idle_since") is not None]
+    assert idle["keep_alive_seconds"] == 0 and idle["unloads_at"] == idle["idle_since"]  # its keep-alive ends at once, not never
     logged = [r.getMessage() for r in caplog.records if r.name == "chatterbox_status.engine_pool"]
     assert "unloading engine gated: idle for its keep-alive (0 s)" in logged  # the operator's log says so too
     assert not pid_alive(first_pid)  # its process ended: every byte of its memory went back
@@ -342,6 +347,55 @@ async def test_a_request_that_comes_while_its_engine_unloads_waits_then_loads_it
     assert states == ["unloading", "unloaded", "loading", "ready"]
 
 
+async def test_an_engine_says_how_long_its_load_took_and_the_log_says_so_too(make_client, make_scripted, caplog):
+    """``load_seconds`` in its state is how long its load took (the load held here for
+    0.3 s past its first progress), and the operator's log gives it to a tenth."""
+    caplog.set_level(logging.INFO, logger="chatterbox_status.engine_pool")
+    first, second = make_scripted(), make_scripted()
+    first.name, second.name = "first", "second"
+    client = await make_client(engine=[first, second])
+    second.load_gate.clear()
+    loop = asyncio.get_running_loop()
+    reading = loop.create_future()
+
+    def listen(event) -> None:
+        if event.type == "engine" and event.data.get("name") == "second" and event.data.get("load_progress") == 33.3 and not reading.done():
+            reading.set_result(None)
+
+    core_of(client).bus.add_listener(listen)
+    posted = loop.time()
+    loading = asyncio.ensure_future(client.post("/v1/models/second/load"))
+    await asyncio.wait_for(reading, 10)  # a third of its weights read; the rest waits for the gate
+    await asyncio.sleep(0.3)  # the rest of the load: the time it is to report
+    second.load_gate.set()
+    response = await asyncio.wait_for(loading, 30)
+    took = loop.time() - posted
+    assert response.status == 200
+    state = (await response.json())["engine_state"]
+    assert state["state"] == "ready" and 0.3 <= state["load_seconds"] <= took, (state, took)
+    logged = [r.getMessage() for r in caplog.records if r.name == "chatterbox_status.engine_pool"]
+    [line] = [m for m in logged if m.startswith("engine second loaded in ")]
+    assert line.endswith("s") and abs(float(line.removeprefix("engine second loaded in ")[:-1]) - state["load_seconds"]) <= 0.05, line
+
+
+async def test_an_engine_loaded_again_is_not_warmed_up_again_and_keeps_its_measured_pace(make_client, make_scripted):
+    """Its first load warms it up (twice: the second measures its pace); a load after an
+    unload skips that, so it is ready sooner, and its state keeps the pace measured first."""
+    engine = make_scripted()
+    client = await make_client(engine=engine)
+    assert engine.calls == [WARM_UP_TEXT, WARM_UP_TEXT]
+    measured = (await models(client))["scripted"]["engine_state"]["seconds_per_char"]
+    seen: list = []
+    core_of(client).bus.add_listener(lambda e: seen.append(dict(e.data)) if e.type == "engine" and "state" in e.data else None)
+    assert (await client.post("/v1/models/scripted/unload")).status == 200
+    response = await client.post("/v1/models/scripted/load")
+    assert response.status == 200
+    state = (await response.json())["engine_state"]
+    assert state["state"] == "ready" and state["seconds_per_char"] == measured
+    assert engine.calls == [WARM_UP_TEXT, WARM_UP_TEXT]  # the second load spoke nothing
+    assert [(e["state"], "seconds_per_char" in e) for e in seen] == [("unloading", False), ("unloaded", False), ("loading", False), ("ready", False)]
+
+
 async def fast_and_slow(make_client, make_scripted):
     """A client on two engines, the default one ten times faster than "slow"; "slow" has
     spoken once, so its pace is measured."""
@@ -373,6 +427,10 @@ async def test_each_engine_is_estimated_at_its_own_measured_pace(make_client, ma
     entries = {e["request_id"]: e for e in (await (await client.get("/status")).json())["queue"]["requests"]}
     pace = core.tracker.throughput
     assert pace["slow"] > 5 * pace["scripted"]
+    listed = await models(client)
+    for engine, work in (("scripted", 0.0005), ("slow", 0.005)):  # each engine's state shows its warm-up's pace:
+        shown = listed[engine]["engine_state"]["seconds_per_char"]  # its work for each character, and a little more
+        assert work <= shown < work + 0.02, (engine, shown)
     for request_id, engine in (("queued-for-fast", "scripted"), ("queued-for-slow", "slow")):
         entry = entries[request_id]
         took = entry["estimated_completion"] - entry["estimated_start"]
@@ -487,10 +545,11 @@ async def test_a_long_text_job_cancelled_while_its_engine_loads_again_for_its_tu
             engine.release(10_000)
 
 
-async def test_an_engine_that_died_and_failed_to_load_again_keeps_its_error_past_its_keep_alive(make_client, make_scripted):
+async def test_an_engine_that_died_and_failed_to_load_again_keeps_its_error_past_its_keep_alive(make_client, make_scripted, caplog):
     """An idle engine's process dies and the new one fails to load: health shows the load
     error, and still does once the keep-alive that was running has passed (there is
-    nothing loaded to unload)."""
+    nothing loaded to unload); the operator's log says why it failed."""
+    caplog.set_level(logging.INFO, logger="chatterbox_status.engine_pool")
     engine = make_scripted()
     host = ThreadHost(engine)
     client = await make_client(engine=host, model_keep_alive="0.3s")
@@ -507,6 +566,27 @@ async def test_an_engine_that_died_and_failed_to_load_again_keeps_its_error_past
     health = await (await client.get("/health")).json()
     assert health["engine"]["state"] == "error" and "no device left to load on" in health["initialization_error"]
     assert [state for state in seen if state] == ["restarting", "loading", "error"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "chatterbox_status.engine_pool"]
+    assert "engine scripted failed to load: no device left to load on" in logged
+
+
+async def test_an_engine_process_that_fails_to_load_is_not_restarted_but_tried_again_when_asked(make_client):
+    """The engine's process reports that its model failed to load, then exits: that is no
+    death to restart from. The engine shows its load error until it is asked to load again."""
+    broken = in_process_of_its_own(ScriptedEngine, load_error="no weights here")
+    client = await make_client(engine=[engine_process("hibari", Settings(engine_threads=1)), broken])
+    seen: list = []
+    core_of(client).bus.add_listener(
+        lambda e: seen.append(e.data["state"]) if e.type == "engine" and e.data.get("name") == "scripted" and "state" in e.data else None
+    )
+    response = await client.post("/v1/models/scripted/load")
+    assert response.status == 503 and "no weights here" in (await response.json())["error"]["message"]
+    await asyncio.wait_for(broken.ended(), 10)  # its process has exited, and the server knows it
+    state = (await models(client))["scripted"]["engine_state"]
+    assert state["state"] == "error" and "no weights here" in state["error"], state
+    assert seen == ["loading", "error"]
+    assert (await client.post("/v1/models/scripted/load")).status == 503  # asked again: tried again
+    assert seen == ["loading", "error", "loading", "error"]
 
 
 async def test_unloading_an_engine_that_keeps_dying_ends_its_restarts_and_clears_its_error(make_client):
