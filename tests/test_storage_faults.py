@@ -146,3 +146,31 @@ async def test_a_chunk_written_where_the_disk_is_full_fails_its_job_as_out_of_sp
     record = await (await client.get(f"/status/requests/{job_id}")).json()
     assert record["status"] == "error" and "out of space" in record["error_message"]
     assert list(second.parent.iterdir()) == [files.chunk_path(root, job_id, 0)]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+async def test_a_final_file_written_where_the_disk_is_full_fails_its_job_as_out_of_space(make_long):
+    """Every chunk is on disk; the job's final file meets a full disk (its temporary file is a
+    link to /dev/full). The job fails as out of space, as README says a full disk does, in the
+    jobs API and the status API alike, and leaves no final file, whole or temporary."""
+    from doubles import ScriptedEngine
+    from test_long_text import SENTENCES, finished, in_thread, manager_of, submit
+
+    from chatterbox_status.longtext import files
+
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[1]  # the job's folder exists
+    folder = files.job_dir(manager_of(client).root, job_id)
+    (folder / ".output.wav.tmp").symlink_to("/dev/full")
+    engine.release(10)
+    view = await finished(client, job_id)
+    assert view["status"] == "failed"
+    assert "out of space" in view["progress"]["error"], view
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "error" and "out of space" in record["error_message"]
+    assert [p.name for p in folder.iterdir()] == ["chunks"]
+    assert (await client.get(f"/audio/speech/long/{job_id}/download")).status != 200
