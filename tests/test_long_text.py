@@ -641,7 +641,8 @@ async def test_a_job_waiting_for_its_turn_behind_a_request_is_cancelled_at_once(
 async def test_deleting_a_job_mid_chunk_answers_once_it_has_stopped(make_long):
     """DELETE ?action=delete of a job whose chunk is being spoken answers once the job has
     stopped: the status API already shows it cancelled and nothing processing, and nothing
-    of it is left on disk."""
+    of it is left on disk; once the engine is free, no more of the job is spoken and no file
+    of it comes back."""
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True)
     try:
@@ -654,6 +655,10 @@ async def test_deleting_a_job_mid_chunk_answers_once_it_has_stopped(make_long):
         assert (await (await client.get("/status")).json())["is_processing"] is False
         assert not files.job_dir(manager_of(client).root, job_id).exists()
         assert (await client.get(f"/audio/speech/long/{job_id}")).status == 404
+        engine.release(10)  # the engine is free again: nothing more of the job is spoken
+        await asyncio.wait_for(manager_of(client).wait(job_id), 30)
+        assert spoken(engine) == SENTENCES[:1]
+        assert not files.job_dir(manager_of(client).root, job_id).exists()
     finally:
         engine.release(10)
 
@@ -1030,7 +1035,7 @@ async def test_a_paused_job_that_is_deleted_ends_cancelled_in_the_status_api(mak
     resp = await client.delete(f"/audio/speech/long/{job_id}", params={"action": "delete"})
     assert resp.status == 200, await resp.text()
     record = await (await client.get(f"/status/requests/{job_id}")).json()
-    assert record["status"] == "cancelled"
+    assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
     statistics = await (await client.get("/status/statistics")).json()
     assert (statistics["cancelled_requests"], statistics["is_processing"]) == (1, False)
 

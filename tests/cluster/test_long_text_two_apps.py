@@ -149,6 +149,28 @@ async def test_a_job_no_node_runs_is_cancelled_by_any_node(start):
     assert (statistics["total_requests"], statistics["cancelled_requests"]) == (2, 1)
 
 
+async def test_a_job_no_node_runs_is_deleted_by_any_node(start):
+    """As above, deleted instead of cancelled: the node asked ends the job in the status API
+    (still generating there), removes it from the cluster's store, and no node speaks it."""
+    one, other = ScriptedEngine(), ScriptedEngine()
+    a, b = await start("a", one), await start("b", other, max_concurrent_jobs=1)
+    busy = await second_chunk_held(b, other)
+    job_id = await second_chunk_held(a, one)
+    await a.close()
+    assert core_of(b).tracker.find(job_id).status == "generating_audio"
+    resp = await b.delete(f"/audio/speech/long/{job_id}", params={"action": "delete"})
+    assert resp.status == 200, await resp.text()
+    assert (await b.get(f"/audio/speech/long/{job_id}")).status == 404
+    record = await (await b.get(f"/status/requests/{job_id}")).json()
+    assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
+    other.release(10)
+    await asyncio.wait_for(manager_of(b).wait(busy), 30)
+    assert (await status_of(b, busy))["status"] == "completed"
+    assert spoken(other) == SENTENCES  # B's own job only
+    statistics = await (await b.get("/status/statistics")).json()
+    assert (statistics["total_requests"], statistics["cancelled_requests"]) == (2, 1)
+
+
 async def test_the_jobs_a_node_kept_before_redis_url_become_the_clusters(start, aiohttp_client, tmp_path):
     """A server that kept its jobs in its own database is restarted with REDIS_URL: its jobs
     (a finished one and one stopped mid-way) are the cluster's, every node lists and serves
@@ -204,6 +226,9 @@ async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(star
     assert spoken(one) == SENTENCES[:2] and spoken(other) == []
     statistics = await (await a.get("/status/statistics")).json()
     assert (statistics["total_requests"], statistics["cancelled_requests"], statistics["is_processing"]) == (1, 1, False)
+    one.release(10)  # A's engine is free again: A speaks nothing more of the deleted job
+    await asyncio.wait_for(manager_of(a).wait(job_id), 30)
+    assert spoken(one) == SENTENCES[:2]
 
 
 async def test_a_node_whose_job_another_node_took_stops_its_own_run(start, redis_server):
