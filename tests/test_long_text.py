@@ -955,11 +955,11 @@ async def test_a_chunk_file_of_the_wrong_length_found_after_a_restart_is_generat
 
 
 @pytest.mark.parametrize("verb", ["cancel", "pause"])
-async def test_a_stop_the_full_store_cannot_record_still_stops_the_job_and_says_so(aiohttp_client, tmp_path, monkeypatch, verb):
+async def test_a_stop_the_full_store_cannot_record_still_stops_the_job_and_says_so(aiohttp_client, tmp_path, monkeypatch, caplog, verb):
     """The store refuses the stop (a full disk): the job stops all the same and the status
-    API says so, the client gets a 507 that says the stop was not stored, and asking again
-    once there is room stores it (before, the job showed as generating for ever and came
-    back at the next start)."""
+    API says so, the client gets a 507 that says the stop was not stored, the operator's log
+    says which stop of which job with the storage error, and asking again once there is room
+    stores it (before, the job showed as generating for ever and came back at the next start)."""
     engine = ScriptedEngine()
     client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices"))
     await core_of(client).worker.wait_loaded()
@@ -984,6 +984,9 @@ async def test_a_stop_the_full_store_cannot_record_still_stops_the_job_and_says_
     statistics = await (await client.get("/status/statistics")).json()
     assert statistics["is_processing"] is False
     assert statistics["cancelled_requests"] == (1 if verb == "cancel" else 0)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "chatterbox_status.pipeline"]
+    assert [r.getMessage() for r in errors] == [f"request {job_id}: its {verb} could not be stored"]
+    assert "out of space" in str(errors[0].exc_info[1])
     disk["full"] = False
     resp = await ask()
     assert resp.status == 200, await resp.text()
