@@ -1030,15 +1030,23 @@ def test_long_text_settings_come_from_the_environment_like_every_setting():
 
 
 async def test_a_paused_job_that_is_deleted_ends_cancelled_in_the_status_api(make_long):
+    """A job paused in its second chunk, then deleted: the status API ends it cancelled, with
+    the chunk and percentage it was paused at."""
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True)
     job_id = (await submit(client))["job_id"]
     await in_thread(engine.wait_started)
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[1]
     assert (await client.put(f"/audio/speech/long/{job_id}/pause")).status == 200
+    paused = (await (await client.get(f"/status/requests/{job_id}")).json())["progress"]
+    assert (paused["current_chunk"], paused["total_chunks"]) == (2, 4) and paused["progress_percentage"] > 0, paused
     resp = await client.delete(f"/audio/speech/long/{job_id}", params={"action": "delete"})
     assert resp.status == 200, await resp.text()
     record = await (await client.get(f"/status/requests/{job_id}")).json()
     assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
+    figures = ("current_chunk", "total_chunks", "progress_percentage")
+    assert {k: record["progress"][k] for k in figures} == {k: paused[k] for k in figures}
     statistics = await (await client.get("/status/statistics")).json()
     assert (statistics["cancelled_requests"], statistics["is_processing"]) == (1, False)
 
