@@ -32,6 +32,7 @@ from chatterbox_status.longtext import files
 from chatterbox_status.longtext.config import LongTextConfig
 from chatterbox_status.longtext.manager import MB, LongTextManager
 from chatterbox_status.longtext.store import CANCELLED, PAUSED, JobStore
+from chatterbox_status.pipeline import GENERATION_SHARE
 from chatterbox_status.planning import SPEECH_SECONDS_PER_CHAR
 
 SENTENCES = [
@@ -482,6 +483,10 @@ async def test_cancelled_job_retries_from_its_last_finished_chunk(make_long):
     resp = await client.post(f"/audio/speech/long/{job_id}/retry", json={})
     assert resp.status == 200, await resp.text()
     assert ((await resp.json())["job_id"], (await resp.json())["status"]) == (job_id, "pending")
+    # It starts at the share of the work its two finished chunks did, by their text.
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    done = len(SENTENCES[0]) + len(SENTENCES[1])
+    assert record["progress"]["progress_percentage"] == round(GENERATION_SHARE * done / sum(map(len, SENTENCES)), 1)
     engine.release(10)
     view = await finished(client, job_id)
     assert view["status"] == "completed" and view["metadata"]["retry_count"] == 1
