@@ -16,6 +16,7 @@ from doubles import ScriptedEngine
 from test_long_text import SENTENCES, error_of, expected_frames, manager_of, spoken, status_of, submit, wav_frames
 
 from chatterbox_status.longtext import files
+from chatterbox_status.longtext import manager as manager_module
 from chatterbox_status.longtext.manager import LEASE_RENEW_SECONDS, MB
 from chatterbox_status.longtext.redis_store import lease
 
@@ -251,6 +252,24 @@ async def test_a_node_whose_job_another_node_took_stops_its_own_run(start, redis
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["status"] == "cancelled"
     assert core_of(a).tracker.find(job_id).status == "cancelled"
+
+
+async def test_a_stop_the_node_holding_the_job_never_answers_is_a_503_that_says_so(start, redis_server, monkeypatch):
+    """Another node holds the job's lease and never answers (alive to Redis, deaf to the event
+    log): a cancel asked here gives up after STOP_ELSEWHERE_SECONDS with a 503 that says which
+    job and to try again, and the job is left as it was."""
+    one = ScriptedEngine()
+    a = await start("a", one)
+    job_id = await second_chunk_held(a, one)
+    store = sync_redis.Redis.from_url(redis_server.url)
+    store.set(lease(job_id), "another-node", px=60_000)
+    await asyncio.wait_for(manager_of(a).wait(job_id), 10)  # A leaves the job to the lease's holder
+    monkeypatch.setattr(manager_module, "STOP_ELSEWHERE_SECONDS", 1.0)
+    resp = await asyncio.wait_for(a.delete(f"/audio/speech/long/{job_id}"), 20)
+    assert resp.status == 503, await resp.text()
+    assert error_of(await resp.json())["message"] == f"The node running job {job_id} did not stop it within 1 s; try again"
+    assert (await status_of(a, job_id))["status"] == "processing"
+    assert store.get(lease(job_id)) == b"another-node"
 
 
 async def test_a_paused_job_resumed_on_two_nodes_at_once_runs_on_the_one_that_took_it(start, redis_server):
