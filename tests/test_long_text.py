@@ -32,6 +32,7 @@ from chatterbox_status.longtext import files
 from chatterbox_status.longtext.config import LongTextConfig
 from chatterbox_status.longtext.manager import MB, LongTextManager
 from chatterbox_status.longtext.store import CANCELLED, PAUSED, JobStore
+from chatterbox_status.pipeline import GENERATION_SHARE
 from chatterbox_status.planning import SPEECH_SECONDS_PER_CHAR
 
 SENTENCES = [
@@ -482,6 +483,10 @@ async def test_cancelled_job_retries_from_its_last_finished_chunk(make_long):
     resp = await client.post(f"/audio/speech/long/{job_id}/retry", json={})
     assert resp.status == 200, await resp.text()
     assert ((await resp.json())["job_id"], (await resp.json())["status"]) == (job_id, "pending")
+    # It starts at the share of the work its two finished chunks did, by their text.
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    done = len(SENTENCES[0]) + len(SENTENCES[1])
+    assert record["progress"]["progress_percentage"] == round(GENERATION_SHARE * done / sum(map(len, SENTENCES)), 1)
     engine.release(10)
     view = await finished(client, job_id)
     assert view["status"] == "completed" and view["metadata"]["retry_count"] == 1
@@ -641,7 +646,8 @@ async def test_a_job_waiting_for_its_turn_behind_a_request_is_cancelled_at_once(
 async def test_deleting_a_job_mid_chunk_answers_once_it_has_stopped(make_long):
     """DELETE ?action=delete of a job whose chunk is being spoken answers once the job has
     stopped: the status API already shows it cancelled and nothing processing, and nothing
-    of it is left on disk."""
+    of it is left on disk; once the engine is free, no more of the job is spoken and no file
+    of it comes back."""
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True)
     try:
@@ -654,6 +660,10 @@ async def test_deleting_a_job_mid_chunk_answers_once_it_has_stopped(make_long):
         assert (await (await client.get("/status")).json())["is_processing"] is False
         assert not files.job_dir(manager_of(client).root, job_id).exists()
         assert (await client.get(f"/audio/speech/long/{job_id}")).status == 404
+        engine.release(10)  # the engine is free again: nothing more of the job is spoken
+        await asyncio.wait_for(manager_of(client).wait(job_id), 30)
+        assert spoken(engine) == SENTENCES[:1]
+        assert not files.job_dir(manager_of(client).root, job_id).exists()
     finally:
         engine.release(10)
 
@@ -950,11 +960,11 @@ async def test_a_chunk_file_of_the_wrong_length_found_after_a_restart_is_generat
 
 
 @pytest.mark.parametrize("verb", ["cancel", "pause"])
-async def test_a_stop_the_full_store_cannot_record_still_stops_the_job_and_says_so(aiohttp_client, tmp_path, monkeypatch, verb):
+async def test_a_stop_the_full_store_cannot_record_still_stops_the_job_and_says_so(aiohttp_client, tmp_path, monkeypatch, caplog, verb):
     """The store refuses the stop (a full disk): the job stops all the same and the status
-    API says so, the client gets a 507 that says the stop was not stored, and asking again
-    once there is room stores it (before, the job showed as generating for ever and came
-    back at the next start)."""
+    API says so, the client gets a 507 that says the stop was not stored, the operator's log
+    says which stop of which job with the storage error, and asking again once there is room
+    stores it (before, the job showed as generating for ever and came back at the next start)."""
     engine = ScriptedEngine()
     client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices"))
     await core_of(client).worker.wait_loaded()
@@ -962,8 +972,8 @@ async def test_a_stop_the_full_store_cannot_record_still_stops_the_job_and_says_
     disk = {"full": True}
     update = JobStore.update
 
-    def full_update(self, job_id, **fields):
-        if disk["full"] and fields.get("status") in (CANCELLED, PAUSED):
+    def full_update(self, job_id, **fields):  # as SQLite: an update that changes no row needs no room
+        if disk["full"] and fields.get("status") in (CANCELLED, PAUSED) and self.get(job_id) is not None:
             raise sqlite3.OperationalError("database or disk is full")
         return update(self, job_id, **fields)
 
@@ -979,6 +989,9 @@ async def test_a_stop_the_full_store_cannot_record_still_stops_the_job_and_says_
     statistics = await (await client.get("/status/statistics")).json()
     assert statistics["is_processing"] is False
     assert statistics["cancelled_requests"] == (1 if verb == "cancel" else 0)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "chatterbox_status.pipeline"]
+    assert [r.getMessage() for r in errors] == [f"request {job_id}: its {verb} could not be stored"]
+    assert "out of space" in str(errors[0].exc_info[1])
     disk["full"] = False
     resp = await ask()
     assert resp.status == 200, await resp.text()
@@ -1022,15 +1035,23 @@ def test_long_text_settings_come_from_the_environment_like_every_setting():
 
 
 async def test_a_paused_job_that_is_deleted_ends_cancelled_in_the_status_api(make_long):
+    """A job paused in its second chunk, then deleted: the status API ends it cancelled, with
+    the chunk and percentage it was paused at."""
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True)
     job_id = (await submit(client))["job_id"]
     await in_thread(engine.wait_started)
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[1]
     assert (await client.put(f"/audio/speech/long/{job_id}/pause")).status == 200
+    paused = (await (await client.get(f"/status/requests/{job_id}")).json())["progress"]
+    assert (paused["current_chunk"], paused["total_chunks"]) == (2, 4) and paused["progress_percentage"] > 0, paused
     resp = await client.delete(f"/audio/speech/long/{job_id}", params={"action": "delete"})
     assert resp.status == 200, await resp.text()
     record = await (await client.get(f"/status/requests/{job_id}")).json()
-    assert record["status"] == "cancelled"
+    assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
+    figures = ("current_chunk", "total_chunks", "progress_percentage")
+    assert {k: record["progress"][k] for k in figures} == {k: paused[k] for k in figures}
     statistics = await (await client.get("/status/statistics")).json()
     assert (statistics["cancelled_requests"], statistics["is_processing"]) == (1, False)
 

@@ -146,3 +146,65 @@ async def test_a_chunk_written_where_the_disk_is_full_fails_its_job_as_out_of_sp
     record = await (await client.get(f"/status/requests/{job_id}")).json()
     assert record["status"] == "error" and "out of space" in record["error_message"]
     assert list(second.parent.iterdir()) == [files.chunk_path(root, job_id, 0)]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+async def test_a_final_file_written_where_the_disk_is_full_fails_its_job_as_out_of_space(make_long):
+    """Every chunk is on disk; the job's final file meets a full disk (its temporary file is a
+    link to /dev/full). The job fails as out of space, as README says a full disk does, in the
+    jobs API and the status API alike, and leaves no final file, whole or temporary."""
+    from doubles import ScriptedEngine
+    from test_long_text import SENTENCES, finished, in_thread, manager_of, submit
+
+    from chatterbox_status.longtext import files
+
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    job_id = (await submit(client))["job_id"]
+    await in_thread(engine.wait_started)
+    engine.release(1)
+    assert await in_thread(engine.wait_started) == SENTENCES[1]  # the job's folder exists
+    folder = files.job_dir(manager_of(client).root, job_id)
+    (folder / ".output.wav.tmp").symlink_to("/dev/full")
+    engine.release(10)
+    view = await finished(client, job_id)
+    assert view["status"] == "failed"
+    assert "out of space" in view["progress"]["error"], view
+    record = await (await client.get(f"/status/requests/{job_id}")).json()
+    assert record["status"] == "error" and "out of space" in record["error_message"]
+    assert [p.name for p in folder.iterdir()] == ["chunks"]
+    assert (await client.get(f"/audio/speech/long/{job_id}/download")).status != 200
+
+
+async def test_a_jobs_database_that_a_full_disk_keeps_from_opening_is_a_507_not_set_aside(aiohttp_client, tmp_path, monkeypatch):
+    """The first long-text job opens the jobs database, and the disk is full as it does (SQLite
+    says "database or disk is full"): the job is refused with a 507 that says the database
+    cannot be opened, nothing is set aside as corrupt, and once there is room the next job is
+    taken on the same database."""
+    from conftest import build_app
+    from doubles import ScriptedEngine
+
+    from chatterbox_status.longtext import store
+
+    connect, calls = store._connect, []
+
+    def full_once(path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return connect(path)
+
+    monkeypatch.setattr(store, "_connect", full_once)
+    client = await aiohttp_client(build_app(ScriptedEngine(), tmp_path / "data", tmp_path / "voices"))
+    body = {"input": "A job for a disk that is full.", "response_format": "wav"}
+    resp = await client.post("/audio/speech/long", json=body)
+    assert resp.status == 507, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["message"] == "The long-text database cannot be opened: database or disk is full", error
+    db = tmp_path / "data" / "long_text" / "jobs.sqlite3"
+    assert not [p.name for p in db.parent.iterdir() if ".corrupt-" in p.name]
+    resp = await client.post("/audio/speech/long", json=body)
+    assert resp.status == 200, await resp.text()
+    job_id = (await resp.json())["job_id"]
+    with contextlib.closing(sqlite3.connect(db)) as opened:
+        assert opened.execute("SELECT job_id FROM jobs").fetchall() == [(job_id,)]

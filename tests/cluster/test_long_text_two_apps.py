@@ -17,6 +17,7 @@ from doubles import ScriptedEngine
 from test_long_text import SENTENCES, error_of, expected_frames, manager_of, spoken, status_of, submit, wav_frames
 
 from chatterbox_status.longtext import files
+from chatterbox_status.longtext import manager as manager_module
 from chatterbox_status.longtext.manager import LEASE_RENEW_SECONDS, MB, LongTextManager
 from chatterbox_status.longtext.redis_store import LEASE_SECONDS, lease
 
@@ -118,6 +119,28 @@ async def test_a_job_no_node_runs_is_cancelled_by_any_node(start_app):
     assert spoken(other) == SENTENCES[:2]  # B never ran A's job
     assert core_of(b).tracker.find(job_id).status == "cancelled"
     assert core_of(b).tracker.find(busy).status == "generating_audio"
+    statistics = await (await b.get("/status/statistics")).json()
+    assert (statistics["total_requests"], statistics["cancelled_requests"]) == (2, 1)
+
+
+async def test_a_job_no_node_runs_is_deleted_by_any_node(start_app):
+    """As above, deleted instead of cancelled: the node asked ends the job in the status API
+    (still generating there), removes it from the cluster's store, and no node speaks it."""
+    one, other = ScriptedEngine(), ScriptedEngine()
+    a, b = await start_app("a", one), await start_app("b", other, max_concurrent_jobs=1)
+    busy = await second_chunk_held(b, other)
+    job_id = await second_chunk_held(a, one)
+    await a.close()
+    assert core_of(b).tracker.find(job_id).status == "generating_audio"
+    resp = await b.delete(f"/audio/speech/long/{job_id}", params={"action": "delete"})
+    assert resp.status == 200, await resp.text()
+    assert (await b.get(f"/audio/speech/long/{job_id}")).status == 404
+    record = await (await b.get(f"/status/requests/{job_id}")).json()
+    assert (record["status"], record["progress"]["current_step"]) == ("cancelled", "Cancelled")
+    other.release(10)
+    await asyncio.wait_for(manager_of(b).wait(busy), 30)
+    assert (await status_of(b, busy))["status"] == "completed"
+    assert spoken(other) == SENTENCES  # B's own job only
     statistics = await (await b.get("/status/statistics")).json()
     assert (statistics["total_requests"], statistics["cancelled_requests"]) == (2, 1)
 
@@ -286,8 +309,10 @@ async def test_a_job_deleted_through_another_node_stops_where_it_runs_first(star
     assert spoken(one) == SENTENCES[:2] and spoken(other) == []
     statistics = await (await a.get("/status/statistics")).json()
     assert (statistics["total_requests"], statistics["cancelled_requests"], statistics["is_processing"]) == (1, 1, False)
+    one.release(10)  # A's engine is free again: A speaks nothing more of the deleted job
+    await asyncio.wait_for(manager_of(a).wait(job_id), 30)
+    assert spoken(one) == SENTENCES[:2]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []  # A's removal ended cleanly
-
 
 async def test_a_node_whose_job_another_node_took_stops_its_own_run(start_app, redis_server):
     """The lease of a job was taken by another node (this node was cut off from Redis past
@@ -309,6 +334,24 @@ async def test_a_node_whose_job_another_node_took_stops_its_own_run(start_app, r
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["status"] == "cancelled"
     assert core_of(a).tracker.find(job_id).status == "cancelled"
+
+
+async def test_a_stop_the_node_holding_the_job_never_answers_is_a_503_that_says_so(start_app, redis_server, monkeypatch):
+    """Another node holds the job's lease and never answers (alive to Redis, deaf to the event
+    log): a cancel asked here gives up after STOP_ELSEWHERE_SECONDS with a 503 that says which
+    job and to try again, and the job is left as it was."""
+    one = ScriptedEngine()
+    a = await start_app("a", one)
+    job_id = await second_chunk_held(a, one)
+    store = sync_redis.Redis.from_url(redis_server.url)
+    store.set(lease(job_id), "another-node", px=60_000)
+    await asyncio.wait_for(manager_of(a).wait(job_id), 10)  # A leaves the job to the lease's holder
+    monkeypatch.setattr(manager_module, "STOP_ELSEWHERE_SECONDS", 1.0)
+    resp = await asyncio.wait_for(a.delete(f"/audio/speech/long/{job_id}"), 20)
+    assert resp.status == 503, await resp.text()
+    assert error_of(await resp.json())["message"] == f"The node running job {job_id} did not stop it within 1 s; try again"
+    assert (await status_of(a, job_id))["status"] == "processing"
+    assert store.get(lease(job_id)) == b"another-node"
 
 
 async def test_a_paused_job_resumed_on_two_nodes_at_once_runs_on_the_one_that_took_it(start_app, redis_server):

@@ -99,7 +99,13 @@ class ChunkFileOutput:
         fmt = self.job.output_format
         output = files.job_dir(self.root, self.job.job_id) / f"output.{fmt}"
         progress.stage("finalizing", f"Converting to {fmt}", FINALIZING_AT)
-        size, self.samples = await asyncio.to_thread(self._encode, output)
+        try:
+            size, self.samples = await asyncio.to_thread(self._encode, output)
+        except OSError as exc:  # a full disk fails the job "out of space", as a chunk's file does
+            translated = storage_errors(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
         if self.shared:
             await self.db("put_file", self.job.job_id, output.name, await asyncio.to_thread(output.read_bytes))
         self.job = await self.db(
