@@ -218,7 +218,9 @@ async def test_no_node_takes_over_a_job_another_is_still_copying_into_the_cluste
     assert len(wav_frames(data)[1]) == expected_frames(engine, SENTENCES, 0)
 
 
-async def test_a_node_cut_off_from_redis_while_sharing_its_jobs_shares_the_rest_after(start_app, aiohttp_client, tmp_path, redis_server, monkeypatch):
+async def test_a_node_cut_off_from_redis_while_sharing_its_jobs_shares_the_rest_after(
+    start_app, aiohttp_client, tmp_path, redis_server, monkeypatch, caplog
+):
     """Redis goes away after the first of a node's own jobs went into the cluster: the others
     stay in the node's database, and its next start shares them, though by then another node
     runs the first (which the node, finding it held, leaves). No job is lost."""
@@ -246,6 +248,7 @@ async def test_a_node_cut_off_from_redis_while_sharing_its_jobs_shares_the_rest_
     # holds; the job joins the cluster once it lapses.
     a = await start_app("a", ScriptedEngine())
     assert store.pttl(lease(second)) > 0
+    assert f"long-text jobs {second} of this node's database wait for a lease to lapse" in caplog.text
     await eventually(lambda: manager_of(b).store.get(second) is not None, "the second job is the cluster's", LEASE_SECONDS + 3 * LEASE_RENEW_SECONDS)
     assert (await status_of(b, second))["status"] in {"pending", "processing"}
     assert store.get(lease(first)) == node_b.encode()  # left to B

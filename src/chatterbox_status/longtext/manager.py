@@ -553,7 +553,7 @@ class LongTextManager:
         if not await asyncio.to_thread(self._db_path.exists):
             return
         local = await asyncio.to_thread(JobStore, self._db_path)
-        waiting = 0
+        waiting: list[str] = []
         try:
             ids = await asyncio.to_thread(local.ids_with_status, set(JOB_STATUSES))
             for job_id in ids:
@@ -561,7 +561,8 @@ class LongTextManager:
                 if job is None:
                     continue
                 if not await self._hold(job_id):
-                    waiting += await self._db("get", job_id) is None
+                    if await self._db("get", job_id) is None:
+                        waiting.append(job_id)
                     continue
                 try:
                     if await self._db("add", job, chunks):
@@ -577,7 +578,7 @@ class LongTextManager:
         finally:
             await asyncio.to_thread(local.close)
         if waiting:
-            log.warning("long-text: %d jobs of this node's database wait for a lease to lapse before they join the cluster", waiting)
+            log.warning("long-text jobs %s of this node's database wait for a lease to lapse before they join the cluster", ", ".join(waiting))
             return
         aside = await asyncio.to_thread(set_aside, self._db_path, "shared")
         log.info("long-text: %d jobs of this node's database are the cluster's now (Redis); the database is kept as %s", len(ids), aside)
