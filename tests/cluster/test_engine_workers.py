@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import time
@@ -22,7 +23,7 @@ from doubles import ScriptedEngine
 from eventsource import EventSource
 from helpers import pcm16_reference
 
-from chatterbox_status.redis_queue import decode
+from chatterbox_status.redis_queue import CHUNKS, decode
 
 from .test_cluster_status import TEXT, speak, wait_for
 
@@ -188,3 +189,48 @@ async def test_a_worker_that_joins_takes_a_waiting_request_at_once(tmp_path, sta
         assert not held.done()
         gate.touch()
         assert (await held).status == 200
+
+
+async def test_a_waiting_interactive_request_goes_to_a_worker_before_a_long_text_chunk_queued_earlier(
+    tmp_path, start_node, start_worker, redis_server
+):
+    """Chunks wait in the shared queue while the only worker is busy: a long-text job's chunk
+    (node B), then an interactive request's (node C). When the worker frees, it takes the
+    interactive one first, though it came later, as a user of a voice assistant expects."""
+    gate = tmp_path / "gate"
+    start_worker("w1", gate)
+    a, b, c = (start_node(name, "--workers", "none") for name in "abc")
+    store = aioredis.from_url(redis_server.url)
+
+    async def waiting_chunks() -> int:  # in the queue's two streams, the running one too
+        return sum([await store.xlen(stream) for stream in CHUNKS.values()])
+
+    async def until_waiting(count: int, what: str) -> None:
+        deadline = time.monotonic() + 20
+        while await waiting_chunks() < count:
+            assert time.monotonic() < deadline, f"not within 20 s: {what}"
+            await asyncio.sleep(0.05)  # poll interval; the deadline decides
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        held = asyncio.ensure_future(speak(session, a, "HOLD the only worker.", "priority-held-01"))
+        await asyncio.to_thread(wait_for, lambda: workers_running(a) == 1, "the worker runs A's request")
+        job = {"input": "HOLD the long text's first chunk. And its second one.", "response_format": "wav"}
+        status, raw = b.call("POST", "/audio/speech/long", job)
+        assert status == 200, raw
+        job_id = json.loads(raw)["job_id"]
+        await until_waiting(2, "the job's first chunk waits in the queue")
+        interactive = asyncio.ensure_future(speak(session, c, "HOLD the interactive request.", "priority-later-01"))
+        await until_waiting(3, "the interactive chunk waits in the queue")
+
+        async with session.delete(f"{a.base}/v1/audio/speech/priority-held-01") as cancel:
+            assert cancel.status == 200  # the worker is free: it takes one of the two waiting
+        assert (await held).status == 409
+        taken = await asyncio.to_thread(
+            wait_for, lambda: "worker" in (r := c.json("GET", "/status/requests/priority-later-01")) and r, "the worker takes C's request"
+        )
+        assert taken["status"] == "generating_audio"
+        assert "worker" not in b.json("GET", f"/status/requests/{job_id}")  # the job's chunk waits on
+        gate.touch()
+        assert (await interactive).status == 200
+        await asyncio.to_thread(wait_for, lambda: b.json("GET", f"/audio/speech/long/{job_id}")["status"] == "completed", "the job completes")
+    await store.aclose()
