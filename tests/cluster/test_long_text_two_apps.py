@@ -507,3 +507,47 @@ async def test_a_job_that_changes_hands_while_a_node_looks_for_jobs_is_left_and_
     await asyncio.wait_for(manager.wait(taken_next), 30)
     assert (await status_of(b, taken_next))["status"] == "completed"
     assert spoken(other) == SENTENCES  # the job it took, and nothing of the one left
+
+
+@pytest.mark.parametrize("action", ["cancel", "delete", "pause"])
+async def test_a_job_stopped_while_a_node_takes_it_over_ends_there(start_app, action):
+    """A node taking a job over reads its chunks before it starts the job's run; a cancel,
+    delete or pause asked of that node in that moment is answered 200 and holds: nothing is
+    spoken, the job is cancelled (or gone, or paused, to resume later) on every node, and it
+    is counted once."""
+    one, other = ScriptedEngine(), ScriptedEngine()
+    a, b = await start_app("a", one), await start_app("b", other)
+    job_id = await second_chunk_held(a, one)
+    manager, db, answers = manager_of(b), manager_of(b)._db, []
+    ask = {
+        "cancel": ("DELETE", f"/audio/speech/long/{job_id}"),
+        "delete": ("DELETE", f"/audio/speech/long/{job_id}?action=delete"),
+        "pause": ("PUT", f"/audio/speech/long/{job_id}/pause"),
+    }[action]
+
+    async def stopped_in_the_launch(method: str, *args, **kwargs):
+        if method == "chunks" and args[0] == job_id and not answers and job_id in manager._runs:
+            resp = await b.request(*ask)
+            answers.append((resp.status, await resp.text()))
+        return await db(method, *args, **kwargs)
+
+    manager._db = stopped_in_the_launch
+    await a.close()  # B takes the job over at its next look
+    await eventually(lambda: answers, "B was asked to stop the job as it took it over")
+    assert answers[0][0] == 200, answers
+    await asyncio.wait_for(manager.wait(job_id), 10)
+    assert spoken(other) == []
+    ended = {"cancel": "cancelled", "delete": "cancelled", "pause": "paused"}[action]
+    assert core_of(b).tracker.find(job_id).status == ended
+    if action == "delete":
+        assert (await b.get(f"/audio/speech/long/{job_id}")).status == 404
+        assert job_id not in [job["job_id"] for job in (await (await b.get("/audio/speech/long")).json())["jobs"]]
+    else:
+        assert (await status_of(b, job_id))["status"] == ended
+    if action == "pause":  # and it resumes from its first unfinished chunk
+        assert (await b.put(f"/audio/speech/long/{job_id}/resume")).status == 200
+        await asyncio.wait_for(manager.wait(job_id), 30)
+        assert (await status_of(b, job_id))["status"] == "completed" and spoken(other) == SENTENCES[1:]
+    statistics = await (await b.get("/status/statistics")).json()
+    counted = (1, 0, 1) if action == "pause" else (1, 1, 0)
+    assert (statistics["total_requests"], statistics["cancelled_requests"], statistics["completed_requests"]) == counted

@@ -370,6 +370,12 @@ class LongTextManager:
         """Announce the job (with its stored progress) and start its run; it waits for a slot."""
         run = self._runs[record.job_id] = _Run(record.job_id)
         chunks = await self._db("chunks", record.job_id)
+        if run.reason is not None:  # stopped while its chunks were read: the stop is stored, no run starts
+            del self._runs[record.job_id]
+            await self._let_go(record.job_id)
+            if run.reason != "shutdown":
+                await self._settle_record(dataclasses.replace(record, status=PAUSED if run.reason == "pause" else CANCELLED))
+            return
         progress = self.core.progress.open(record.job_id, record.text)
         progress.plan([c.text for c in chunks], done=[c.index for c in chunks if c.done])
         progress.queued("Waiting for a long-text slot", record.voice, record.parameters, self._engine(record), durable=True)
