@@ -120,31 +120,47 @@ async def test_a_corrupt_jobs_database_is_set_aside_and_speech_goes_on(aiohttp_c
     assert resp.status == 200
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-async def test_a_chunk_written_where_the_disk_is_full_fails_its_job_as_out_of_space(make_long):
-    """In process, one file meets a full disk: the chunk's temporary file is a link to
-    /dev/full, where every write fails with ENOSPC as on a full filesystem. The job fails as
-    out of space, in the jobs API and the status API alike, and leaves no temporary file."""
+async def second_chunk_started(make_long):
+    """A long-text job whose first chunk is on disk and whose second is being spoken (held):
+    the client, the engine and the job's id."""
     from doubles import ScriptedEngine
-    from test_long_text import SENTENCES, finished, in_thread, manager_of, submit
-
-    from chatterbox_status.longtext import files
+    from test_long_text import SENTENCES, in_thread, submit
 
     engine = ScriptedEngine()
     client = await make_long(engine, hold=True)
     job_id = (await submit(client))["job_id"]
     await in_thread(engine.wait_started)
     engine.release(1)
-    assert await in_thread(engine.wait_started) == SENTENCES[1]  # chunk 1 is on disk
-    root = manager_of(client).root
-    second = files.chunk_path(root, job_id, 1)
-    (second.parent / f".{second.name}.tmp").symlink_to("/dev/full")
+    assert await in_thread(engine.wait_started) == SENTENCES[1]
+    return client, engine, job_id
+
+
+async def fails_out_of_space(client, engine, job_id: str) -> None:
+    """Let the job run on: it fails as out of space, in the jobs API and the status API alike."""
+    from test_long_text import finished
+
     engine.release(10)
     view = await finished(client, job_id)
     assert view["status"] == "failed"
     assert "out of space" in view["progress"]["error"], view
     record = await (await client.get(f"/status/requests/{job_id}")).json()
     assert record["status"] == "error" and "out of space" in record["error_message"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+async def test_a_chunk_written_where_the_disk_is_full_fails_its_job_as_out_of_space(make_long):
+    """In process, one file meets a full disk: the chunk's temporary file is a link to
+    /dev/full, where every write fails with ENOSPC as on a full filesystem. The job fails as
+    out of space, in the jobs API and the status API alike, and leaves no temporary file."""
+    from test_long_text import manager_of
+
+    from chatterbox_status.longtext import files
+
+    client, engine, job_id = await second_chunk_started(make_long)  # chunk 1 is on disk
+    root = manager_of(client).root
+    second = files.chunk_path(root, job_id, 1)
+    (second.parent / f".{second.name}.tmp").symlink_to("/dev/full")
+    await fails_out_of_space(client, engine, job_id)
     assert list(second.parent.iterdir()) == [files.chunk_path(root, job_id, 0)]
 
 
@@ -153,25 +169,14 @@ async def test_a_final_file_written_where_the_disk_is_full_fails_its_job_as_out_
     """Every chunk is on disk; the job's final file meets a full disk (its temporary file is a
     link to /dev/full). The job fails as out of space, as README says a full disk does, in the
     jobs API and the status API alike, and leaves no final file, whole or temporary."""
-    from doubles import ScriptedEngine
-    from test_long_text import SENTENCES, finished, in_thread, manager_of, submit
+    from test_long_text import manager_of
 
     from chatterbox_status.longtext import files
 
-    engine = ScriptedEngine()
-    client = await make_long(engine, hold=True)
-    job_id = (await submit(client))["job_id"]
-    await in_thread(engine.wait_started)
-    engine.release(1)
-    assert await in_thread(engine.wait_started) == SENTENCES[1]  # the job's folder exists
+    client, engine, job_id = await second_chunk_started(make_long)  # the job's folder exists
     folder = files.job_dir(manager_of(client).root, job_id)
     (folder / ".output.wav.tmp").symlink_to("/dev/full")
-    engine.release(10)
-    view = await finished(client, job_id)
-    assert view["status"] == "failed"
-    assert "out of space" in view["progress"]["error"], view
-    record = await (await client.get(f"/status/requests/{job_id}")).json()
-    assert record["status"] == "error" and "out of space" in record["error_message"]
+    await fails_out_of_space(client, engine, job_id)
     assert [p.name for p in folder.iterdir()] == ["chunks"]
     assert (await client.get(f"/audio/speech/long/{job_id}/download")).status != 200
 
