@@ -939,6 +939,19 @@ async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_cli
     assert len(pcm) == expected_frames(fresh, SENTENCES, 200)
 
 
+async def test_jobs_resumed_once_a_late_database_opens_leave_alone_those_already_running(make_long):
+    """A database that opened late (locked at the start) has its runnable jobs resumed by the
+    retry; a job created or resumed by a client meanwhile is already running and runs once."""
+    engine = ScriptedEngine()
+    client = await make_long(engine, hold=True)
+    job_id = (await submit(client))["job_id"]
+    assert await in_thread(engine.wait_started) == SENTENCES[0]
+    await manager_of(client)._resume()  # what the retry does once the database opens
+    engine.release(10)
+    assert (await finished(client, job_id))["status"] == "completed"
+    assert spoken(engine) == SENTENCES
+
+
 async def test_a_chunk_file_of_the_wrong_length_found_after_a_restart_is_generated_again(aiohttp_client, tmp_path):
     """The store keeps each finished chunk's length: after a restart, a chunk file that is
     valid audio of another length (replaced, or cut by a copy) is generated again, not joined."""

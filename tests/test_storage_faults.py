@@ -213,3 +213,48 @@ async def test_a_jobs_database_that_a_full_disk_keeps_from_opening_is_a_507_not_
     job_id = (await resp.json())["job_id"]
     with contextlib.closing(sqlite3.connect(db)) as opened:
         assert opened.execute("SELECT job_id FROM jobs").fetchall() == [(job_id,)]
+
+
+async def test_a_jobs_database_another_process_holds_locked_is_left_as_it_is_and_its_jobs_resume_once_free(
+    aiohttp_client, tmp_path, monkeypatch
+):
+    """A job stopped at its third chunk, and while the server is down another process takes the
+    jobs database in exclusive locking mode (sqlite3's shell doing maintenance, a backup). The
+    server starts and speaks anyway; a new long-text job is a 503 that says the database cannot
+    be opened, and the database is not set aside as corrupt (which would lose the job). Once the
+    lock is let go, the job resumes where it stopped, without a restart, and completes."""
+    from conftest import build_app, core_of
+    from doubles import ScriptedEngine
+    from test_long_text import SENTENCES, finished, spoken, third_chunk_running
+    from test_status_api import until_status
+
+    from chatterbox_status.longtext import manager
+
+    monkeypatch.setattr(manager, "REOPEN_SECONDS", 0.2)
+    engine = ScriptedEngine()
+    client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices"))
+    await core_of(client).worker.wait_loaded()
+    job_id = await third_chunk_running(client, engine)
+    await client.close()
+
+    db = tmp_path / "data" / "long_text" / "jobs.sqlite3"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        fresh = ScriptedEngine()
+        client = await aiohttp_client(build_app(fresh, tmp_path / "data", tmp_path / "voices"))
+        await core_of(client).worker.wait_loaded()
+        assert (await client.post("/v1/audio/speech", json={"input": "Speech goes on."})).status == 200
+        resp = await client.post("/audio/speech/long", json={"input": "A job while the database is locked.", "response_format": "wav"})
+        assert resp.status == 503, await resp.text()
+        error = (await resp.json())["error"]
+        assert (error["code"], error["message"]) == ("storage_unavailable", "The long-text database cannot be opened: database is locked")
+        assert db.is_file() and not [p.name for p in db.parent.iterdir() if ".corrupt-" in p.name]
+        assert spoken(fresh) == ["Speech goes on."]
+    finally:
+        holder.close()
+    await until_status(client, job_id, "completed", timeout=30)
+    view = await finished(client, job_id)
+    assert view["status"] == "completed"
+    assert spoken(fresh)[1:] == SENTENCES[2:]

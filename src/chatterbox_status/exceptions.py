@@ -95,6 +95,13 @@ class SharedStateUnavailable(Unavailable):
     code = "redis_unavailable"
 
 
+class StorageUnavailable(Unavailable):
+    """The long-text database cannot be opened now (another process holds it locked, or it
+    cannot be read), though nothing says what it holds is bad."""
+
+    code = "storage_unavailable"
+
+
 class ShuttingDown(Unavailable):
     """The server is shutting down and takes no new jobs."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
@@ -280,6 +281,28 @@ async def test_a_node_finding_redis_away_at_its_start_shares_its_jobs_once_it_is
     await in_thread(redis_server.start)
     await eventually(lambda: (r := core_of(a).tracker.find(job_id)) is not None and r.status == "completed", "the job is finished", 3 * LEASE_SECONDS)
     assert spoken(engine) == SENTENCES[1:]
+    assert not database.exists() and len(list(database.parent.glob("jobs.sqlite3.shared-*"))) == 1
+
+
+async def test_a_nodes_own_database_locked_at_its_start_joins_the_cluster_once_it_is_let_go(start_app, aiohttp_client, tmp_path):
+    """Another process holds node "a"'s own jobs database locked (exclusive locking mode) as
+    the node starts with REDIS_URL: the node starts and speaks, the database is left where it
+    is (set aside as corrupt, its job would be lost), and once the lock is let go the lease
+    keeper puts the job into the cluster, where it is finished, without a restart."""
+    (job_id,) = await jobs_of_a_node_before_redis_url(aiohttp_client, tmp_path, 1)
+    database = tmp_path / "a" / "data" / "long_text" / "jobs.sqlite3"
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        engine = ScriptedEngine()
+        a = await start_app("a", engine)
+        assert (await a.post("/v1/audio/speech", json={"input": "Speech goes on."})).status == 200
+        assert database.exists() and not list(database.parent.glob("jobs.sqlite3.corrupt-*"))
+    finally:
+        holder.close()
+    await eventually(lambda: (r := core_of(a).tracker.find(job_id)) is not None and r.status == "completed", "the job is finished", 3 * LEASE_SECONDS)
+    assert spoken(engine) == ["Speech goes on.", *SENTENCES[1:]]
     assert not database.exists() and len(list(database.parent.glob("jobs.sqlite3.shared-*"))) == 1
 
 

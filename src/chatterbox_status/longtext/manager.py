@@ -31,7 +31,7 @@ from typing import Any
 from .. import audio
 from ..engines.base import SynthesisParams
 from ..events import Event
-from ..exceptions import Conflict, EngineUnavailable, NotFound, OutOfSpace, QueueFull, SharedStateUnavailable
+from ..exceptions import Conflict, EngineUnavailable, NotFound, OutOfSpace, QueueFull, SharedStateUnavailable, StorageUnavailable
 from ..pipeline import Job, Progress, StopReason, record_stop
 from ..planning import LongTextPlan
 from ..tracker import TERMINAL_STATUSES
@@ -58,6 +58,9 @@ MB = 1024 * 1024
 # In a cluster: seconds between two renewals of this node's leases and two looks for jobs
 # that no node holds.
 LEASE_RENEW_SECONDS = 2.5
+# How long a node waits before it tries again a jobs database that could not be opened at its
+# start (another process held it locked, or the disk was full).
+REOPEN_SECONDS = 5.0
 # In a cluster: how long a pause or cancel waits for the node running the job to stop it.
 STOP_ELSEWHERE_SECONDS = 60.0
 
@@ -99,6 +102,7 @@ class LongTextManager:
         self._slots: asyncio.Semaphore | None = None
         self._cleaner: asyncio.Task | None = None
         self._leases: asyncio.Task | None = None
+        self._resuming: asyncio.Task | None = None
         self._removals: set[asyncio.Task] = set()
         self.node = core.bus.node
         if config.redis_url:
@@ -115,18 +119,18 @@ class LongTextManager:
                 log.error("long-text jobs of this node's own database stay there until Redis is back: %s", exc)
             self._leases = asyncio.create_task(self._keep_leases(), name="long-text-leases")
         elif await asyncio.to_thread(self._db_path.exists):
-            for job_id in await self._db("ids_with_status", RUNNABLE):
-                job = await self._db("get", job_id)
-                if job is not None:
-                    log.info("long-text job %s resumes at chunk %d of %d", job_id, job.completed_chunks + 1, job.total_chunks)
-                    await self._launch(job)
+            try:
+                await self._resume()
+            except (StorageUnavailable, OutOfSpace) as exc:
+                log.error("long-text jobs wait to resume until their database opens: %s", exc)
+                self._resuming = asyncio.create_task(self._resume_once_open(), name="long-text-resume")
         if self.config.retention_days and self.config.cleanup_interval:
             self._cleaner = asyncio.create_task(self._clean_periodically(), name="long-text-cleanup")
 
     async def stop(self) -> None:
         """Stop running jobs where they are; their records stay runnable for the next start
         (in a cluster, for another node to take over)."""
-        for task in (self._cleaner, self._leases):
+        for task in (self._cleaner, self._leases, self._resuming):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -136,6 +140,25 @@ class LongTextManager:
         await asyncio.gather(*(r.task for r in runs if r.task), *self._removals, return_exceptions=True)
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
+
+    async def _resume(self) -> None:
+        """The jobs left runnable in this node's database start again where they stopped."""
+        for job_id in await self._db("ids_with_status", RUNNABLE):
+            job = None if job_id in self._runs else await self._db("get", job_id)
+            if job is not None:
+                log.info("long-text job %s resumes at chunk %d of %d", job_id, job.completed_chunks + 1, job.total_chunks)
+                await self._launch(job)
+
+    async def _resume_once_open(self) -> None:
+        """A database that could not be opened at the start is tried again until it opens, so its
+        jobs are not left waiting for the next start (one resumed or created meanwhile runs once)."""
+        while True:
+            await asyncio.sleep(REOPEN_SECONDS)
+            try:
+                await self._resume()
+                return
+            except (StorageUnavailable, OutOfSpace) as exc:
+                log.warning("long-text jobs still wait to resume: %s", exc)
 
     async def _db(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Every store call runs off the event loop. The database is created on first use,
@@ -338,6 +361,8 @@ class LongTextManager:
         while True:
             try:
                 await self.cleanup()
+            except (StorageUnavailable, OutOfSpace) as exc:
+                log.warning("long-text cleanup waits for its next turn: %s", exc)
             except Exception:
                 log.exception("long-text cleanup failed")
             await asyncio.sleep(self.config.cleanup_interval)
@@ -558,7 +583,11 @@ class LongTextManager:
         again before the lease lapsed) keeps the database for the lease keeper's next look."""
         if not await asyncio.to_thread(self._db_path.exists):
             return
-        local = await asyncio.to_thread(JobStore, self._db_path)
+        try:
+            local = await asyncio.to_thread(JobStore, self._db_path)
+        except (StorageUnavailable, OutOfSpace) as exc:
+            log.warning("long-text jobs of this node's database wait to join the cluster: %s", exc)
+            return
         waiting: list[str] = []
         try:
             ids = await asyncio.to_thread(local.ids_with_status, set(JOB_STATUSES))

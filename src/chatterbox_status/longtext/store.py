@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import OutOfSpace
+from ..exceptions import OutOfSpace, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,15 @@ class JobStore:
         self._lock = threading.Lock()
         try:
             self._db = _connect(path)
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and _is_full(exc):
+        except sqlite3.OperationalError as exc:
+            # It cannot be opened now (a full disk, another process holding it locked, a folder
+            # in its place), which says nothing against what it holds: it stays where it is,
+            # and the next call tries again.
+            if _is_full(exc):
                 raise OutOfSpace(f"The long-text database cannot be opened: {exc}") from exc
+            log.warning("long-text database %s cannot be opened (%s): left as it is", path, exc)
+            raise StorageUnavailable(f"The long-text database cannot be opened: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
             # Not a database any more: keep it for whoever wants to look, and start afresh,
             # as a corrupt voice index is. Jobs in it are lost to this server.
             aside = set_aside(path, "corrupt")
