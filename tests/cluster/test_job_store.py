@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
+import threading
 import time
 
 import pytest
@@ -22,6 +24,7 @@ from chatterbox_status.longtext.store import (
     PENDING,
     PROCESSING,
     RUNNABLE,
+    ChunkRecord,
     JobRecord,
     JobStore,
 )
@@ -177,3 +180,91 @@ def test_a_redis_that_hangs_fails_a_call_within_seconds_instead_of_holding_it(st
     finally:
         os.kill(redis_server.process.pid, signal.SIGCONT)
     assert shared.get("x") is None  # and it goes on once Redis answers again
+
+
+class HoldingProxy:
+    """A TCP proxy in front of the test's redis-server that passes each client's commands one
+    at a time, and after the first HSET holds the rest until ``go`` is set: what a node
+    reading the cluster in the middle of another node's write would see."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.held, self.go = port, threading.Event(), threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.go.set()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            server = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self._replies, args=(server, client), daemon=True).start()
+            threading.Thread(target=self._commands, args=(client, server), daemon=True).start()
+
+    @staticmethod
+    def _replies(server: socket.socket, client: socket.socket) -> None:
+        while data := server.recv(65536):
+            client.sendall(data)
+
+    def _commands(self, client: socket.socket, server: socket.socket) -> None:
+        pending = b""
+        while data := client.recv(65536):
+            pending += data
+            while (command := _first_command(pending)) is not None:
+                raw, name = command
+                pending = pending[len(raw):]
+                server.sendall(raw)
+                if name == b"HSET" and not self.held.is_set():
+                    self.held.set()
+                    self.go.wait()
+
+
+def _first_command(buffer: bytes) -> tuple[bytes, bytes] | None:
+    """The first whole command (a RESP array of bulk strings) in ``buffer``, and its name."""
+    end = buffer.find(b"\r\n")
+    if end < 0:
+        return None
+    position, parts = end + 2, []
+    for _ in range(int(buffer[1:end])):
+        end = buffer.find(b"\r\n", position)
+        if end < 0:
+            return None
+        start = end + 2
+        position = start + int(buffer[position + 1:end]) + 2
+        if position > len(buffer):
+            return None
+        parts.append(buffer[start:position - 2])
+    return buffer[:position], parts[0].upper()
+
+
+@pytest.mark.parametrize("write", ["create", "add"])
+def test_a_node_reading_while_another_writes_a_job_sees_all_of_it_or_nothing(stores, redis_server, write):
+    """Node A writes a job (a new one, or one of its own database joining the cluster); node B
+    reads the cluster after A's first command reached Redis and before the rest: B finds no
+    job, not one without its chunks or missing from the listings. Once A's write is through,
+    B finds all of it."""
+    _, reader = stores
+    proxy = HoldingProxy(redis_server.port)
+    writer = RedisJobStore(proxy.url)
+    job = record("w", JAN, "heart", 2)
+    chunks = [ChunkRecord(0, "one", done=True, samples=10), ChunkRecord(1, "two")]
+    done = threading.Thread(target=writer.create, args=(job, ["one", "two"])) if write == "create" else (
+        threading.Thread(target=writer.add, args=(job, chunks))
+    )
+    done.start()
+    try:
+        assert proxy.held.wait(10)
+        assert (reader.get("w"), reader.chunks("w"), reader.page(None, 10, 0)) == (None, [], ([], 0))
+    finally:
+        proxy.go.set()
+        done.join(10)
+        writer.close()
+        proxy.close()
+    assert reader.get("w") == job and [c.text for c in reader.chunks("w")] == ["one", "two"]
+    assert [j.job_id for j in reader.page(None, 10, 0)[0]] == ["w"] and reader.ids_with_status({PENDING}) == ["w"]
