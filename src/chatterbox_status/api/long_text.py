@@ -65,6 +65,9 @@ from .routing import Events, Json, Param, Reply, api_route, event_data, json_mod
 LONG_TEXT = web.AppKey("long_text", LongTextManager)
 routes = web.RouteTableDef()
 TAG = "long-text"
+# Every route here reads the jobs' store: a Redis out of reach (REDIS_URL), or a database that
+# cannot be opened now (another process holds it locked; a full disk), is a 503 or a 507.
+STORE_REFUSALS = (Unavailable, OutOfSpace)
 JOB_ID = {"job_id": "A long-text job id, as POST /audio/speech/long returned it"}
 
 
@@ -239,7 +242,7 @@ def _created(request: web.Request, job: JobRecord, message: str) -> JobCreated:
 @api_route(
     routes, "GET", *with_v1("/audio/speech/long-history/stats"),
     operation_id="longTextHistoryStats", summary="Statistics over all long-text jobs", tag=TAG,
-    responses={200: HistoryStats},
+    responses={200: HistoryStats}, errors=STORE_REFUSALS,
 )
 async def history_stats(request: web.Request) -> web.Response:
     return json_model(HistoryStats.model_validate(await _manager(request).stats()))
@@ -270,7 +273,7 @@ async def _job_list(request: web.Request, default_limit: int) -> web.Response:
 @api_route(
     routes, "GET", *with_v1("/audio/speech/long-history"),
     operation_id="listLongTextHistory", summary="Long-text job history, newest first", tag=TAG,
-    responses={200: JobList}, errors=(InvalidInput,), params=_listing(50),
+    responses={200: JobList}, errors=(InvalidInput, *STORE_REFUSALS), params=_listing(50),
 )
 async def history(request: web.Request) -> web.Response:
     return await _job_list(request, 50)
@@ -279,7 +282,7 @@ async def history(request: web.Request) -> web.Response:
 @api_route(
     routes, "DELETE", *with_v1("/audio/speech/long/history"),
     operation_id="clearLongTextHistory", summary="Delete every finished long-text job and its audio", tag=TAG,
-    responses={200: JobHistoryCleared}, errors=(InvalidInput,), params=(bool_param("confirm", "Must be true"),),
+    responses={200: JobHistoryCleared}, errors=(InvalidInput, *STORE_REFUSALS), params=(bool_param("confirm", "Must be true"),),
 )
 async def clear_history(request: web.Request) -> web.Response:
     if not query_bool(request, "confirm"):
@@ -291,7 +294,7 @@ async def clear_history(request: web.Request) -> web.Response:
 @api_route(
     routes, "POST", *with_v1("/audio/speech/long/bulk"),
     operation_id="bulkLongTextAction", summary="Apply one action to several long-text jobs", tag=TAG,
-    body=BulkRequest, responses={200: BulkResult}, errors=(InvalidInput,),
+    body=BulkRequest, responses={200: BulkResult}, errors=(InvalidInput, *STORE_REFUSALS),
 )
 async def bulk(request: web.Request) -> web.Response:
     body = parse(BulkRequest, await read_json_object(request))
@@ -325,7 +328,7 @@ async def bulk(request: web.Request) -> web.Response:
     operation_id="createLongTextJob", summary="Submit a long text to be spoken in the background", tag=TAG,
     body=Json(LongTextRequest, input_limit=_max_length),
     responses={200: JobCreated},
-    errors=(InvalidInput, NotFound, QueueFull, Unavailable, OutOfSpace),
+    errors=(InvalidInput, NotFound, QueueFull, *STORE_REFUSALS),
 )
 async def create_job(request: web.Request) -> web.Response:
     core = request.app[CORE]
@@ -340,7 +343,7 @@ async def create_job(request: web.Request) -> web.Response:
 @api_route(
     routes, "GET", *with_v1("/audio/speech/long"),
     operation_id="listLongTextJobs", summary="List long-text jobs, newest first", tag=TAG,
-    responses={200: JobList}, errors=(InvalidInput,), params=_listing(20),
+    responses={200: JobList}, errors=(InvalidInput, *STORE_REFUSALS), params=_listing(20),
 )
 async def list_jobs(request: web.Request) -> web.Response:
     return await _job_list(request, 20)
@@ -349,7 +352,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 @api_route(
     routes, "GET", *with_v1("/audio/speech/long/{job_id}"),
     operation_id="getLongTextJob", summary="A long-text job's status and progress", tag=TAG,
-    responses={200: JobView}, errors=(NotFound,), path_params=JOB_ID,
+    responses={200: JobView}, errors=(NotFound, *STORE_REFUSALS), path_params=JOB_ID,
 )
 async def job_status(request: web.Request) -> web.Response:
     return json_model(_job_view(request, await _job(request)))
@@ -358,7 +361,7 @@ async def job_status(request: web.Request) -> web.Response:
 @api_route(
     routes, "GET", *with_v1("/audio/speech/long/{job_id}/details"),
     operation_id="getLongTextJobDetails", summary="A long-text job with every chunk's state", tag=TAG,
-    responses={200: JobDetails}, errors=(NotFound,), path_params=JOB_ID,
+    responses={200: JobDetails}, errors=(NotFound, *STORE_REFUSALS), path_params=JOB_ID,
 )
 async def job_details(request: web.Request) -> web.Response:
     job = await _job(request)
@@ -388,7 +391,7 @@ async def job_details(request: web.Request) -> web.Response:
         200: Reply("The audio in the job's response_format", media=tuple(sorted(set(audio.CONTENT_TYPES.values())))),
         206: Reply("The requested byte range"),
     },
-    errors=(NotFound, Conflict, 416, 500),
+    errors=(NotFound, Conflict, 416, 500, *STORE_REFUSALS),
     path_params=JOB_ID,
 )
 async def download(request: web.Request) -> web.StreamResponse:
@@ -416,7 +419,7 @@ async def _act(request: web.Request, verb: str) -> JobRecord:
 @api_route(
     routes, "PUT", *with_v1("/audio/speech/long/{job_id}/pause"),
     operation_id="pauseLongTextJob", summary="Pause a pending or running job", tag=TAG,
-    responses={200: Reply("The job, paused", JobAction)}, errors=(NotFound, Conflict, OutOfSpace), path_params=JOB_ID,
+    responses={200: Reply("The job, paused", JobAction)}, errors=(NotFound, Conflict, *STORE_REFUSALS), path_params=JOB_ID,
 )
 async def pause(request: web.Request) -> web.Response:
     job = await _act(request, "pause")
@@ -426,7 +429,7 @@ async def pause(request: web.Request) -> web.Response:
 @api_route(
     routes, "PUT", *with_v1("/audio/speech/long/{job_id}/resume"),
     operation_id="resumeLongTextJob", summary="Resume a paused job", tag=TAG,
-    responses={200: Reply("The job, pending again", JobAction)}, errors=(NotFound, Conflict, QueueFull), path_params=JOB_ID,
+    responses={200: Reply("The job, pending again", JobAction)}, errors=(NotFound, Conflict, QueueFull, *STORE_REFUSALS), path_params=JOB_ID,
 )
 async def resume(request: web.Request) -> web.Response:
     job = await _act(request, "resume")
@@ -440,7 +443,7 @@ async def resume(request: web.Request) -> web.Response:
     tag=TAG,
     body=Json(RetryRequest, required=False),
     responses={200: JobCreated},
-    errors=(InvalidInput, NotFound, Conflict, QueueFull),
+    errors=(InvalidInput, NotFound, Conflict, QueueFull, *STORE_REFUSALS),
     path_params=JOB_ID,
 )
 async def retry(request: web.Request) -> web.Response:
@@ -457,7 +460,7 @@ async def retry(request: web.Request) -> web.Response:
     summary="Cancel a job (action=cancel) or remove it and its files (action=delete)",
     tag=TAG,
     responses={200: JobCancelledOrDeleted},
-    errors=(InvalidInput, NotFound, Conflict, OutOfSpace),
+    errors=(InvalidInput, NotFound, Conflict, *STORE_REFUSALS),
     params=(Param("action", {"enum": ["cancel", "delete"], "default": "cancel"}, "cancel or delete"),),
     path_params=JOB_ID,
 )
@@ -478,7 +481,7 @@ async def cancel_or_delete(request: web.Request) -> web.Response:
 @api_route(
     routes, "PATCH", *with_v1("/audio/speech/long/{job_id}"),
     operation_id="updateLongTextJob", summary="Rename or tag a job", tag=TAG,
-    body=UpdateRequest, responses={200: Reply("The job's status", JobAction)}, errors=(NotFound,), path_params=JOB_ID,
+    body=UpdateRequest, responses={200: Reply("The job's status", JobAction)}, errors=(NotFound, *STORE_REFUSALS), path_params=JOB_ID,
 )
 async def update(request: web.Request) -> web.Response:
     body = parse(UpdateRequest, await read_json_object(request))
@@ -518,7 +521,7 @@ def _sse_data(job_id: str, data: dict[str, Any]) -> JobProgressEvent:
             ),
         )
     },
-    errors=(NotFound, TooManyStreams),
+    errors=(NotFound, TooManyStreams, *STORE_REFUSALS),
     path_params=JOB_ID,
 )
 async def job_sse(request: web.Request) -> web.StreamResponse:
