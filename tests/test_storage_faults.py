@@ -216,7 +216,7 @@ async def test_a_jobs_database_that_a_full_disk_keeps_from_opening_is_a_507_not_
 
 
 async def test_a_jobs_database_another_process_holds_locked_is_left_as_it_is_and_its_jobs_resume_once_free(
-    aiohttp_client, tmp_path, monkeypatch
+    aiohttp_client, tmp_path, monkeypatch, caplog
 ):
     """A job stopped at its third chunk, and while the server is down another process takes the
     jobs database in exclusive locking mode (sqlite3's shell doing maintenance, a backup). The
@@ -251,6 +251,8 @@ async def test_a_jobs_database_another_process_holds_locked_is_left_as_it_is_and
         error = (await resp.json())["error"]
         assert (error["code"], error["message"]) == ("storage_unavailable", "The long-text database cannot be opened: database is locked")
         assert db.is_file() and not [p.name for p in db.parent.iterdir() if ".corrupt-" in p.name]
+        warned = {r.getMessage() for r in caplog.records if r.name == "chatterbox_status.longtext.store" and r.levelname == "WARNING"}
+        assert warned == {f"long-text database {db} cannot be opened (database is locked): left as it is"}
         assert spoken(fresh) == ["Speech goes on."]
     finally:
         holder.close()
