@@ -254,9 +254,14 @@ def test_a_node_reading_while_another_writes_a_job_sees_all_of_it_or_nothing(sto
     writer = RedisJobStore(proxy.url)
     job = record("w", JAN, "heart", 2)
     chunks = [ChunkRecord(0, "one", done=True, samples=10), ChunkRecord(1, "two")]
-    done = threading.Thread(target=writer.create, args=(job, ["one", "two"])) if write == "create" else (
-        threading.Thread(target=writer.add, args=(job, chunks))
-    )
+
+    def write_it() -> None:
+        try:
+            writer.create(job, ["one", "two"]) if write == "create" else writer.add(job, chunks)
+        finally:
+            proxy.held.set()  # a write that failed before its first HSET lets the test go on at once
+
+    done = threading.Thread(target=write_it)
     done.start()
     try:
         assert proxy.held.wait(10)
