@@ -247,6 +247,8 @@ async def test_a_jobs_database_another_process_holds_locked_is_left_as_it_is_and
         assert db.is_file() and not [p.name for p in db.parent.iterdir() if ".corrupt-" in p.name]
         warned = {r.getMessage() for r in caplog.records if r.name == "chatterbox_status.longtext.store" and r.levelname == "WARNING"}
         assert warned == {f"long-text database {db} cannot be opened (database is locked): left as it is"}
+        waits = [r.getMessage() for r in caplog.records if r.name == "chatterbox_status.longtext.manager" and r.levelname == "ERROR"]
+        assert waits == ["long-text jobs wait to resume until their database opens: The long-text database cannot be opened: database is locked"]
         assert spoken(fresh) == ["Speech goes on."]
     finally:
         holder.close()
