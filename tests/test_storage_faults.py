@@ -256,3 +256,35 @@ async def test_a_jobs_database_another_process_holds_locked_is_left_as_it_is_and
     view = await finished(client, job_id)
     assert view["status"] == "completed"
     assert spoken(fresh)[1:] == SENTENCES[2:]
+
+
+async def test_a_new_job_waiting_out_another_processs_write_on_the_jobs_database_is_a_503(aiohttp_client, tmp_path):
+    """Another process holds a write transaction on the jobs database longer than SQLite's busy
+    timeout (5 s) while a job is submitted: the POST is a 503 that says so (it was a 500,
+    "Internal server error"), the job that finished before is untouched, and once the other
+    process lets go a job is taken again."""
+    from conftest import build_app
+    from doubles import ScriptedEngine
+    from test_long_text import finished
+
+    client = await aiohttp_client(build_app(ScriptedEngine(), tmp_path / "data", tmp_path / "voices"))
+    body = {"input": "A job.", "response_format": "wav"}
+    resp = await client.post("/audio/speech/long", json=body)
+    assert resp.status == 200, await resp.text()
+    first = (await resp.json())["job_id"]
+    assert (await finished(client, first))["status"] == "completed"
+    holder = sqlite3.connect(tmp_path / "data" / "long_text" / "jobs.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        resp = await client.post("/audio/speech/long", json=body)
+        assert resp.status == 503, await resp.text()
+        error = (await resp.json())["error"]
+        assert (error["code"], error["message"]) == (
+            "storage_unavailable", "The long-text database is held by another process: database is locked"
+        )
+        assert (await client.get(f"/audio/speech/long/{first}")).status == 200  # reading goes on (WAL)
+    finally:
+        holder.close()
+    resp = await client.post("/audio/speech/long", json=body)
+    assert resp.status == 200, await resp.text()
+    assert (await finished(client, (await resp.json())["job_id"]))["status"] == "completed"

@@ -344,13 +344,16 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return exc.sqlite_errorcode == sqlite3.SQLITE_FULL
 
 
 def storage_errors(exc: BaseException) -> BaseException:
-    """A full disk, however it shows (sqlite or the OS), as the OutOfSpace refusal."""
+    """A full disk, however it shows (sqlite or the OS), as the OutOfSpace refusal; a write
+    that waited out the busy timeout behind another process's, as StorageUnavailable."""
     if isinstance(exc, sqlite3.OperationalError) and _is_full(exc):
         return OutOfSpace(f"The long-text storage is out of space: {exc}")
+    if isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StorageUnavailable(f"The long-text database is held by another process: {exc}")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutOfSpace(f"The long-text storage is out of space: {exc.strerror}")
     return exc
