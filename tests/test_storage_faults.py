@@ -288,3 +288,30 @@ async def test_a_new_job_waiting_out_another_processs_write_on_the_jobs_database
     resp = await client.post("/audio/speech/long", json=body)
     assert resp.status == 200, await resp.text()
     assert (await finished(client, (await resp.json())["job_id"]))["status"] == "completed"
+
+
+async def test_a_jobs_database_that_fills_the_disk_while_the_server_runs_refuses_the_job_as_507(make_long):
+    """The jobs database has no room to grow (SQLite's own page limit, set on the server's
+    connection to the pages it holds, is how SQLite meets a full disk: "database or disk is
+    full"): a new job is a 507 that says the storage is out of space, nothing of it is listed,
+    and once there is room the next job is taken."""
+    from doubles import ScriptedEngine
+    from test_long_text import finished, manager_of
+
+    client = await make_long(ScriptedEngine())
+    body = {"input": "A first job opens the database.", "response_format": "wav"}
+    first = (await (await client.post("/audio/speech/long", json=body)).json())["job_id"]
+    assert (await finished(client, first))["status"] == "completed"
+    database = manager_of(client).store._db
+    pages = database.execute("PRAGMA page_count").fetchone()[0]
+    database.execute(f"PRAGMA max_page_count = {pages}")
+    long_body = {"input": " ".join(["A sentence that takes room in the jobs database."] * 200), "response_format": "wav"}
+    resp = await client.post("/audio/speech/long", json=long_body)
+    assert resp.status == 507, await resp.text()
+    error = (await resp.json())["error"]
+    assert (error["code"], error["message"]) == ("insufficient_storage", "The long-text storage is out of space: database or disk is full")
+    listed = await (await client.get("/audio/speech/long")).json()
+    assert [job["job_id"] for job in listed["jobs"]] == [first]
+    database.execute(f"PRAGMA max_page_count = {2 ** 30}")
+    resp = await client.post("/audio/speech/long", json=body)
+    assert resp.status == 200, await resp.text()
