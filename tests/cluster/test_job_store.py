@@ -184,11 +184,11 @@ def test_a_redis_that_hangs_fails_a_call_within_seconds_instead_of_holding_it(st
 
 class HoldingProxy:
     """A TCP proxy in front of the test's redis-server that passes each client's commands one
-    at a time, and after the first HSET holds the rest until ``go`` is set: what a node
-    reading the cluster in the middle of another node's write would see."""
+    at a time, and after the first ``after`` command (HSET, ZRANGE) holds the rest until
+    ``go`` is set: what another node sees, or does, in the middle of one node's calls."""
 
-    def __init__(self, port: int) -> None:
-        self.port, self.held, self.go = port, threading.Event(), threading.Event()
+    def __init__(self, port: int, after: bytes) -> None:
+        self.port, self.after, self.held, self.go = port, after, threading.Event(), threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -220,7 +220,7 @@ class HoldingProxy:
                 raw, name = command
                 pending = pending[len(raw):]
                 server.sendall(raw)
-                if name == b"HSET" and not self.held.is_set():
+                if name == self.after and not self.held.is_set():
                     self.held.set()
                     self.go.wait()
 
@@ -250,7 +250,7 @@ def test_a_node_reading_while_another_writes_a_job_sees_all_of_it_or_nothing(sto
     job, not one without its chunks or missing from the listings. Once A's write is through,
     B finds all of it."""
     _, reader = stores
-    proxy = HoldingProxy(redis_server.port)
+    proxy = HoldingProxy(redis_server.port, b"HSET")
     writer = RedisJobStore(proxy.url)
     job = record("w", JAN, "heart", 2)
     chunks = [ChunkRecord(0, "one", done=True, samples=10), ChunkRecord(1, "two")]
@@ -273,3 +273,26 @@ def test_a_node_reading_while_another_writes_a_job_sees_all_of_it_or_nothing(sto
         proxy.close()
     assert reader.get("w") == job and [c.text for c in reader.chunks("w")] == ["one", "two"]
     assert [j.job_id for j in reader.page(None, 10, 0)[0]] == ["w"] and reader.ids_with_status({PENDING}) == ["w"]
+
+
+def test_the_history_statistics_asked_while_a_job_is_deleted_count_the_jobs_that_remain(stores, redis_server):
+    """Node A reads the history statistics; between its list of the jobs and its read of them,
+    node B deletes one. A's statistics answer (they were a 500 waiting to happen: the deleted
+    job's fields read as nothing) and count the jobs that remain."""
+    _, other = stores
+    history(other)
+    proxy = HoldingProxy(redis_server.port, b"ZRANGE")
+    reader = RedisJobStore(proxy.url)
+    answers: list = []
+    asking = threading.Thread(target=lambda: answers.append(reader.stats()))
+    asking.start()
+    try:
+        assert proxy.held.wait(10)
+        assert other.delete("a")
+    finally:
+        proxy.go.set()
+        asking.join(10)
+        reader.close()
+        proxy.close()
+    assert answers == [other.stats()]
+    assert answers[0]["total_jobs"] == 8 and answers[0]["completed_jobs"] == 2
