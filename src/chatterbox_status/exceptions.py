@@ -96,8 +96,8 @@ class SharedStateUnavailable(Unavailable):
 
 
 class StorageUnavailable(Unavailable):
-    """The long-text database cannot be opened now (another process holds it locked, or it
-    cannot be read), though nothing says what it holds is bad."""
+    """The long-text database cannot be used now (another process holds it locked, or holds
+    its write lock past SQLite's busy timeout), though nothing says what it holds is bad."""
 
     code = "storage_unavailable"
 
