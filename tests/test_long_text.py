@@ -529,6 +529,13 @@ async def test_a_failed_job_is_logged_once_by_its_id_and_nothing_else_is_an_erro
     assert [(r.name, r.getMessage()) for r in errors] == [("chatterbox_status.pipeline", f"request {job_id} failed")]
 
 
+def disk_full() -> sqlite3.OperationalError:
+    """SQLite's own error for a full disk, its code included: the store reads the code."""
+    error = sqlite3.OperationalError("database or disk is full")
+    error.sqlite_errorcode, error.sqlite_errorname = sqlite3.SQLITE_FULL, "SQLITE_FULL"
+    return error
+
+
 async def test_a_failure_that_cannot_be_stored_is_logged_and_still_ends_the_job_in_error(make_long, caplog, monkeypatch):
     """The engine raises, and the disk is full when the job's failure is written: the operator's
     log says so under the job's id, with the storage error, and the status API still ends the
@@ -537,7 +544,7 @@ async def test_a_failure_that_cannot_be_stored_is_logged_and_still_ends_the_job_
 
     def full_when_failing(self, job_id, **fields):
         if fields.get("status") == "failed":
-            raise sqlite3.OperationalError("database or disk is full")
+            raise disk_full()
         return update(self, job_id, **fields)
 
     monkeypatch.setattr(JobStore, "update", full_when_failing)
@@ -987,7 +994,7 @@ async def test_a_stop_the_full_store_cannot_record_still_stops_the_job_and_says_
 
     def full_update(self, job_id, **fields):  # as SQLite: an update that changes no row needs no room
         if disk["full"] and fields.get("status") in (CANCELLED, PAUSED) and self.get(job_id) is not None:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise disk_full()
         return update(self, job_id, **fields)
 
     monkeypatch.setattr(JobStore, "update", full_update)
