@@ -946,6 +946,31 @@ async def test_a_restarted_app_resumes_at_the_first_unfinished_chunk(aiohttp_cli
     assert len(pcm) == expected_frames(fresh, SENTENCES, 200)
 
 
+async def test_a_chunk_that_ends_while_the_server_shuts_down_is_kept_and_not_spoken_again(aiohttp_client, tmp_path, monkeypatch):
+    """The server shuts down while a job's third chunk is spoken by an engine that looks at
+    cancellation only between chunks: the shutdown waits for the chunk, which is kept, so the
+    next start resumes at the fourth chunk and never speaks the third again."""
+    engine = ScriptedEngine(cancel_within_chunk=False)
+    client = await aiohttp_client(build_app(engine, tmp_path / "data", tmp_path / "voices"))
+    await core_of(client).worker.wait_loaded()
+    job_id = await third_chunk_running(client, engine)
+    signal = LongTextManager._signal
+
+    def signal_then_let_the_chunk_end(self, run, reason):  # the chunk ends once the shutdown has begun
+        signal(self, run, reason)
+        if reason == "shutdown":
+            engine.release(1)
+
+    monkeypatch.setattr(LongTextManager, "_signal", signal_then_let_the_chunk_end)
+    await client.close()
+    monkeypatch.undo()
+    fresh = ScriptedEngine()
+    client = await aiohttp_client(build_app(fresh, tmp_path / "data", tmp_path / "voices"))
+    await core_of(client).worker.wait_loaded()
+    assert (await finished(client, job_id))["status"] == "completed"
+    assert spoken(fresh) == SENTENCES[3:]
+
+
 async def test_jobs_resumed_once_a_late_database_opens_leave_alone_those_already_running(make_long):
     """A database that opened late (locked at the start) has its runnable jobs resumed by the
     retry; a job created or resumed by a client meanwhile is already running and runs once."""
