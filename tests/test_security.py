@@ -555,3 +555,24 @@ def test_a_chunk_file_holding_a_pickle_is_refused_without_running_it(tmp_path):
     np.save(path, np.array([_Payload()], dtype=object), allow_pickle=True)
     assert read_chunk(path, None) is None  # generated again, as a corrupt chunk is
     assert UNPICKLED == []
+
+
+async def test_the_stream_bound_counts_every_piece_still_unread_and_only_those():
+    """The bound's bookkeeping, piece by piece: what the client has read no longer counts,
+    and every piece it has not read does, however the reads and the writes interleave."""
+    from chatterbox_status.exceptions import Cancelled
+    from chatterbox_status.pipeline import AudioStream
+
+    stream = AudioStream(limit=10)
+    stream.put(b"a" * 4)
+    stream.put(b"b" * 4)
+    assert await stream.get() == b"a" * 4  # 4 unread now
+    stream.put(b"c" * 6)  # 10 unread: at the bound, not past it
+    assert stream.waiting == 10
+    with pytest.raises(Cancelled, match="the client left 10 bytes of the stream unread"):
+        stream.put(b"d")
+    assert await stream.get() == b"b" * 4
+    stream.put(b"d" * 4)  # 10 again
+    stream.end()
+    assert [await stream.get() for _ in range(3)] == [b"c" * 6, b"d" * 4, None]
+    assert stream.waiting == 0
