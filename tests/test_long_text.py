@@ -20,7 +20,7 @@ import aiohttp
 import av
 import numpy as np
 import pytest
-from conftest import build_app, core_of
+from conftest import build_app, core_of, record_events
 from doubles import ScriptedEngine
 from helpers import wav_tone
 from test_faults import RecordingHost
@@ -34,6 +34,7 @@ from chatterbox_status.longtext.manager import MB, LongTextManager
 from chatterbox_status.longtext.store import CANCELLED, PAUSED, JobStore
 from chatterbox_status.pipeline import GENERATION_SHARE
 from chatterbox_status.planning import SPEECH_SECONDS_PER_CHAR
+from chatterbox_status.tracker import THROUGHPUT_ALPHA
 
 SENTENCES = [
     "The first sentence of the long text is here.",
@@ -847,11 +848,18 @@ async def completes_after_speaking_again(client, engine: ScriptedEngine, job_id:
     whole audio, the bad chunks (the first ones) spoken again and nothing else."""
     details = await (await client.get(f"/audio/speech/long/{job_id}/details")).json()
     assert [chunk["error"] for chunk in details["chunks"]] == errors
+    tracker, ends = core_of(client).tracker, record_events(client, types=("status",))
+    pace = tracker.seconds_per_char
     engine.release(10)
     view = await finished(client, job_id)
     assert view["status"] == "completed"
     again = sum(error is not None for error in errors)
     assert spoken(engine) == [*SENTENCES, *SENTENCES[:again]]
+    # The pace measured for later estimates counts every character spoken, those spoken again too.
+    (end,) = [e.data for e in ends if e.data["request_id"] == job_id and e.data["status"] == "completed"]
+    characters = sum(map(len, [*SENTENCES, *SENTENCES[:again]]))
+    assert end["generated_characters"] == characters
+    assert tracker.seconds_per_char == pytest.approx(pace + THROUGHPUT_ALPHA * (end["generation_seconds"] / characters - pace), rel=1e-9)
     _, pcm = wav_frames(await (await client.get(f"/audio/speech/long/{job_id}/download")).read())
     assert len(pcm) == expected_frames(engine, SENTENCES, 0)
 
