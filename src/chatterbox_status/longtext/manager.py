@@ -61,6 +61,9 @@ LEASE_RENEW_SECONDS = 2.5
 # How long a node waits before it tries again a jobs database that could not be opened at its
 # start (another process held it locked, or the disk was full).
 REOPEN_SECONDS = 5.0
+# What a jobs database that cannot be used now answers; work in the background that meets it
+# waits for its next look instead of failing.
+STORE_AWAY = (StorageUnavailable, OutOfSpace)
 # In a cluster: how long a pause or cancel waits for the node running the job to stop it.
 STOP_ELSEWHERE_SECONDS = 60.0
 
@@ -121,7 +124,7 @@ class LongTextManager:
         elif await asyncio.to_thread(self._db_path.exists):
             try:
                 await self._resume()
-            except (StorageUnavailable, OutOfSpace) as exc:
+            except STORE_AWAY as exc:
                 log.error("long-text jobs wait to resume until their database opens: %s", exc)
                 self._resuming = asyncio.create_task(self._resume_once_open(), name="long-text-resume")
         if self.config.retention_days and self.config.cleanup_interval:
@@ -157,7 +160,7 @@ class LongTextManager:
             try:
                 await self._resume()
                 return
-            except (StorageUnavailable, OutOfSpace) as exc:
+            except STORE_AWAY as exc:
                 log.warning("long-text jobs still wait to resume: %s", exc)
 
     async def _db(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -361,7 +364,7 @@ class LongTextManager:
         while True:
             try:
                 await self.cleanup()
-            except (StorageUnavailable, OutOfSpace) as exc:
+            except STORE_AWAY as exc:
                 log.warning("long-text cleanup waits for its next turn: %s", exc)
             except Exception:
                 log.exception("long-text cleanup failed")
@@ -585,7 +588,7 @@ class LongTextManager:
             return
         try:
             local = await asyncio.to_thread(JobStore, self._db_path)
-        except (StorageUnavailable, OutOfSpace) as exc:
+        except STORE_AWAY as exc:
             log.warning("long-text jobs of this node's database wait to join the cluster: %s", exc)
             return
         waiting: list[str] = []

@@ -350,10 +350,11 @@ def _is_full(exc: sqlite3.Error) -> bool:
 def storage_errors(exc: BaseException) -> BaseException:
     """A full disk, however it shows (sqlite or the OS), as the OutOfSpace refusal; a write
     that waited out the busy timeout behind another process's, as StorageUnavailable."""
-    if isinstance(exc, sqlite3.OperationalError) and _is_full(exc):
-        return OutOfSpace(f"The long-text storage is out of space: {exc}")
-    if isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return StorageUnavailable(f"The long-text database is held by another process: {exc}")
+    if isinstance(exc, sqlite3.OperationalError):
+        if _is_full(exc):
+            return OutOfSpace(f"The long-text storage is out of space: {exc}")
+        if (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return StorageUnavailable(f"The long-text database is held by another process: {exc}")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutOfSpace(f"The long-text storage is out of space: {exc.strerror}")
     return exc
