@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -160,3 +161,12 @@ def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
         process.wait(timeout=30)
+
+
+def lock_exclusively(database: Path) -> sqlite3.Connection:
+    """Another process's hold on an SQLite database in exclusive locking mode (sqlite3's shell,
+    a backup): no other connection opens it until the returned connection is closed."""
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder

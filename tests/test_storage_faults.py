@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import clean_environ, free_port, http, stop, wait_healthy
+from helpers import clean_environ, free_port, http, lock_exclusively, stop, wait_healthy
 
 TEXT = " ".join(f"Sentence number {n} of a story that will not fit on this very small disk." for n in range(1, 40))
 
@@ -232,9 +232,7 @@ async def test_a_jobs_database_another_process_holds_locked_is_left_as_it_is_and
     await client.close()
 
     db = tmp_path / "data" / "long_text" / "jobs.sqlite3"
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
-    holder.execute("BEGIN EXCLUSIVE")
+    holder = lock_exclusively(db)
     try:
         fresh = ScriptedEngine()
         client = await aiohttp_client(build_app(fresh, tmp_path / "data", tmp_path / "voices"))

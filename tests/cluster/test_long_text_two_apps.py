@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import redis as sync_redis
 from conftest import build_app, core_of
 from doubles import ScriptedEngine
+from helpers import lock_exclusively
 from test_long_text import SENTENCES, error_of, expected_frames, manager_of, spoken, status_of, submit, wav_frames
 
 from chatterbox_status.longtext import files
@@ -291,9 +291,7 @@ async def test_a_nodes_own_database_locked_at_its_start_joins_the_cluster_once_i
     keeper puts the job into the cluster, where it is finished, without a restart."""
     (job_id,) = await jobs_of_a_node_before_redis_url(aiohttp_client, tmp_path, 1)
     database = tmp_path / "a" / "data" / "long_text" / "jobs.sqlite3"
-    holder = sqlite3.connect(database, isolation_level=None)
-    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
-    holder.execute("BEGIN EXCLUSIVE")
+    holder = lock_exclusively(database)
     try:
         engine = ScriptedEngine()
         a = await start_app("a", engine)
