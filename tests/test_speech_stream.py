@@ -7,10 +7,13 @@ import base64
 import json
 
 import aiohttp
+import numpy as np
 import pytest
 from conftest import core_of, decode_wav, record_events
 from doubles import ScriptedEngine
 from helpers import LIFECYCLE
+
+from chatterbox_status.pipeline import STREAM_BUFFER_BYTES, AudioStream, StreamedOutput
 
 # Sentences shorter than the first streamed chunk's cap, so streamed and whole plans agree.
 TEXT = "The tide is coming in. Gulls circle over the pier. A small boat heads for home."
@@ -289,3 +292,57 @@ async def test_streaming_knobs_shape_the_chunks(make_client, scripted, knobs, ex
     spoken = scripted.calls[2:]
     assert len(spoken) == expected_chunks
     assert " ".join(spoken).split() == text.split()
+
+
+# -- the stream's end, when the request ends early ---------------------------------------------
+# Below HTTP: whether a window's encoding is still under way when its chunk ends early is a
+# matter of microseconds from outside, and the bound a client must exceed to make a window's
+# sending fail is tens of megabytes. Driven directly, the output meets both at will.
+
+
+async def ended_early_with_a_window(limit: int = STREAM_BUFFER_BYTES) -> tuple[AudioStream, StreamedOutput, np.ndarray]:
+    """A streamed pcm output whose engine has just handed out a window of its first chunk:
+    the window's sending is scheduled, not yet done."""
+    stream = AudioStream(limit)
+    output = StreamedOutput("pcm", stream)
+    await output.start(16_000, ["The only chunk."])
+    await output.chunk_started(0)
+    window = np.linspace(-0.5, 0.5, 1600, dtype=np.float32)
+    output.window(0, window)
+    return stream, output, window
+
+
+async def read_to_the_end(stream: AudioStream) -> bytes:
+    pieces = []
+    while (piece := await stream.get()) is not None:
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+@pytest.mark.parametrize("end", ["cancel", "pause", "failed"])
+async def test_a_window_handed_out_just_before_a_stream_stops_reaches_its_client_before_the_end(end):
+    """The engine hands out a window, then its chunk ends early (cancelled, paused or failed):
+    the window's audio goes out before the stream's end, not after it where nobody reads."""
+    stream, output, window = await ended_early_with_a_window()
+    if end == "failed":
+        await output.failed("Generation failed: the model broke")
+    else:
+        await output.stopped(end)
+    stream.end()  # as the job's end does, once the pipeline is done with it
+    received = np.frombuffer(await read_to_the_end(stream), dtype="<i2")
+    assert len(received) == len(window)
+    assert np.abs(received / 32767 - window).max() < 1e-4
+
+
+@pytest.mark.parametrize("end", ["cancel", "failed"])
+async def test_a_stream_past_its_bound_that_then_ends_another_way_ends_quietly(end):
+    """A window whose sending found the client too far behind (past the stream's bound), then
+    the chunk ended another way: recording that end does not fail on the window's refusal,
+    so the request is stopped or failed as usual, with nothing in the log."""
+    stream, output, _ = await ended_early_with_a_window(limit=100)  # the window is 3200 bytes
+    if end == "failed":
+        await output.failed("Generation failed: the model broke")
+    else:
+        await output.stopped(end)
+    stream.end()
+    assert await read_to_the_end(stream) == b""
