@@ -133,13 +133,16 @@ class ThreadHost:
     The product always runs its engine in a process of its own (EngineProcess); tests that
     steer an engine object directly (hold it mid-chunk, read what it was called with)
     put this in its place, at the host boundary. It cannot be killed, and dies only when told (die).
+    With ``threads=2`` it stands for a cluster's engine workers, where another worker takes a
+    request's next chunk, handed ahead, while its current chunk still runs.
     """
 
     gpu = None
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, threads: int = 1) -> None:
         self.engine = engine
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="engine")
         self._closed: asyncio.Future | None = None
 
     def _run(self, fn, *args):
@@ -147,7 +150,7 @@ class ThreadHost:
 
     async def load(self, progress) -> None:
         if self._executor._shutdown:  # unloaded, and loaded again
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+            self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="engine")
         self._closed = asyncio.get_running_loop().create_future()
         try:
             await self._run(self.engine.load, self._hop(progress))
@@ -159,7 +162,7 @@ class ThreadHost:
         return lambda *args: loop.call_soon_threadsafe(fn, *args)
 
     def synthesize(self, text, voice, params, progress, cancel, on_audio=None, job="", on_batch=None, priority="interactive"):
-        """One chunk at a time, on its thread: it never batches (``job``, ``on_batch``, ``priority`` unused)."""
+        """On its threads, a chunk at a time each; never batched (``job``, ``on_batch``, ``priority`` unused)."""
         flag = threading.Event()
         if cancel.is_set():
             flag.set()

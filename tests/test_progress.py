@@ -7,7 +7,7 @@ import time
 
 import pytest
 from conftest import core_of, record_events
-from doubles import ScriptedEngine
+from doubles import ScriptedEngine, ThreadHost
 
 LONG_TEXT = " ".join(
     f"Sentence number {n} talks about the weather, the sea and a long walk home." for n in range(1, 31)
@@ -91,6 +91,34 @@ async def test_each_finished_chunk_earns_its_share_whatever_the_engine_reports(m
     inside = [e.data["progress_percentage"] for e in events if e.type == "progress"]
     if reports:
         assert round(95.0 * (len(chunks[0]) + len(chunks[1]) + 0.5 * len(chunks[2])) / total, 1) in inside
+
+
+class EagerEngine(ScriptedEngine):
+    """Says it is half-way through a chunk as soon as it takes it, before it waits (held)."""
+
+    def synthesize(self, text, voice, params, progress, cancel, on_audio=None):
+        progress(0.5)
+        return super().synthesize(text, voice, params, progress, cancel, on_audio=on_audio)
+
+
+async def test_the_next_chunk_running_beside_the_current_one_counts_only_once_it_is_current(make_client):
+    """In a cluster another engine worker takes a request's next chunk, handed ahead, while
+    its current chunk still runs: the next chunk's reports do not count until the request
+    moves on to it, so a short first chunk beside a long second one shows only its own half."""
+    engine = EagerEngine()
+    client = await make_client(engine=ThreadHost(engine, threads=2), max_chunk_length=30)
+    events = record_events(client)
+    engine.hold()
+    chunks = ["Short one.", "This sentence is much longer."]
+    total = sum(map(len, chunks))
+    post = asyncio.ensure_future(client.post("/v1/audio/speech", json={"input": " ".join(chunks)}))
+    assert sorted([await asyncio.to_thread(engine.wait_started) for _ in chunks]) == sorted(chunks)  # both running
+    view = await (await client.get("/status/progress")).json()
+    assert (view["current_chunk"], view["progress_percentage"]) == (1, round(95.0 * 0.5 * len(chunks[0]) / total, 1)), view
+    engine.release(2)
+    assert (await post).status == 200
+    first = [e.data["progress_percentage"] for e in events if e.data["current_chunk"] == 1]
+    assert max(first) == round(95.0 * len(chunks[0]) / total, 1)  # the first chunk's share, no more
 
 
 async def test_queued_requests_get_chained_estimates_from_measured_throughput(make_client, scripted):
