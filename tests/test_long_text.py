@@ -25,6 +25,7 @@ from doubles import ScriptedEngine
 from helpers import wav_tone
 from test_faults import RecordingHost
 
+from chatterbox_status import pipeline
 from chatterbox_status.api.long_text import LONG_TEXT
 from chatterbox_status.config import Settings, SettingsError
 from chatterbox_status.engine_pool import WARM_UP_TEXT
@@ -32,7 +33,7 @@ from chatterbox_status.longtext import files
 from chatterbox_status.longtext.config import LongTextConfig
 from chatterbox_status.longtext.manager import MB, LongTextManager
 from chatterbox_status.longtext.store import CANCELLED, PAUSED, JobStore
-from chatterbox_status.pipeline import GENERATION_SHARE
+from chatterbox_status.pipeline import GENERATION_SHARE, PRIOR_WEIGHT_CHARS
 from chatterbox_status.planning import SPEECH_SECONDS_PER_CHAR
 from chatterbox_status.tracker import THROUGHPUT_ALPHA
 
@@ -885,6 +886,91 @@ async def test_a_corrupt_chunk_file_is_generated_again_not_served(make_long):
     engine.release(1)
     assert await in_thread(engine.wait_started) == SENTENCES[0]  # generated again, held
     await completes_after_speaking_again(client, engine, job_id, ["audio file is corrupt", "audio file is missing", "audio file is corrupt", None])
+
+
+class SteppedClock:
+    """The pipeline's clock, standing still until the test moves it: the engine's work then
+    takes exactly the time the test says, and each estimate can be worked out to the
+    millisecond from outside."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.counter = 1_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def perf_counter(self) -> float:
+        return self.counter
+
+    monotonic = perf_counter
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.counter += seconds
+
+
+async def test_estimates_follow_the_pace_the_job_shows_also_while_a_lost_chunk_is_spoken_again(make_long, monkeypatch):
+    """Each estimate is the share of the job still to do, over its characters, at a pace
+    that weighs the job's own pace so far against the engine's measured one (as much as
+    PRIOR_WEIGHT_CHARS characters), and it never moves earlier. A chunk whose file was lost is
+    spoken again after the last: it no longer counts as done, so the job's own pace stays what
+    it was. The engine works 10 ms a character, on a clock that moves only with its work."""
+    pace = 0.01
+    engine = ScriptedEngine(work_seconds_per_char=0.002)  # its warm-up gives the engine a measured pace
+    client = await make_long(engine, hold=True, silence_padding_ms=0)
+    engine.work_seconds_per_char = 0.0  # from now on its work takes time on the stepped clock only
+    prior = core_of(client).tracker.seconds_per_char_of(None)
+    clock = SteppedClock()
+    monkeypatch.setattr(pipeline, "time", clock)
+    chunks = [*SENTENCES[:3], "Short end."]  # the lost chunk (the first) is longer than the last
+    total = sum(map(len, chunks))
+    events = record_events(client)
+    marks = [(0, clock.now)]  # (events seen when the clock moved, the clock from then on)
+
+    def work(chunk: str) -> None:
+        clock.advance(len(chunk) * pace)
+        marks.append((len(events), clock.now))
+        engine.release(1)
+
+    job_id = (await submit(client, text=" ".join(chunks)))["job_id"]
+    for n, chunk in enumerate(chunks):
+        assert await in_thread(engine.wait_started) == chunk
+        if n == 1:  # the first chunk is on disk: its file is lost
+            files.chunk_path(manager_of(client).root, job_id, 0).unlink()
+        work(chunk)
+    assert await in_thread(engine.wait_started) == chunks[0]  # spoken again
+    work(chunks[0])
+    assert (await finished(client, job_id))["status"] == "completed"
+
+    def estimate(at: float, percentage: float, done: int, started: float | None) -> float:
+        spc = prior if not done or started is None else (prior * PRIOR_WEIGHT_CHARS + (at - started)) / (PRIOR_WEIGHT_CHARS + done)
+        return round(at + (1 - percentage / 100) * total * spc, 3)
+
+    mine = [(k, e.data) for k, e in enumerate(events) if e.data["request_id"] == job_id]
+    given: list[float] = []
+    started = None
+    furthest = 0  # the furthest chunk begun: one before it is being spoken again
+    checked = 0
+    for k, data in mine:
+        if data["status"] in ("queued", "completed"):
+            continue
+        at = max(now for seen, now in marks if seen <= k)
+        again = 0 < data["current_chunk"] < furthest
+        if data["status"] == "generating_audio":
+            started = at if started is None else started
+            furthest = max(furthest, data["current_chunk"])
+            done = total - len(chunks[0]) if again else sum(map(len, chunks[: data["current_chunk"] - 1]))
+        elif started is not None:
+            if again and done < total:  # the chunk spoken again ended: its reports moved no percentage, so no event showed them
+                given.append(estimate(at, GENERATION_SHARE, done, started))
+            done = total
+        else:
+            done = 0
+        given.append(estimate(at, data["progress_percentage"], done, started))
+        assert data["estimated_completion"] == pytest.approx(max(given), abs=0.0015), (data["status"], data["current_step"])
+        checked += 1
+    assert furthest == len(chunks) and checked > 2 * len(chunks)
 
 
 async def test_a_chunk_file_of_another_sample_type_or_shape_is_generated_again(make_long):
