@@ -229,15 +229,18 @@ async def test_a_running_request_is_estimated_at_its_own_measured_pace(make_clie
 
 
 async def test_each_event_counts_its_requests_duration_to_the_millisecond(make_client, make_scripted):
-    """Between any two of a request's events, their duration_seconds grow by the time between
-    them (read as each event is published); durations and estimates are to the millisecond."""
+    """A request's duration_seconds counts from its arrival, and between any two of its events
+    grows by the time between them (read as each event is published); durations and
+    estimates are to the millisecond."""
     client = await make_client(engine=make_scripted(work_seconds_per_char=0.005))
     seen: list = []
     core_of(client).bus.add_listener(lambda e: seen.append((time.time(), e.data)) if e.type in ("status", "progress") else None)
+    sent = time.time()
     response = await client.post("/v1/audio/speech", json={"input": "Sixty characters or so, spoken at a measured, steady pace."})
     assert response.status == 200
     (first_at, first), *rest = seen
     assert rest and rest[-1][1]["status"] == "completed"
+    assert 0 <= first["duration_seconds"] <= first_at - sent + 0.0005  # from its arrival (to the millisecond)
     for at, data in rest:
         assert data["duration_seconds"] == round(data["duration_seconds"], 3)
         assert data["estimated_completion"] is None or data["estimated_completion"] == round(data["estimated_completion"], 3)
