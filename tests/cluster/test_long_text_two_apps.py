@@ -6,6 +6,7 @@ mutation testing reaches the manager's cluster code)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -379,6 +380,31 @@ async def test_a_stop_the_node_holding_the_job_never_answers_is_a_503_that_says_
     assert error_of(await resp.json())["message"] == f"The node running job {job_id} did not stop it within 1 s; try again"
     assert (await status_of(a, job_id))["status"] == "processing"
     assert store.get(lease(job_id)) == b"another-node"
+
+
+async def test_a_pause_answered_by_the_node_running_the_job_is_already_in_its_status_api(start_app, monkeypatch):
+    """The node that runs a job answers its pause only once its own status API shows the job
+    paused, though that view is what came back from the event log in Redis: here the log's
+    link is slow for the paused event (half a second), and a client that reads
+    /status/requests/{id} right after the answer still sees "paused", not "processing"."""
+    one = ScriptedEngine()
+    a = await start_app("a", one)
+    job_id = await second_chunk_held(a, one)
+    bus = core_of(a).bus
+    append = bus._append_all
+
+    async def slow_for_the_pause(events):
+        if any(json.loads(payload).get("status") == "paused" for _, _, payload in events):
+            await asyncio.sleep(0.5)  # the link to Redis, slow for this batch: not a wait for anything
+        return await append(events)
+
+    monkeypatch.setattr(bus, "_append_all", slow_for_the_pause)
+    resp = await a.put(f"/audio/speech/long/{job_id}/pause")
+    assert resp.status == 200, await resp.text()
+    resp = await a.get(f"/status/requests/{job_id}")
+    assert resp.status == 200, await resp.text()
+    view = await resp.json()
+    assert view["status"] == "paused", view
 
 
 async def test_a_paused_job_resumed_on_two_nodes_at_once_runs_on_the_one_that_took_it(start_app, redis_server):
