@@ -89,6 +89,7 @@ ENVIRONMENT_CASES = [
     ("SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", 0.0),
     ("CHUNK_TIMEOUT", "12.5", "chunk_timeout", 12.5),
     ("ENGINE_THREADS", "3", "engine_threads", 3),
+    ("ENGINE_NICE", "0", "engine_nice", 0),
     ("MAX_BATCH_SIZE", "4", "max_batch_size", 4),
     ("ALLOWED_HOSTS", "tts.lan,box.example", "allowed_hosts", "tts.lan,box.example"),
     ("BODY_READ_TIMEOUT", "5", "body_read_timeout", 5.0),
@@ -240,6 +241,7 @@ def test_say_accepts_the_same_setting_flags():
         ("MAX_LOADED_MODELS", "0"),
         ("REDIS_URL", "http://10.0.0.5:6379"),
         ("WORKERS", "cuda:0,gpu1"),
+        ("ENGINE_NICE", "20"),
     ],
 )
 def test_invalid_environment_value_is_refused_naming_the_variable(env_name, raw):

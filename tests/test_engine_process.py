@@ -24,6 +24,8 @@ from doubles import GatedEngine, in_process_of_its_own
 from test_faults import assert_statistics_add_up, terminal_counter
 
 from chatterbox_status import engine_pool
+from chatterbox_status.config import Settings
+from chatterbox_status.supervisor import engine_process
 
 
 def watch(client, request_id: str, status: str) -> asyncio.Future:
@@ -277,3 +279,27 @@ async def test_an_engine_process_that_cannot_be_started_is_started_again_and_hea
     assert spoken.status == 200 and (await spoken.read())[:4] == b"RIFF"
     health = await (await client.get("/health")).json()
     assert health["status"] == "healthy" and health["engine"]["error"] is None
+
+
+def thread_niceness(pid: int) -> set[int]:
+    """The nice value of every thread of process ``pid`` (Linux keeps one per thread)."""
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+            found.add(int(stat.read().rpartition(")")[2].split()[16]))  # field 19, counted after the name
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("nice", [None, 0, 7])
+async def test_the_engine_process_runs_below_the_servers_cpu_priority_by_engine_nice(make_client, nice):
+    """On busy cores the kernel serves the server's loop (the status path) before the engine:
+    every thread of the engine process, onnxruntime's that spoke a request included, runs
+    ENGINE_NICE (default 10) below the server, and 0 keeps them level."""
+    settings = Settings(engine_threads=1) if nice is None else Settings(engine_threads=1, engine_nice=nice)
+    host = engine_process("hibari", settings)
+    client = await make_client(engine=host)
+    resp = await client.post("/v1/audio/speech", json={"input": "Spoken below the server's priority."})
+    assert resp.status == 200, await resp.text()
+    server = os.getpriority(os.PRIO_PROCESS, 0)
+    assert thread_niceness(host.pid) == {min(19, server + (10 if nice is None else nice))}

@@ -226,6 +226,13 @@ class Settings:
         "CPU threads the engine process may use (torch, onnxruntime); the default leaves one core to the server",
         _between(1, 1024),
     )
+    engine_nice: int = _setting(
+        10,
+        "ENGINE_NICE",
+        "how far below the server's the engine process's CPU priority is (a nice increment): on busy cores "
+        "the status path goes first (0: the same priority)",
+        _between(0, 19),
+    )
     max_batch_size: int = _setting(
         0,
         "MAX_BATCH_SIZE",

@@ -275,6 +275,9 @@ def main() -> None:
     if first is None:
         return
     start = first[0]
+    # Before any thread starts, so that every thread of the engine (torch's, onnxruntime's)
+    # inherits it: Linux keeps a nice value per thread.
+    os.nice(int(start.get("nice", 0)))
     logging.basicConfig(level=start.get("log_level", "INFO"), format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s")
     for entry in reversed(start.get("sys_path", [])):
         if entry not in sys.path:

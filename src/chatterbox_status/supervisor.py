@@ -190,10 +190,11 @@ def describe_exit(returncode: int) -> str:
 class EngineProcess:
     """One engine child process and the calls open with it."""
 
-    def __init__(self, spec: EngineSpec, facts: EngineFacts, threads: int, log_level: str = "INFO") -> None:
+    def __init__(self, spec: EngineSpec, facts: EngineFacts, threads: int, log_level: str = "INFO", nice: int = 0) -> None:
         self.spec = spec
         self.engine = facts
         self.threads = threads
+        self.nice = nice
         self.log_level = log_level
         self.gpu: dict[str, Any] | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -226,7 +227,7 @@ class EngineProcess:
         self._reader = asyncio.create_task(self._read(self._process), name="engine-replies")
         self._send({
             "type": "start", "factory": self.spec.factory, "kwargs": self.spec.kwargs,
-            "threads": self.threads, "log_level": self.log_level.upper(), "sys_path": sys.path,
+            "threads": self.threads, "nice": self.nice, "log_level": self.log_level.upper(), "sys_path": sys.path,
         })
         await asyncio.shield(self._loaded)
 
@@ -359,7 +360,7 @@ def engine_facts(name: str, settings: Settings) -> EngineFacts:
 def engine_process(name: str, settings: Settings) -> EngineProcess:
     """Engine ``name`` in a process of its own."""
     spec = EngineSpec("chatterbox_status.engines:build", engines.build_kwargs(name, settings))
-    return EngineProcess(spec, engine_facts(name, settings), settings.engine_threads, settings.log_level)
+    return EngineProcess(spec, engine_facts(name, settings), settings.engine_threads, settings.log_level, settings.engine_nice)
 
 
 def offered(settings: Settings) -> tuple[engines.EngineChoice, engines.Catalog]:
