@@ -386,7 +386,7 @@ async def test_a_pause_answered_by_the_node_running_the_job_is_already_in_its_st
     """The node that runs a job answers its pause only once its own status API shows the job
     paused, though that view is what came back from the event log in Redis: here the log's
     link is slow for the paused event (half a second), and a client that reads
-    /status/requests/{id} right after the answer still sees "paused", not "processing".
+    /status/requests/{id} right after the answer sees "paused", not "generating_audio".
     (Only the event log's appends are slowed: CLIENT PAUSE WRITE, as test_event_log uses,
     would hold the job store's write of the pause too, and free both at once.)"""
     one = ScriptedEngine()
