@@ -153,12 +153,18 @@ async def test_the_requests_of_a_node_that_is_killed_end_in_error_once_on_the_ot
         async with session.get(f"{b.base}/status/stream") as stream:
             events = EventSource(stream, timeout=60)
             await events.next_event()
-            posts = [asyncio.ensure_future(speak(session, a, LONG, request_id)) for request_id in (running, waiting)]
             seen: dict[str, str] = {}
-            await events.until(
-                lambda e: seen.update({e.json().get("request_id"): e.json().get("status")}) or seen.get(running) == "generating_audio"
-            )
-            assert seen.get(waiting) == "queued"  # behind it on A
+
+            def note(e) -> dict[str, str]:
+                seen.update({e.json().get("request_id"): e.json().get("status")})
+                return seen
+
+            # One after the other: sent at once, the second could reach A after the first began.
+            posts = [asyncio.ensure_future(speak(session, a, LONG, running))]
+            await events.until(lambda e: note(e).get(running) == "generating_audio")
+            posts.append(asyncio.ensure_future(speak(session, a, LONG, waiting)))
+            await events.until(lambda e: note(e).get(waiting) == "queued")  # behind it on A
+            assert seen[running] == "generating_audio"
             a.process.kill()  # SIGKILL: A says nothing more
             ended = {}
             while len(ended) < 2:
