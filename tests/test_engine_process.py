@@ -18,6 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import core_of
 from doubles import GatedEngine, in_process_of_its_own
@@ -282,15 +283,12 @@ async def test_an_engine_process_that_cannot_be_started_is_started_again_and_hea
 
 
 def thread_niceness(pid: int) -> set[int]:
-    """The nice value of every thread of process ``pid`` (Linux keeps one per thread)."""
-    found = set()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
-            found.add(int(stat.read().rpartition(")")[2].split()[16]))  # field 19, counted after the name
-    return found
+    """The nice value of every thread of process ``pid`` (Linux keeps one per thread, and
+    psutil reads a thread's by its id)."""
+    return {psutil.Process(thread.id).nice() for thread in psutil.Process(pid).threads()}
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a nice value per thread is Linux's")
 @pytest.mark.parametrize("nice", [None, 0, 7])
 async def test_the_engine_process_runs_below_the_servers_cpu_priority_by_engine_nice(make_client, nice):
     """On busy cores the kernel serves the server's loop (the status path) before the engine:
