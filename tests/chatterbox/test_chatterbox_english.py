@@ -80,6 +80,7 @@ async def test_speech_is_24khz_mono_wav_of_the_tokens_with_token_progress(englis
     assert health["device"] == "cpu"
     assert (health["engine"]["name"], health["engine"]["device"]) == ("chatterbox", "cpu")
     assert health["engine"]["sample_rate"] == 24_000 and health["engine"]["state"] == "ready"
+    assert health["engine"]["max_batch_size"] == 4  # MAX_BATCH_SIZE=0 on a CPU
 
     record = await (await client.get(f"/status/requests/{request_id}")).json()
     assert record["status"] == "completed"

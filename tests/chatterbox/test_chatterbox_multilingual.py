@@ -21,6 +21,7 @@ async def test_languages_are_the_models_own(multilingual):
     assert {"code": "fr", "name": "French"} in body["languages"]
     health = await (await multilingual.get("/health")).json()
     assert (health["engine"]["name"], health["engine"]["state"], health["device"]) == ("chatterbox-multilingual", "ready", "cpu")
+    assert health["engine"]["max_batch_size"] == 1  # its token loop follows one sequence
 
 
 async def test_french_request_speaks_with_language_id_fr(multilingual, every_progress_event):

@@ -47,6 +47,7 @@ async def test_paralinguistic_tag_reaches_turbo_intact(turbo, every_progress_eve
 
     health = await (await client.get("/health")).json()
     assert (health["engine"]["name"], health["engine"]["state"], health["device"]) == ("chatterbox-turbo", "ready", "cpu")
+    assert health["engine"]["max_batch_size"] == 4  # MAX_BATCH_SIZE=0 on a CPU
     progress = watch.of("turbo-tagged-01", "progress")
     assert len(progress) > 5 and {p["status"] for p in progress} == {"generating_audio"}  # token by token
     record = await (await client.get("/status/requests/turbo-tagged-01")).json()

@@ -61,10 +61,11 @@ GENERATE_DEFAULTS = {
 TURBO_TAIL_TOKENS = 3
 TURBO_CFM_STEPS = 2
 # The engines whose chunks can be spoken as they are generated (chatterbox_stream.py): all
-# three, whose token loops embed each sampled token with ``t3.speech_emb``. Only on a GPU:
-# there T3's token loop takes most of a chunk's time, so the first window is heard early; on
-# a CPU, S3Gen's fixed cost per pass (the voice prompt's frames) dominates, and windows would
-# make a streamed chunk slower to finish and hardly faster to start (docs/benchmarks.rst,
+# three, whose token loops embed each sampled token with ``t3.speech_emb``. Only on a GPU,
+# where S3Gen's passes are short beside T3's token loop. Every window is a pass over the voice
+# prompt's frames again, which on a CPU costs seconds: there the first window is heard early
+# (at a quarter of the chunk with the real T3), but the chunk takes twice as long in all,
+# which halves what a CPU, already slower than real time, gets through (docs/benchmarks.rst,
 # "Streaming within a chunk").
 STREAMING_ENGINES = tuple(CLASSES)
 # The engines whose concurrent chunks are stepped together through T3 (chatterbox_batch.py):
@@ -73,9 +74,10 @@ STREAMING_ENGINES = tuple(CLASSES)
 # one chunk at a time.
 BATCHING_ENGINES = ("chatterbox", "chatterbox-turbo")
 # MAX_BATCH_SIZE=0 chooses by device: on CUDA eight requests' key/value caches (about 0.6 GB
-# each at 1000 tokens in float32) fit beside the model on a 24 GB card; on a CPU, S3Gen's
-# vocoding dominates a chunk and batching T3 hardly pays (docs/benchmarks.rst).
-AUTO_BATCH_SIZE = {"cuda": 8}
+# each at 1000 tokens in float32) fit beside the model on a 24 GB card; on a CPU the real
+# T3's token loop is most of a chunk, and four requests stepped together sample 2.9 times as
+# many tokens a second as one at a time (docs/benchmarks.rst, "Batching across requests").
+AUTO_BATCH_SIZE = {"cuda": 8, "cpu": 4}
 # ChatterboxTTS crashes with cfg_weight=0 (it builds one text row for a two-row batch),
 # so "no guidance" runs with a weight too small to change the result.
 NO_GUIDANCE = 1e-6
