@@ -62,12 +62,12 @@ def main() -> None:
 
     from chatterbox_status.app import create_app
     from chatterbox_status.config import Settings
-    from chatterbox_status.supervisor import EngineFacts, EngineProcess, EngineSpec
+    from chatterbox_status.supervisor import EngineFacts, EngineSpec, hosted
 
     settings = Settings.load(server_flags, os.environ)
     kwargs = {"kind": args.kind, "checkpoint_dir": str(folder), "device": settings.device, "max_batch_size": settings.max_batch_size}
     facts = EngineFacts.of(engine(args.kind, folder, settings.device, settings.max_batch_size))
-    host = EngineProcess(EngineSpec(SPEC, kwargs), facts, settings.engine_threads)
+    host = hosted(EngineSpec(SPEC, kwargs), facts, settings)
     web.run_app(create_app(settings, host), host="127.0.0.1", port=args.port, print=None, access_log=None, handler_cancellation=True)
 
 

@@ -360,7 +360,13 @@ def engine_facts(name: str, settings: Settings) -> EngineFacts:
 def engine_process(name: str, settings: Settings) -> EngineProcess:
     """Engine ``name`` in a process of its own."""
     spec = EngineSpec("chatterbox_status.engines:build", engines.build_kwargs(name, settings))
-    return EngineProcess(spec, engine_facts(name, settings), settings.engine_threads, settings.log_level, settings.engine_nice)
+    return hosted(spec, engine_facts(name, settings), settings)
+
+
+def hosted(spec: EngineSpec, facts: EngineFacts, settings: Settings) -> EngineProcess:
+    """``spec``'s engine in a process run as ``settings`` say engine processes run: its
+    threads, log level and CPU priority."""
+    return EngineProcess(spec, facts, settings.engine_threads, settings.log_level, settings.engine_nice)
 
 
 def offered(settings: Settings) -> tuple[engines.EngineChoice, engines.Catalog]:
